@@ -1,0 +1,325 @@
+"""The one typed, frozen configuration of a PPO run, with YAML loading, overrides and validation.
+
+Every check here runs on the host before anything is traced, so a bad config costs no compile time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run. The message is one line that names the key and the problem."""
+
+
+def _doc(text: str, source: str = "common practice", **checks: Any) -> dict[str, Any]:
+    return {"doc": text, "source": source, **checks}
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
+ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Every hyperparameter of a run. Field metadata holds the documentation and the range checks."""
+
+    env: str = field(default="CartPole-v1", metadata=_doc("Environment name (see `purejaxppo envs`)."))
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_doc("Overrides of the environment's parameters, e.g. `{max_steps_in_episode: 200}`."),
+    )
+    num_envs: int = field(default=32, metadata=_doc("Parallel environments per run.", min=1))
+    num_steps: int = field(default=32, metadata=_doc("Env steps per environment in one rollout.", min=1))
+    total_timesteps: int = field(
+        default=500_000, metadata=_doc("Env steps of the whole run (rounded down to whole updates).", min=1)
+    )
+    update_epochs: int = field(default=4, metadata=_doc("Passes over each rollout.", "Schulman et al. 2017", min=1))
+    num_minibatches: int = field(default=8, metadata=_doc("Minibatches per epoch.", "Schulman et al. 2017", min=1))
+    gamma: float = field(default=0.99, metadata=_doc("Discount factor.", "Schulman et al. 2017", min=0.0, max=1.0))
+    gae_lambda: float = field(
+        default=0.95, metadata=_doc("GAE lambda.", "Schulman et al. 2016 (GAE)", min=0.0, max=1.0)
+    )
+    clip_eps: float = field(
+        default=0.2, metadata=_doc("Ratio clip range of the surrogate.", "Schulman et al. 2017", gt=0.0)
+    )
+    vf_coef: float = field(default=0.5, metadata=_doc("Value-loss coefficient.", "Schulman et al. 2017", min=0.0))
+    ent_coef: float = field(default=0.01, metadata=_doc("Entropy-bonus coefficient.", "Schulman et al. 2017", min=0.0))
+    max_grad_norm: float = field(
+        default=0.5, metadata=_doc("Global gradient-norm clip.", "Andrychowicz et al. 2021", gt=0.0)
+    )
+    lr: float = field(default=2e-3, metadata=_doc("Adam learning rate (the peak, with a schedule).", gt=0.0))
+    lr_schedule: str = field(
+        default="linear", metadata=_doc("Learning-rate schedule over all minibatch steps.", choices=LR_SCHEDULES)
+    )
+    lr_end: float = field(
+        default=0.0,
+        metadata=_doc("Final learning rate of the linear, cosine and warmup_cosine schedules.", min=0.0),
+    )
+    lr_warmup_fraction: float = field(
+        default=0.0,
+        metadata=_doc("Fraction of all minibatch steps spent warming up (warmup_cosine only).", min=0.0, lt=1.0),
+    )
+    adam_eps: float = field(default=1e-5, metadata=_doc("Adam epsilon.", "Andrychowicz et al. 2021", gt=0.0))
+    hidden_sizes: tuple[int, ...] = field(
+        default=(64, 64), metadata=_doc("Hidden layer widths of the actor and of the critic MLP.", min_each=1)
+    )
+    activation: str = field(default="tanh", metadata=_doc("Hidden activation.", choices=ACTIVATIONS))
+    normalize_advantages: bool = field(
+        default=True, metadata=_doc("Normalise advantages per minibatch.", "Andrychowicz et al. 2021")
+    )
+    normalize_obs: bool = field(
+        default=False, metadata=_doc("Normalise observations with running batch statistics.")
+    )
+    reward_scale: float = field(default=1.0, metadata=_doc("Constant factor on rewards for learning.", gt=0.0))
+    seed: int = field(default=0, metadata=_doc("PRNG seed.", min=0))
+    log_every: int = field(
+        default=0,
+        metadata=_doc("Updates per compiled chunk between progress reports; 0 picks about 20 chunks.", min=0),
+    )
+
+    # Derived sizes. Validation guarantees these divide evenly.
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    @property
+    def chunk_size(self) -> int:
+        return self.log_every if self.log_every > 0 else max(1, math.ceil(self.num_updates / 20))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        return out
+
+    def replace(self, **changes: Any) -> PPOConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(PPOConfig)}
+
+
+def _type_of(name: str) -> Any:
+    return typing.get_type_hints(PPOConfig)[name]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"list of {typing.get_args(tp)[0].__name__}"
+    if origin is dict:
+        return "mapping"
+    return tp.__name__
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a value against the field's type, widening int to float and lists to tuples."""
+    tp = _type_of(name)
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise bad
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads exponents without a dot, such as 3e-4, as strings
+            value = float(value)
+        except ValueError:
+            raise bad from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unhandled config type {tp!r} for {name}")  # a bug here, not a user error
+
+
+def _check_range(name: str, value: Any) -> None:
+    meta = FIELDS[name].metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: must be finite, got {value}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{name}: must be >= {meta['min']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{name}: must be <= {meta['max']}, got {value}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise ConfigError(f"{name}: must be > {meta['gt']}, got {value}")
+    if "lt" in meta and value >= meta["lt"]:
+        raise ConfigError(f"{name}: must be < {meta['lt']}, got {value}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name}: must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if "min_each" in meta:
+        if len(value) == 0 or any(v < meta["min_each"] for v in value):
+            raise ConfigError(f"{name}: needs at least one entry, each >= {meta['min_each']}; got {list(value)}")
+
+
+# Names other PPO libraries (Stable-Baselines3, CleanRL, Brax) use for keys of ours.
+ALIASES = {
+    "learning_rate": "lr",
+    "n_envs": "num_envs",
+    "n_steps": "num_steps",
+    "n_epochs": "update_epochs",
+    "num_epochs": "update_epochs",
+    "clip_range": "clip_eps",
+    "clip_coef": "clip_eps",
+    "clipping_epsilon": "clip_eps",
+    "entropy_cost": "ent_coef",
+    "discounting": "gamma",
+    "anneal_lr": "lr_schedule",
+    "norm_adv": "normalize_advantages",
+    "normalize_observations": "normalize_obs",
+    "reward_scaling": "reward_scale",
+    "num_timesteps": "total_timesteps",
+}
+
+
+def unknown_key_error(key: str, known: Iterable[str], what: str = "config key") -> ConfigError:
+    known = list(known)
+    close = [ALIASES[key]] if ALIASES.get(key) in known else []
+    close = close or difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    close = close or [k for k in known if k.startswith(key) or key.startswith(k)][:1]
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"{key}: unknown {what}{hint}")
+
+
+def from_dict(values: Mapping[str, Any]) -> PPOConfig:
+    """Build and validate a config from plain values (YAML, JSON or overrides)."""
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            raise unknown_key_error(key, FIELDS)
+        clean[key] = _coerce(key, value)
+    config = PPOConfig(**clean)
+    validate(config)
+    return config
+
+
+def validate(config: PPOConfig) -> PPOConfig:
+    """Raise ConfigError for the first problem found; return the config unchanged when it is sound."""
+    for name in FIELDS:
+        value = getattr(config, name)
+        _coerce(name, value)
+        _check_range(name, value)
+    if config.batch_size % config.num_minibatches:
+        raise ConfigError(
+            f"num_minibatches: num_envs * num_steps = {config.batch_size} is not divisible by "
+            f"num_minibatches = {config.num_minibatches}"
+        )
+    if config.total_timesteps < config.batch_size:
+        raise ConfigError(
+            f"total_timesteps: {config.total_timesteps} is smaller than one batch "
+            f"(num_envs * num_steps = {config.batch_size})"
+        )
+    if config.lr_schedule == "warmup_cosine" and config.lr_warmup_fraction <= 0.0:
+        raise ConfigError("lr_warmup_fraction: must be > 0 with lr_schedule warmup_cosine")
+    if config.lr_schedule != "constant" and config.lr_end > config.lr:
+        raise ConfigError(f"lr_end: {config.lr_end} is above the peak lr {config.lr}")
+    from purejaxppo.envs import check_env  # envs imports this module, so import late
+
+    check_env(config.env, config.env_kwargs)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `key=value` override. The value is read as YAML, then checked against the field's type."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: an override must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in FIELDS:
+        raise unknown_key_error(key, FIELDS)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if _type_of(key) is str and not isinstance(value, str):
+        value = raw.strip()
+    return key, value
+
+
+def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PPOConfig:
+    """Load a YAML config (or the defaults when path is None) and apply `key=value` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: no such file {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config: {path} must hold a mapping of keys to values")
+        values.update(loaded)
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return from_dict(values)
+
+
+def save(config: PPOConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def reference_markdown() -> str:
+    """The config reference table of docs/config.md, generated from the field metadata."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `purejaxppo/config.py` by",
+        '`python -c "from purejaxppo.config import reference_markdown as r; print(r(), end=\'\')" > docs/config.md`;',
+        "a test keeps this file in step with the code. Keys marked *traced* are read by the compiled",
+        "program as values, so one compiled program can train several settings of them at once.",
+        "",
+        "| key | type | default | meaning | source |",
+        "|---|---|---|---|---|",
+    ]
+    from purejaxppo.train import TRACED_HPARAMS  # train imports this module, so import late
+
+    defaults = PPOConfig().to_dict()
+    for name, f in FIELDS.items():
+        meta = f.metadata
+        doc = meta["doc"] + (" *Traced.*" if name in TRACED_HPARAMS else "")
+        if "choices" in meta:
+            doc += f" One of: {', '.join(f'`{c}`' for c in meta['choices'])}."
+        default = defaults[name]
+        lines.append(f"| `{name}` | {_type_name(_type_of(name))} | `{default}` | {doc} | {meta['source']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""The compiled program on a tiny config: its metrics, purity, chunking and the CLI's outputs.
+One small config is compiled once per module and shared."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from purejaxppo import runner
+from purejaxppo.config import PPOConfig
+from purejaxppo.envs import make_env
+from purejaxppo.train import HParams, make_train, make_trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = PPOConfig(
+    env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 7, num_minibatches=2,
+    update_epochs=2, hidden_sizes=(16,), log_every=3, env_kwargs={"max_steps_in_episode": 20},
+)
+
+
+@pytest.fixture(scope="module")
+def straight():
+    train = jax.jit(make_train(TINY))
+    state, metrics = train(jax.random.key(TINY.seed))
+    return state, jax.device_get(metrics)
+
+
+def test_metrics_are_per_update_and_complete(straight):
+    _, metrics = straight
+    assert set(metrics) == set(runner.METRIC_NAMES)
+    for name, value in metrics.items():
+        assert value.shape == (TINY.num_updates,), name
+    np.testing.assert_array_equal(metrics["env_steps"], TINY.batch_size * np.arange(1, TINY.num_updates + 1))
+    # 20-step episodes at most, so episodes complete in every 16-step rollout of 4 envs
+    assert (metrics["episode_count"] > 0).all()
+    assert np.all((metrics["episode_length"] >= 1) & (metrics["episode_length"] <= 20))
+    np.testing.assert_allclose(metrics["episode_return"], metrics["episode_length"])  # CartPole pays 1 per step
+    for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "lr"):
+        assert np.isfinite(metrics[name]).all(), name
+    assert (np.diff(metrics["lr"]) < 0).all()  # linear decay
+    np.testing.assert_allclose(metrics["lr"][-1], TINY.lr / (TINY.num_updates * 4), rtol=1e-4)
+
+
+def test_episode_return_is_nan_when_no_episode_completes():
+    config = TINY.replace(env_kwargs={"max_steps_in_episode": 500}, total_timesteps=4 * 16, log_every=0)
+    _, metrics = jax.jit(make_train(config))(jax.random.key(3))
+    if metrics["episode_count"][0] == 0:  # no pole fell within 16 steps
+        assert np.isnan(metrics["episode_return"][0])
+    else:
+        assert np.isfinite(metrics["episode_return"][0])
+
+
+def test_chunked_runner_matches_the_single_scan(straight, tmp_path):
+    state, metrics = straight
+    result = runner.train(TINY, tmp_path / "run")  # 7 updates in chunks of 3, 3 and 1
+    for name in metrics:
+        np.testing.assert_allclose(result.metrics[name], metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [int(r["update"]) for r in rows] == list(range(TINY.num_updates))
+    assert list(rows[0]) == ["update", *runner.METRIC_NAMES]
+    np.testing.assert_allclose([float(r["episode_return"]) for r in rows], metrics["episode_return"], rtol=1e-5)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert PPOConfig(**{**saved, "hidden_sizes": tuple(saved["hidden_sizes"])}) == TINY
+
+
+def test_train_is_pure_and_vmaps_over_keys_and_hparams(straight):
+    _, metrics = straight
+    train = make_train(TINY)
+    hp = HParams.from_config(TINY)
+    keys = jax.random.split(jax.random.key(0), 2).at[0].set(jax.random.key(TINY.seed))
+    lrs = jax.numpy.stack([hp.lr, hp.lr * 3])
+    batched = hp.replace(lr=lrs, lr_end=jax.numpy.zeros(2))
+    in_axes = HParams(**{name: (0 if name in ("lr", "lr_end") else None) for name in HParams.__dataclass_fields__})
+    _, vmetrics = jax.jit(jax.vmap(train, in_axes=(0, in_axes)))(keys, batched)
+    np.testing.assert_allclose(vmetrics["episode_return"][0], metrics["episode_return"], rtol=1e-5)
+    np.testing.assert_allclose(vmetrics["lr"][1], 3 * metrics["lr"], rtol=1e-5)
+
+
+def test_continuous_actions_are_clipped_for_the_env_only():
+    config = PPOConfig(env="Pendulum-v1", num_envs=2, num_steps=8, total_timesteps=32, num_minibatches=2,
+                       env_kwargs={"max_steps_in_episode": 8},
+                       hidden_sizes=(8,))
+    trainer = make_trainer(config)
+    assert not trainer.policy.action_space.discrete
+    wide = jax.numpy.array([-5.0, 0.5, 7.0])[:, None]
+    np.testing.assert_allclose(trainer.policy.env_action(wide)[:, 0], [-2.0, 0.5, 2.0])
+    _, metrics = jax.jit(make_train(config))(jax.random.key(0))
+    assert np.isfinite(metrics["policy_loss"]).all() and np.isfinite(metrics["episode_return"]).all()
+
+
+def test_gymnax_adapter_reports_truncation_and_final_obs():
+    env = make_env("CartPole-v1", {"max_steps_in_episode": 3})
+    obs, state = env.reset(jax.random.key(0))
+    assert obs.shape == env.observation_shape == (4,)
+    flags = []
+    for i in range(3):
+        out = env.step(jax.random.key(i + 1), state, 0 if i % 2 else 1)
+        flags.append((bool(out.terminated), bool(out.truncated)))
+        state = out.state
+    assert flags == [(False, False), (False, False), (False, True)]
+    assert not np.allclose(out.obs, out.final_obs)  # the returned obs starts a new episode
+    flat = make_env("Breakout-MinAtar")
+    assert flat.observation_shape == (400,) and flat.action_space.discrete
+
+
+def test_cli_train_writes_run_dir_and_summary(tmp_path):
+    run_dir = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir),
+         "--set", "total_timesteps=2048", "--set", "num_envs=4", "--set", "num_steps=64", "--set", "log_every=2"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "update 2/8" in out and "update 8/8" in out  # progress while training, not only at the end
+    for field in ("final return", "env steps    2,048", "compile time", "run time", "env steps/s"):
+        assert field in out, field
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert len(rows) == 8
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["total_timesteps"] == 2048
