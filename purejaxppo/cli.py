@@ -25,6 +25,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config key; repeatable")
     train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
 
+    sweep = sub.add_parser("sweep", help="train seeds x a hyperparameter grid in one compiled call")
+    sweep.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
+    sweep.add_argument("--seeds", type=int, default=8, help="seeds per grid point (config seed, seed+1, ...)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a grid axis over a traced hyperparameter; repeatable (the grid is their product)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
+    sweep.add_argument("--max-runs-per-call", type=int, help="split the runs into calls of at most this many")
+    sweep.add_argument("--top", type=int, default=10, help="grid points to list at the end")
+
     sub.add_parser("envs", help="list the environments that can be trained")
     return parser
 
@@ -61,12 +71,16 @@ class _Progress:
             self._bar.stop()
 
 
+def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
+    # PPOConfig's defaults are configs/cartpole.yaml's values, for installs without the repo's configs/
+    default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    return config_lib.load(args.config or default, args.overrides)
+
+
 def _train(args: argparse.Namespace) -> int:
     from purejaxppo import runner
 
-    # PPOConfig's defaults are configs/cartpole.yaml's values, for installs without the repo's configs/
-    default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
-    config = config_lib.load(args.config or default, args.overrides)
+    config = _load(args)
     run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config)
     progress = _Progress(config.num_updates * config.batch_size)
     print(f"training {config.env} for {config.num_updates * config.batch_size:,} env steps "
@@ -87,6 +101,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from purejaxppo import runner, sweep
+
+    config = _load(args)
+    grid = sweep.parse_grid(args.grid)
+    points = sweep.check_grid(config, grid)
+    run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config).with_name(
+        runner.default_run_dir(config).name + "-sweep")
+    print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "
+          f"of {config.num_updates * config.batch_size:,} env steps, one compiled program; writing {run_dir}",
+          flush=True)
+
+    def progress(p: dict[str, Any]) -> None:
+        print(f"call {p['call']}/{p['num_calls']}  update {p['update']}/{p['num_updates']}  "
+              f"env steps per run {p['env_steps']:,}  {p['seconds']:.1f} s", flush=True)
+
+    result = sweep.sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress)
+    total_steps = len(result.runs) * config.num_updates * config.batch_size
+    print(f"compile time {result.compile_time:.2f} s (traced {result.traces}x), run time {result.run_time:.2f} s, "
+          f"{total_steps / result.run_time:,.0f} env steps/s over all runs, {result.num_calls} call(s)")
+    rows = sorted(result.aggregate(), key=lambda r: -r["iqm"] if math.isfinite(r["iqm"]) else math.inf)
+    keys = list(grid)
+    header = "  ".join([*(f"{k:>12}" for k in keys), f"{'IQM final return [95% CI]':>32}",
+                        f"{'mean [95% CI]':>28}"])
+    print(header)
+    for row in rows[: args.top]:
+        print("  ".join([*(f"{row[k]:>12.4g}" for k in keys),
+                         f"{row['iqm']:>10.2f} [{row['iqm_low']:.2f}, {row['iqm_high']:.2f}]".rjust(32),
+                         f"{row['mean']:>8.2f} [{row['mean_low']:.2f}, {row['mean_high']:.2f}]".rjust(28)]))
+    print(f"results      {run_dir}/runs.csv, aggregate.csv, curves.png, metrics.npz")
+    return 0
+
+
 def _envs(_: argparse.Namespace) -> int:
     from purejaxppo.envs import known_envs
 
@@ -97,7 +144,7 @@ def _envs(_: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "envs": _envs}[args.command](args)
+        return {"train": _train, "sweep": _sweep, "envs": _envs}[args.command](args)
     except ConfigError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return 2

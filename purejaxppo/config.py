@@ -129,7 +129,7 @@ def _type_name(tp: Any) -> str:
     return tp.__name__
 
 
-def _coerce(name: str, value: Any) -> Any:
+def coerce(name: str, value: Any) -> Any:
     """Check a value against the field's type, widening int to float and lists to tuples."""
     tp = _type_of(name)
     origin = typing.get_origin(tp)
@@ -224,7 +224,7 @@ def from_dict(values: Mapping[str, Any]) -> PPOConfig:
     for key, value in values.items():
         if key not in FIELDS:
             raise unknown_key_error(key, FIELDS)
-        clean[key] = _coerce(key, value)
+        clean[key] = coerce(key, value)
     config = PPOConfig(**clean)
     validate(config)
     return config
@@ -234,7 +234,7 @@ def validate(config: PPOConfig) -> PPOConfig:
     """Raise ConfigError for the first problem found; return the config unchanged when it is sound."""
     for name in FIELDS:
         value = getattr(config, name)
-        _coerce(name, value)
+        coerce(name, value)
         _check_range(name, value)
     if config.batch_size % config.num_minibatches:
         raise ConfigError(

@@ -1,0 +1,131 @@
+"""Sweeps: one compile, equivalence with single runs, outputs, statistics and multi-device sharding."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from purejaxppo import cli, runner, stats
+from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.sweep import parse_grid, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = PPOConfig(
+    env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=2,
+    update_epochs=2, hidden_sizes=(16,), log_every=4, env_kwargs={"max_steps_in_episode": 30}, seed=3,
+)
+GRID = {"lr": [1e-3, 3e-3]}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    # 2 grid points x 2 seeds = 4 runs, in 2 calls of 2 runs: still one compiled program
+    return sweep(SMALL, seeds=2, grid=GRID, run_dir=tmp_path_factory.mktemp("sweep"), max_runs_per_call=2)
+
+
+def test_one_trace_for_the_whole_sweep(result):
+    assert result.num_calls == 2
+    assert result.traces == 1
+
+
+def test_runs_match_single_train(result):
+    for k in (1, 2):  # (lr 1e-3, seed 4) and (lr 3e-3, seed 3): one from each call
+        run = result.runs[k]
+        single = runner.train(SMALL.replace(lr=run["lr"], seed=run["seed"]))
+        for name in ("episode_return", "policy_loss", "value_loss", "lr"):
+            np.testing.assert_allclose(result.metrics[name][k], single.metrics[name], rtol=2e-4, atol=1e-5,
+                                       err_msg=name)
+        params = jax.tree.map(lambda x: x[k], result.state.params)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single.state.params)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+
+
+def test_sweep_outputs(result):
+    run_dir = result.run_dir
+    runs = list(csv.DictReader((run_dir / "runs.csv").open()))
+    assert [(float(r["lr"]), int(r["seed"])) for r in runs] == [(1e-3, 3), (1e-3, 4), (3e-3, 3), (3e-3, 4)]
+    np.testing.assert_allclose([float(r["final_return"]) for r in runs], result.final_returns(), rtol=1e-5)
+    assert all(np.isfinite(float(r["auc"])) for r in runs)
+    agg = list(csv.DictReader((run_dir / "aggregate.csv").open()))
+    assert len(agg) == 2
+    for row, finals in zip(agg, result.final_returns().reshape(2, 2)):
+        np.testing.assert_allclose(float(row["mean"]), finals.mean(), rtol=1e-5)
+        assert float(row["iqm_low"]) <= float(row["iqm"]) <= float(row["iqm_high"])
+    npz = np.load(run_dir / "metrics.npz")
+    assert npz["episode_return"].shape == (4, SMALL.num_updates)
+    np.testing.assert_array_equal(npz["param_lr"], [1e-3, 1e-3, 3e-3, 3e-3])
+    assert (run_dir / "curves.png").stat().st_size > 10_000
+    assert json.loads((run_dir / "sweep.json").read_text())["seeds"] == [3, 4]
+
+
+def test_iqm_and_bootstrap_against_direct_numpy():
+    rng = np.random.default_rng(42)
+    scores = rng.normal(size=12)
+    ordered = np.sort(scores)
+    assert stats.iqm(scores) == pytest.approx(ordered[3:9].mean())
+    # n not divisible by 4: the edge scores count with weight 0.25 (trimmed mean of the empirical law)
+    five = np.array([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert stats.iqm(five) == pytest.approx((0.75 * 2 + 3 + 0.75 * 4) / 2.5)
+
+    resamples = 1000
+    low, high = stats.stratified_bootstrap_ci(scores, stats.iqm, num_resamples=resamples, seed=7)
+    draw = np.random.default_rng(7).integers(0, 12, size=(resamples, 1, 12))
+    values = [np.sort(scores[d[0]])[3:9].mean() for d in draw]
+    np.testing.assert_allclose([low, high], np.quantile(values, [0.025, 0.975]), rtol=1e-10)
+
+    # stratified over tasks: seeds are resampled within each row
+    two = rng.normal(size=(2, 4)) + np.array([[0.0], [100.0]])
+    low, high = stats.stratified_bootstrap_ci(two, stats.STATISTICS["mean"], num_resamples=200, seed=1)
+    draw = np.random.default_rng(1).integers(0, 4, size=(200, 2, 4))
+    values = [np.mean([two[t, d[t]] for t in range(2)]) for d in draw]
+    np.testing.assert_allclose([low, high], np.quantile(values, [0.025, 0.975]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("key", ["num_envs", "hidden_sizes", "env", "num_steps"])
+def test_structural_keys_are_refused(key):
+    with pytest.raises(ConfigError, match=f"{key}: cannot be swept in one compiled call"):
+        sweep(SMALL, seeds=1, grid={key: [1, 2]})
+
+
+def test_grid_parsing_and_cli_errors(capsys):
+    assert parse_grid(["lr=1e-3,3e-4", "gamma=0.9,0.99"]) == {"lr": [1e-3, 3e-4], "gamma": [0.9, 0.99]}
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        sweep(SMALL, grid=parse_grid(["lr=fast"]))
+    assert cli.main(["sweep", "--grid", "num_envs=4,8"]) == 2
+    assert "num_envs: cannot be swept" in capsys.readouterr().err
+    assert cli.main(["sweep", "--grid", "learning_rate=1,2"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+def test_four_devices_give_the_same_results(result, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import jax, numpy as np
+        jax.config.update("jax_num_cpu_devices", 4)
+        from purejaxppo.config import PPOConfig
+        from purejaxppo.sweep import sweep
+        assert len(jax.local_devices()) == 4
+        r = sweep(PPOConfig(**{SMALL.to_dict()!r} | {{"hidden_sizes": tuple({list(SMALL.hidden_sizes)!r})}}),
+                  seeds=4, grid={GRID!r})
+        leaf = jax.tree.leaves(r.state.params)[0]
+        np.savez({str(tmp_path / "multi.npz")!r}, ret=r.metrics["episode_return"], loss=r.metrics["policy_loss"],
+                 leaf=np.asarray(leaf))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    multi = np.load(tmp_path / "multi.npz")
+    single = sweep(SMALL, seeds=4, grid=GRID)  # 8 runs on this process's one device
+    assert len(jax.local_devices()) == 1
+    np.testing.assert_allclose(multi["ret"], single.metrics["episode_return"], rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(multi["loss"], single.metrics["policy_loss"], rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(multi["leaf"], np.asarray(jax.tree.leaves(single.state.params)[0]), rtol=2e-4,
+                               atol=1e-5)
