@@ -53,27 +53,50 @@ def run_sb3(python: str, config: config_lib.PPOConfig, steps: int, threads: int)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def compile_breakdown(config: config_lib.PPOConfig) -> tuple[float, float]:
+    """Seconds spent tracing and lowering `train` to StableHLO, and in XLA's compiler."""
+    import time
+
+    import jax
+
+    from purejaxppo.train import make_train
+
+    start = time.perf_counter()
+    lowered = jax.jit(make_train(config)).lower(jax.random.key(config.seed))
+    lowered_at = time.perf_counter()
+    lowered.compile()
+    return lowered_at - start, time.perf_counter() - lowered_at
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(ROOT / "configs" / "cartpole.yaml"))
     parser.add_argument("--sb3-python", help="python of a separate environment with stable-baselines3")
     parser.add_argument("--sb3-steps", type=int, default=100_000, help="SB3 env steps to time (it is slow)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for SB3")
+    parser.add_argument("--sb3-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="run SB3 with these config keys changed (e.g. num_envs=4 num_steps=128)")
     args = parser.parse_args()
 
     config = config_lib.load(args.config)
+    lower_time, xla_time = compile_breakdown(config)
     result = runner.train(config)
     total = result.compile_time + result.run_time
     print(f"purejaxppo  {config.env}, {result.env_steps:,} env steps, {config.num_envs} envs x {config.num_steps} steps")
     print(f"  compile time          {result.compile_time:.2f} s")
+    print(f"    breakdown (whole-run program, measured separately): trace+lower {lower_time:.2f} s, "
+          f"XLA compile {xla_time:.2f} s")
     print(f"  run time              {result.run_time:.2f} s")
     print(f"  env steps/s           {result.steps_per_second:,.0f} (run only)")
     print(f"  env steps/s           {result.env_steps / total:,.0f} (compile included)")
     print(f"  final return          {result.final_return:.1f}")
     if args.sb3_python:
-        sb3 = run_sb3(args.sb3_python, config, args.sb3_steps, args.threads)
+        sb3_config = config_lib.load(args.config, args.sb3_set)
+        sb3 = run_sb3(args.sb3_python, sb3_config, args.sb3_steps, args.threads)
         sb3_sps = sb3["steps"] / sb3["seconds"]
-        print(f"stable-baselines3 PPO, same hyperparameters, {sb3['steps']:,} env steps")
+        same = "same hyperparameters" if not args.sb3_set else f"hyperparameters changed: {' '.join(args.sb3_set)}"
+        print(f"stable-baselines3 PPO, {same}, {sb3['steps']:,} env steps, "
+              f"{sb3_config.num_envs} envs x {sb3_config.num_steps} steps")
         print(f"  run time              {sb3['seconds']:.2f} s")
         print(f"  env steps/s           {sb3_sps:,.0f}")
         print(f"  final return          {sb3['final_return']:.1f} (mean of its last 100 episodes)")

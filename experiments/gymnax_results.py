@@ -30,7 +30,7 @@ CASES = {
     "acrobot": -100.0,
     "pendulum": -200.0,
     "mountaincar_continuous": 90.0,
-    "breakout_minatar": 20.0,
+    "breakout_minatar": 10.0,
 }
 
 

@@ -107,8 +107,7 @@ def _sweep(args: argparse.Namespace) -> int:
     config = _load(args)
     grid = sweep.parse_grid(args.grid)
     points = sweep.check_grid(config, grid)
-    run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config).with_name(
-        runner.default_run_dir(config).name + "-sweep")
+    run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config, suffix="-sweep")
     print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "
           f"of {config.num_updates * config.batch_size:,} env steps, one compiled program; writing {run_dir}",
           flush=True)

@@ -65,9 +65,9 @@ def final_return(returns: np.ndarray) -> float:
         return float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
 
 
-def default_run_dir(config: PPOConfig, root: str | Path = "runs") -> Path:
+def default_run_dir(config: PPOConfig, root: str | Path = "runs", suffix: str = "") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(root) / f"{config.env}-{stamp}"
+    return Path(root) / f"{config.env}-{stamp}{suffix}"
 
 
 class MetricsWriter:
