@@ -102,11 +102,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from purejaxppo import runner, sweep
+    from purejaxppo import runner
+    from purejaxppo.sweep import check_grid, parse_grid, sweep
 
     config = _load(args)
-    grid = sweep.parse_grid(args.grid)
-    points = sweep.check_grid(config, grid)
+    grid = parse_grid(args.grid)
+    points = check_grid(config, grid)
     run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config, suffix="-sweep")
     print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "
           f"of {config.num_updates * config.batch_size:,} env steps, one compiled program; writing {run_dir}",
@@ -116,7 +117,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"call {p['call']}/{p['num_calls']}  update {p['update']}/{p['num_updates']}  "
               f"env steps per run {p['env_steps']:,}  {p['seconds']:.1f} s", flush=True)
 
-    result = sweep.sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress)
+    result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress)
     total_steps = len(result.runs) * config.num_updates * config.batch_size
     print(f"compile time {result.compile_time:.2f} s (traced {result.traces}x), run time {result.run_time:.2f} s, "
           f"{total_steps / result.run_time:,.0f} env steps/s over all runs, {result.num_calls} call(s)")

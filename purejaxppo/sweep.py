@@ -126,7 +126,10 @@ def sweep(
         return jax.device_put((keys, hparams), sharded)
 
     start = time.perf_counter()
-    abstract = jax.eval_shape(jax.vmap(trainer.init), *call_inputs(padded[:per_call]))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded),
+        jax.eval_shape(jax.vmap(trainer.init), *call_inputs(padded[:per_call])),
+    )
     init_c = init.lower(*call_inputs(padded[:per_call])).compile()
     chunk_c = chunk_jit.lower(abstract, 0).compile()
     compile_time = time.perf_counter() - start
