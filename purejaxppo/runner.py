@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,19 @@ def _fmt(value: Any) -> str:
     return str(value) if isinstance(value, (int, np.integer)) else f"{value:.6g}"
 
 
+def run_chunks(
+    chunk: Callable[[Any, int], tuple[Any, dict]], state: Any, config: PPOConfig
+) -> Iterator[tuple[Any, int, dict[str, np.ndarray]]]:
+    """Call a compiled chunk program until every update has run. Yields the state, the number of updates
+    done, and the chunk's metrics on the host with the padded updates (last axis) dropped."""
+    done = 0
+    while done < config.num_updates:
+        active = min(config.chunk_size, config.num_updates - done)
+        state, metrics = chunk(state, active)
+        done += active
+        yield state, done, {name: np.asarray(value)[..., :active] for name, value in jax.device_get(metrics).items()}
+
+
 def train(
     config: PPOConfig,
     run_dir: str | Path | None = None,
@@ -120,16 +133,11 @@ def train(
     start = time.perf_counter()
     state = init(key)
     collected: list[dict[str, np.ndarray]] = []
-    done = 0
     try:
-        while done < config.num_updates:
-            active = min(config.chunk_size, config.num_updates - done)
-            state, metrics = chunk(state, active)
-            metrics = {name: np.asarray(value)[:active] for name, value in jax.device_get(metrics).items()}
+        for state, done, metrics in run_chunks(chunk, state, config):
             collected.append(metrics)
             if writer is not None:
-                writer.write(done, metrics)
-            done += active
+                writer.write(done - len(metrics["env_steps"]), metrics)
             if on_chunk is not None:
                 elapsed = time.perf_counter() - start
                 finite = metrics["episode_return"][np.isfinite(metrics["episode_return"])]

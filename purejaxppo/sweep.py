@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from purejaxppo import config as config_lib
 from purejaxppo import stats
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.runner import METRIC_NAMES, final_return
+from purejaxppo.runner import METRIC_NAMES, final_return, run_chunks
 from purejaxppo.train import TRACED_HPARAMS, HParams, TrainState, make_trainer
 
 
@@ -139,12 +139,8 @@ def sweep(
     for call in range(num_calls):
         state = init_c(*call_inputs(padded[call * per_call : (call + 1) * per_call]))
         parts = []
-        done = 0
-        while done < config.num_updates:
-            active = min(config.chunk_size, config.num_updates - done)
-            state, metrics = chunk_c(state, active)
-            parts.append({k: np.asarray(v)[:, :active] for k, v in jax.device_get(metrics).items()})
-            done += active
+        for state, done, metrics in run_chunks(chunk_c, state, config):
+            parts.append(metrics)
             if on_chunk is not None:
                 on_chunk({"call": call + 1, "num_calls": num_calls, "update": done, "num_updates": config.num_updates,
                           "env_steps": done * config.batch_size, "seconds": time.perf_counter() - start})
