@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
+from purejaxppo.runner import EXIT_NON_FINITE, NonFiniteError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole.yaml"  # the repo checkout
 
@@ -24,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key; repeatable")
     train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
 
     sweep = sub.add_parser("sweep", help="train seeds x a hyperparameter grid in one compiled call")
     sweep.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
@@ -34,6 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
     sweep.add_argument("--max-runs-per-call", type=int, help="split the runs into calls of at most this many")
     sweep.add_argument("--top", type=int, default=10, help="grid points to list at the end")
+    sweep.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its latest checkpoint")
+    sweep.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
+
+    ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--step", type=int, help="checkpoint to evaluate (default: the latest)")
+    ev.add_argument("--run", type=int, default=0, help="for a sweep: the run index (see runs.csv)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs")
+
+    plot = sub.add_parser("plot", help="learning curves of runs or sweeps against env steps")
+    plot.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    plot.add_argument("--metric", default="episode_return", help="a column of metrics.csv (default: episode_return)")
+    plot.add_argument("--out", help="image file (default: RUN_DIR/METRIC.png for one run dir, else METRIC.png)")
 
     sub.add_parser("envs", help="list the environments that can be trained")
     return parser
@@ -72,23 +90,47 @@ class _Progress:
 
 
 def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
+    if getattr(args, "resume", None):
+        # the checkpoint's own config, unless another is given; overrides apply on top of either
+        from purejaxppo import checkpoint
+
+        if args.config:
+            return config_lib.load(args.config, args.overrides)
+        _, meta = checkpoint.read_meta(args.resume, args.step)
+        values = dict(meta["config"])
+        for text in args.overrides:
+            key, value = config_lib.parse_override(text)
+            values[key] = value
+        return config_lib.from_dict(values)
+    if getattr(args, "step", None) is not None:
+        raise ConfigError("--step: only with --resume")
     # PPOConfig's defaults are configs/cartpole.yaml's values, for installs without the repo's configs/
     default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
     return config_lib.load(args.config or default, args.overrides)
+
+
+def _resume_hint(command: str, run_dir: Path) -> None:
+    print(f"stopped; checkpoint written. Resume with:\n  purejaxppo {command} --resume {run_dir}", flush=True)
 
 
 def _train(args: argparse.Namespace) -> int:
     from purejaxppo import runner
 
     config = _load(args)
-    run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config)
+    if args.resume and args.run_dir:
+        raise ConfigError("--run-dir: a resumed run continues in its own run dir; drop --run-dir")
+    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
     progress = _Progress(config.num_updates * config.batch_size)
-    print(f"training {config.env} for {config.num_updates * config.batch_size:,} env steps "
+    verb = "resuming" if args.resume else "training"
+    print(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
           f"({config.num_updates} updates); writing {run_dir}", flush=True)
     try:
-        result = runner.train(config, run_dir, on_chunk=progress)
+        result = runner.train(config, run_dir, on_chunk=progress, resume=bool(args.resume), step=args.step)
     finally:
         progress.close()
+    if result.stopped:
+        _resume_hint("train", run_dir)
+        return 0
     print(
         f"final return {result.final_return:.2f} (mean over the last 10% of updates)\n"
         f"env steps    {result.env_steps:,}\n"
@@ -107,17 +149,28 @@ def _sweep(args: argparse.Namespace) -> int:
 
     config = _load(args)
     grid = parse_grid(args.grid)
+    if args.resume:
+        from purejaxppo import checkpoint
+
+        if args.grid or args.run_dir:
+            raise ConfigError("--resume: a resumed sweep keeps its grid and run dir; drop --grid and --run-dir")
+        _, meta = checkpoint.read_meta(args.resume, args.step)
+        grid, args.seeds = meta.get("grid", {}), int(meta.get("num_seeds", args.seeds))
     points = check_grid(config, grid)
-    run_dir = Path(args.run_dir) if args.run_dir else runner.default_run_dir(config, suffix="-sweep")
+    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-sweep"))
     print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "
           f"of {config.num_updates * config.batch_size:,} env steps, one compiled program; writing {run_dir}",
           flush=True)
 
     def progress(p: dict[str, Any]) -> None:
-        print(f"call {p['call']}/{p['num_calls']}  update {p['update']}/{p['num_updates']}  "
-              f"env steps per run {p['env_steps']:,}  {p['seconds']:.1f} s", flush=True)
+        print(f"update {p['update']}/{p['num_updates']}  env steps per run {p['env_steps']:,}  "
+              f"{p['seconds']:.1f} s", flush=True)
 
-    result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress)
+    result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress,
+                   resume=bool(args.resume), step=args.step)
+    if result.stopped:
+        _resume_hint("sweep", run_dir)
+        return 0
     total_steps = len(result.runs) * config.num_updates * config.batch_size
     print(f"compile time {result.compile_time:.2f} s (traced {result.traces}x), run time {result.run_time:.2f} s, "
           f"{total_steps / result.run_time:,.0f} env steps/s over all runs, {result.num_calls} call(s)")
@@ -134,6 +187,37 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from purejaxppo.acting import evaluate, restore_policy
+    from purejaxppo.train import make_trainer
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
+    config, params, obs_stats, step = restore_policy(args.run_dir, args.step, args.run)
+    trainer = make_trainer(config)
+    run = jax.jit(lambda key: evaluate(trainer.policy, trainer.env, params,
+                                       lambda obs: trainer.normalize_obs(obs_stats, obs), key, args.episodes))
+    returns, lengths = jax.device_get(run(jax.random.key(args.seed)))
+    print(f"{config.env}, checkpoint {step} ({step * config.batch_size:,} env steps), {args.episodes} deterministic "
+          f"episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f} (mean +- std), "
+          f"length {np.mean(lengths):.1f}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from purejaxppo import plots
+
+    curves = [plots.read_curves(d, args.metric) for d in args.run_dirs]
+    out = Path(args.out) if args.out else (
+        Path(args.run_dirs[0]) / f"{args.metric}.png" if len(args.run_dirs) == 1 else Path(f"{args.metric}.png"))
+    plots.plot_learning_curves(curves, out, args.metric)
+    print(f"wrote {out}")
+    return 0
+
+
 def _envs(_: argparse.Namespace) -> int:
     from purejaxppo.envs import known_envs
 
@@ -143,11 +227,17 @@ def _envs(_: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"train": _train, "sweep": _sweep, "eval": _eval, "plot": _plot, "envs": _envs}
     try:
-        return {"train": _train, "sweep": _sweep, "envs": _envs}[args.command](args)
+        return commands[args.command](args)
     except ConfigError as err:
+        # a failed checkpoint read leaves orbax's pending reads to be logged at exit; the message says it all
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"purejaxppo: error: {err}", file=sys.stderr)
+        return EXIT_NON_FINITE
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import typing
 from collections.abc import Iterable, Mapping
@@ -86,6 +87,20 @@ class PPOConfig:
         default=0,
         metadata=_doc("Updates per compiled chunk between progress reports; 0 picks about 20 chunks.", min=0),
     )
+    checkpoint_every: int = field(
+        default=0,
+        metadata=_doc(
+            "Updates between checkpoints, taken at the first chunk end at or after each multiple. 0: only at "
+            "the end of the run, on SIGINT/SIGTERM, and the last good state when a run goes non-finite.",
+            min=0,
+        ),
+    )
+    keep_checkpoints: int = field(default=3, metadata=_doc("Checkpoints kept on disk (the newest).", min=1))
+    tensorboard: bool = field(
+        default=False, metadata=_doc("Also write TensorBoard event files (tensorboardX) to the run dir.")
+    )
+    wandb: bool = field(default=False, metadata=_doc("Also log to Weights & Biases (needs `wandb` installed)."))
+    wandb_project: str = field(default="purejaxppo", metadata=_doc("Weights & Biases project name."))
 
     # Derived sizes. Validation guarantees these divide evenly.
     @property
@@ -102,7 +117,8 @@ class PPOConfig:
 
     @property
     def chunk_size(self) -> int:
-        return self.log_every if self.log_every > 0 else max(1, math.ceil(self.num_updates / 20))
+        size = self.log_every if self.log_every > 0 else max(1, math.ceil(self.num_updates / 20))
+        return min(size, self.checkpoint_every) if self.checkpoint_every > 0 else size
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -114,6 +130,11 @@ class PPOConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(PPOConfig)}
+
+# Keys that change how a run is driven and logged, not what it computes: a resumed run may change them.
+RUN_CONTROL_KEYS: frozenset[str] = frozenset(
+    {"total_timesteps", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "wandb", "wandb_project"}
+)
 
 
 def _type_of(name: str) -> Any:
@@ -250,6 +271,9 @@ def validate(config: PPOConfig) -> PPOConfig:
         raise ConfigError("lr_warmup_fraction: must be > 0 with lr_schedule warmup_cosine")
     if config.lr_schedule != "constant" and config.lr_end > config.lr:
         raise ConfigError(f"lr_end: {config.lr_end} is above the peak lr {config.lr}")
+    for flag, module, extra in (("tensorboard", "tensorboardX", "tensorboard"), ("wandb", "wandb", "wandb")):
+        if getattr(config, flag) and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{flag}: needs the {module} package; pip install 'purejaxppo[{extra}]'")
     from purejaxppo.envs import check_env  # envs imports this module, so import late
 
     check_env(config.env, config.env_kwargs)

@@ -1,7 +1,8 @@
 """Action distributions as small pytrees of arrays: sample, log_prob, entropy, mode.
 
 Each works on a single state or any batch of them; the event dimension of a continuous action is the
-last axis.
+last axis. Every `entropy` takes an optional PRNG key so callers can treat all distributions alike;
+only those without a closed form (TanhGaussian) use it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import betaln, digamma
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
+# Keeps Beta log probs finite for actions on (or rounded onto) the bounds; 1 - 1e-6 is still < 1 in float32.
+_BETA_EPS = 1e-6
 
 
 @flax.struct.dataclass
@@ -29,7 +34,8 @@ class Categorical:
         idx = jnp.expand_dims(action.astype(jnp.int32), -1)
         return jnp.take_along_axis(self._log_probs(), idx, axis=-1)[..., 0]
 
-    def entropy(self) -> jax.Array:
+    def entropy(self, key: jax.Array | None = None) -> jax.Array:
+        """Exact entropy; `key` is ignored."""
         logp = self._log_probs()
         return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
@@ -39,6 +45,9 @@ class Categorical:
 
 @flax.struct.dataclass
 class DiagGaussian:
+    """An unbounded diagonal Gaussian. Samples may fall outside a Box's bounds: the env side clips the
+    action it steps with, while log probs stay those of the unclipped sample."""
+
     mean: jax.Array
     log_std: jax.Array
 
@@ -49,7 +58,8 @@ class DiagGaussian:
         z = (action - self.mean) * jnp.exp(-self.log_std)
         return jnp.sum(-0.5 * z**2 - self.log_std - 0.5 * _LOG_2PI, axis=-1)
 
-    def entropy(self) -> jax.Array:
+    def entropy(self, key: jax.Array | None = None) -> jax.Array:
+        """Exact entropy; `key` is ignored."""
         log_std = jnp.broadcast_to(self.log_std, self.mean.shape)
         return jnp.sum(log_std + 0.5 * (1.0 + _LOG_2PI), axis=-1)
 
@@ -57,4 +67,106 @@ class DiagGaussian:
         return self.mean
 
 
-Distribution = Categorical | DiagGaussian
+def _log_one_minus_tanh_sq(u: jax.Array) -> jax.Array:
+    """log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): the direct form hits log(0) once tanh
+    rounds to +-1 (|u| >~ 8 in float32), this one stays finite and accurate."""
+    return 2.0 * (_LOG_2 - u - jax.nn.softplus(-2.0 * u))
+
+
+@flax.struct.dataclass
+class TanhGaussian:
+    """A diagonal Gaussian over a pre-squash variable u, mapped to the Box [low, high] by
+    a = low + (tanh(u) + 1) (high - low) / 2.
+
+    `sample` and `mode` return u, not the env action, and `log_prob` takes u: storing u keeps log
+    probs exact (inverting tanh on an action rounded to the bound is not). Use `squash` to get the
+    action to step the env with. `low`/`high` broadcast against the event shape.
+    """
+
+    mean: jax.Array
+    log_std: jax.Array
+    low: jax.Array
+    high: jax.Array
+
+    def _log_det_jacobian(self, u: jax.Array) -> jax.Array:
+        """log |da/du| summed over the event axis (bounds broadcast to u before the sum)."""
+        return jnp.sum(_log_one_minus_tanh_sq(u) + jnp.log((self.high - self.low) / 2.0), axis=-1)
+
+    def _gaussian(self) -> DiagGaussian:
+        return DiagGaussian(self.mean, self.log_std)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        """A raw pre-tanh sample u."""
+        return self._gaussian().sample(key)
+
+    def log_prob(self, u: jax.Array) -> jax.Array:
+        """Log density of the squashed action squash(u), given the pre-squash u."""
+        return self._gaussian().log_prob(u) - self._log_det_jacobian(u)
+
+    def squash(self, u: jax.Array) -> jax.Array:
+        """The env action for a pre-squash u, inside [low, high]."""
+        return self.low + (jnp.tanh(u) + 1.0) * (self.high - self.low) / 2.0
+
+    def entropy(self, key: jax.Array | None = None) -> jax.Array:
+        """Gaussian entropy + E[log |det J|]. The expectation has no closed form: with a key it is a
+        one-sample reparameterised estimate (as Brax's PPO does), so it is unbiased and differentiable;
+        without one it is evaluated at u = mean."""
+        u = self.mean if key is None else self.sample(key)
+        return self._gaussian().entropy() + self._log_det_jacobian(u)
+
+    def mode(self) -> jax.Array:
+        """The raw mean; squash(mode()) is the deterministic action."""
+        return self.mean
+
+
+@flax.struct.dataclass
+class Beta:
+    """A Beta(alpha, beta) on [0, 1] rescaled to the Box [low, high]; `sample` returns actions already in
+    [low, high] and `log_prob` takes them. `low`/`high` broadcast against the event shape."""
+
+    alpha: jax.Array
+    beta: jax.Array
+    low: jax.Array
+    high: jax.Array
+
+    @classmethod
+    def from_unconstrained(
+        cls, x_alpha: jax.Array, x_beta: jax.Array, low: jax.Array | float, high: jax.Array | float
+    ) -> Beta:
+        """alpha = softplus(x_alpha) + 1, beta = softplus(x_beta) + 1: both > 1 keeps the density
+        unimodal and zero at the bounds (Chou et al. 2017, "Improving Stochastic Policy Gradients in
+        Continuous Control with Deep Reinforcement Learning using the Beta Distribution")."""
+        return cls(
+            jax.nn.softplus(x_alpha) + 1.0, jax.nn.softplus(x_beta) + 1.0, jnp.asarray(low), jnp.asarray(high)
+        )
+
+    def _shape(self) -> tuple[int, ...]:
+        return jnp.broadcast_shapes(jnp.shape(self.alpha), jnp.shape(self.beta))
+
+    def _rescale(self, x: jax.Array) -> jax.Array:
+        return self.low + x * (self.high - self.low)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        x = jax.random.beta(key, self.alpha, self.beta, self._shape(), jnp.result_type(self.alpha))
+        return self._rescale(x)
+
+    def log_prob(self, action: jax.Array) -> jax.Array:
+        x = jnp.clip((action - self.low) / (self.high - self.low), _BETA_EPS, 1.0 - _BETA_EPS)
+        log_pdf = (self.alpha - 1.0) * jnp.log(x) + (self.beta - 1.0) * jnp.log1p(-x) - betaln(self.alpha, self.beta)
+        # the rescaling correction is added per dimension, before the sum, so scalar bounds broadcast
+        return jnp.sum(log_pdf - jnp.log(self.high - self.low), axis=-1)
+
+    def entropy(self, key: jax.Array | None = None) -> jax.Array:
+        """Exact entropy of the rescaled distribution; `key` is ignored."""
+        a, b = self.alpha, self.beta
+        h = betaln(a, b) - (a - 1.0) * digamma(a) - (b - 1.0) * digamma(b) + (a + b - 2.0) * digamma(a + b)
+        return jnp.sum(h + jnp.log(self.high - self.low), axis=-1)
+
+    def mode(self) -> jax.Array:
+        """The rescaled mean alpha / (alpha + beta), not the true mode: the mode is undefined at
+        alpha = beta = 1 and jumps to a bound when a parameter drops below 1, whereas the mean is a smooth,
+        always-interior function of the parameters."""
+        return self._rescale(self.alpha / (self.alpha + self.beta))
+
+
+Distribution = Categorical | DiagGaussian | TanhGaussian | Beta

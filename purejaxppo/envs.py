@@ -1,4 +1,4 @@
-"""The env adapter interface the trainer sees, and its gymnax implementation.
+"""The env adapter interface the trainer sees, and its gymnax and Brax implementations.
 
 An adapter is unbatched: the trainer vmaps it. `step` auto-resets and reports the two end flags
 separately, with the last observation of a finished episode, so GAE can bootstrap on truncation.
@@ -95,19 +95,155 @@ class GymnaxEnv:
         )
 
 
+BRAX_PREFIX = "brax/"
+BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
+_BRAX_WRAPPER_KWARGS = {"backend", "episode_length", "action_repeat"}
+
+
+class BraxEnv:
+    """A Brax env behind the adapter interface, named `brax/<name>` (any name in `brax.envs`).
+
+    env_kwargs: `backend` (one of BRAX_BACKENDS; default `positional`, or `generalized` for envs
+    that reject positional, e.g. swimmer), `episode_length` (default 1000), `action_repeat`
+    (default 1); any other key goes to the env's constructor (e.g. `ctrl_cost_weight`, `n_frames`).
+    As in Brax, `episode_length` counts base-env steps, so an episode lasts
+    episode_length / action_repeat agent steps, and the reward is summed over the repeats.
+
+    Only Brax's EpisodeWrapper is used: its AutoResetWrapper would replay one cached initial
+    state, so `step` draws a fresh initial state from the step's key when an episode ends.
+    """
+
+    def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None):
+        from brax.envs.wrappers.training import EpisodeWrapper
+
+        self.name = name
+        base, episode_length, action_repeat = _make_brax_base(name, env_kwargs or {})
+        self._env = EpisodeWrapper(base, episode_length, action_repeat)
+        size = int(base.action_size)
+        self.action_space = ActionSpace(
+            discrete=False,
+            shape=(size,),
+            low=-jnp.ones((size,), jnp.float32),
+            high=jnp.ones((size,), jnp.float32),
+        )
+        # `observation_size` would run an un-jitted reset; tracing the shape is near free.
+        obs = jax.eval_shape(self.reset, jax.random.key(0))[0]
+        self.observation_shape = tuple(obs.shape)
+
+    @staticmethod
+    def _flat(obs: Any) -> jax.Array:
+        # Some envs (e.g. `fast` with obs_mode) return dict observations; concatenate them.
+        return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(obs)])
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        state = self._env.reset(key)
+        return self._flat(state.obs), state
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        stepped = self._env.step(state, action)
+        done = stepped.done > 0
+        # EpisodeWrapper sets truncation = 1 - done_of_env at the time limit, so an env that
+        # terminates on the last step reports termination only.
+        truncated = stepped.info["truncation"] > 0
+        obs, fresh = self.reset(key)
+        final_obs = self._flat(stepped.obs)
+        return EnvStep(
+            obs=jnp.where(done, obs, final_obs),
+            state=jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, stepped),
+            reward=jnp.asarray(stepped.reward, jnp.float32),
+            terminated=done & ~truncated,
+            truncated=truncated,
+            final_obs=final_obs,
+        )
+
+
+def _brax_kwarg_names(env_class: type) -> set[str]:
+    """Constructor keywords of a Brax env class, following `**kwargs` up to PipelineEnv."""
+    import inspect
+
+    names: set[str] = set()
+    for cls in env_class.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        params = inspect.signature(cls.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self", "sys"}
+
+
+def _brax_int(env_kwargs: dict[str, Any], key: str, default: int, minimum: int, name: str) -> int:
+    value = env_kwargs.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"env_kwargs.{key}: must be an integer >= {minimum} for {name}, got {value!r}")
+    return value
+
+
+def _make_brax_base(name: str, env_kwargs: dict[str, Any]) -> tuple[Any, int, int]:
+    """Validate env_kwargs and build the unwrapped Brax env (loads the model; compiles nothing)."""
+    import brax.envs
+
+    env_class = brax.envs._envs[name.removeprefix(BRAX_PREFIX)]
+    known = _brax_kwarg_names(env_class) | _BRAX_WRAPPER_KWARGS
+    for key in env_kwargs:
+        if key not in known:
+            raise unknown_key_error(key, known, what=f"env_kwargs parameter of {name}")
+    episode_length = _brax_int(env_kwargs, "episode_length", 1000, 1, name)
+    action_repeat = _brax_int(env_kwargs, "action_repeat", 1, 1, name)
+    rest = {k: v for k, v in env_kwargs.items() if k not in _BRAX_WRAPPER_KWARGS}
+    backend = env_kwargs.get("backend")
+    if backend is not None and backend not in BRAX_BACKENDS:
+        raise ConfigError(f"env_kwargs.backend: unknown Brax backend {backend!r}; known: {', '.join(BRAX_BACKENDS)}")
+    try:
+        if backend is None:
+            try:
+                return env_class(backend="positional", **rest), episode_length, action_repeat
+            except ValueError:  # e.g. swimmer supports generalized only
+                backend = "generalized"
+        return env_class(backend=backend, **rest), episode_length, action_repeat
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split())  # ConfigError messages are one line
+        raise ConfigError(f"env_kwargs: {name} rejected {env_kwargs}: {message}") from err
+
+
+def _brax_names() -> list[str]:
+    import brax.envs
+
+    # brax 0.14 has no public listing of its registry
+    return [BRAX_PREFIX + n for n in brax.envs._envs]
+
+
 def known_envs() -> list[str]:
     import gymnax
 
-    return list(gymnax.registered_envs)
+    return list(gymnax.registered_envs) + _brax_names()
+
+
+def _check_name(name: str) -> None:
+    import difflib
+
+    import gymnax
+
+    # Look only in the family the name belongs to, so gymnax users never import brax.
+    if name in (_brax_names() if name.startswith(BRAX_PREFIX) else gymnax.registered_envs):
+        return
+    known = known_envs()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"env: unknown environment '{name}'; known: {', '.join(known)}{hint}")
 
 
 def check_env(name: str, env_kwargs: dict[str, Any]) -> None:
     """Raise ConfigError for an unknown env or env parameter, without compiling anything."""
-    make_env(name, env_kwargs)
+    if name.startswith(BRAX_PREFIX):
+        _check_name(name)
+        _make_brax_base(name, env_kwargs or {})
+    else:
+        make_env(name, env_kwargs)
 
 
 def make_env(name: str, env_kwargs: dict[str, Any] | None = None) -> Env:
-    known = known_envs()
-    if name not in known:
-        raise ConfigError(f"env: unknown environment '{name}'; known: {', '.join(known)}")
+    _check_name(name)
+    if name.startswith(BRAX_PREFIX):
+        return BraxEnv(name, env_kwargs)
     return GymnaxEnv(name, env_kwargs)

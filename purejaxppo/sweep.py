@@ -24,7 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from purejaxppo import config as config_lib
 from purejaxppo import stats
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.runner import METRIC_NAMES, final_return, run_chunks
+from purejaxppo import checkpoint, plots, runner
+from purejaxppo.runner import final_return, metric_names
 from purejaxppo.train import TRACED_HPARAMS, HParams, TrainState, make_trainer
 
 
@@ -42,6 +43,7 @@ class SweepResult:
     num_calls: int
     traces: int  # how many times the chunk program was traced: 1 per sweep
     run_dir: Path | None
+    stopped: bool = False  # stopped early with a checkpoint to resume from
 
     def final_returns(self) -> np.ndarray:
         return np.array([final_return(r) for r in self.metrics["episode_return"]])
@@ -90,9 +92,27 @@ def sweep(
     run_dir: str | Path | None = None,
     max_runs_per_call: int | None = None,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    resume: bool = False,
+    step: int | None = None,
+    until_update: int | None = None,
 ) -> SweepResult:
     """Train `seeds` x grid runs. Seed i uses `jax.random.key(config.seed + i)`, so run k reproduces
-    `purejaxppo train` with that seed and that grid point's values."""
+    `purejaxppo train` with that seed and that grid point's values.
+
+    When the runs are split into several calls, the calls advance chunk by chunk in lockstep, so one
+    checkpoint holds every run of the sweep. `resume`, `step` and `until_update` work as in
+    `runner.train`; a resumed sweep takes its seeds and grid from the checkpoint.
+    """
+    if resume:
+        if run_dir is None:
+            raise checkpoint.CheckpointError("resume needs a run dir")
+        saved_step, meta = checkpoint.read_meta(run_dir, step)
+        if meta.get("kind") != "sweep":
+            raise checkpoint.CheckpointError(f"{run_dir} holds a single run, not a sweep; resume it with train")
+        checkpoint.check_compatible(checkpoint.config_of(meta), config, f"checkpoint {saved_step} in {run_dir}")
+        seeds, grid = int(meta["num_seeds"]), meta["grid"]
+        max_runs_per_call = meta["max_runs_per_call"]
     if seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {seeds}")
     grid = {k: list(v) for k, v in (grid or {}).items()}
@@ -116,9 +136,6 @@ def sweep(
         traces += 1
         return jax.vmap(trainer.run_chunk, in_axes=(0, None))(state, num_active)
 
-    init = jax.jit(jax.vmap(trainer.init), out_shardings=sharded)
-    chunk_jit = jax.jit(chunk, donate_argnums=0, out_shardings=sharded)
-
     def call_inputs(batch: list[dict[str, Any]]) -> tuple[jax.Array, HParams]:
         keys = jax.vmap(jax.random.key)(jnp.array([r["seed"] for r in batch], jnp.uint32))
         hps = [HParams.from_config(config.replace(**{k: r[k] for k in grid})) for r in batch]
@@ -126,35 +143,61 @@ def sweep(
         return jax.device_put((keys, hparams), sharded)
 
     start = time.perf_counter()
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded),
-        jax.eval_shape(jax.vmap(trainer.init), *call_inputs(padded[:per_call])),
-    )
-    init_c = init.lower(*call_inputs(padded[:per_call])).compile()
-    chunk_c = chunk_jit.lower(abstract, 0).compile()
+    call_shape = jax.eval_shape(jax.vmap(trainer.init), *call_inputs(padded[:per_call]))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded), call_shape)
+    chunk_c = jax.jit(chunk, out_shardings=sharded).lower(abstract, 0).compile()
+    if resume:
+        whole = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_calls * x.shape[0],) + x.shape[1:], x.dtype),
+                             call_shape)
+        first, restored, _ = checkpoint.restore(run_dir, whole, saved_step)
+        states = [jax.device_put(jax.tree.map(lambda x: x[c * per_call : (c + 1) * per_call], restored), sharded)
+                  for c in range(num_calls)]
+    else:
+        init_c = jax.jit(jax.vmap(trainer.init), out_shardings=sharded).lower(*call_inputs(padded[:per_call])).compile()
+        first = 0
+        states = [init_c(*call_inputs(padded[c * per_call : (c + 1) * per_call])) for c in range(num_calls)]
     compile_time = time.perf_counter() - start
 
+    partial = Path(run_dir) / "metrics_partial.npz" if run_dir is not None else None
+    collected: list[dict[str, np.ndarray]] = []
+    if resume and partial is not None and partial.is_file():
+        with np.load(partial) as saved:
+            collected.append({k: saved[k][:, :first] for k in saved.files})
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        config_lib.save(config, Path(run_dir) / "config.yaml")
+
+    def on_metrics(_: int, metrics: dict[str, np.ndarray]) -> None:
+        collected.append(metrics)
+        if partial is not None:  # what a resume needs besides the checkpoint; written before each save
+            merged = {k: np.concatenate([c[k] for c in collected], axis=1) for k in collected[-1]}
+            tmp = partial.with_suffix(".tmp.npz")
+            np.savez(tmp, **merged)
+            tmp.replace(partial)
+
+    def progress(done: int, _: dict[str, np.ndarray]) -> None:
+        if on_chunk is not None:
+            on_chunk({"call": num_calls, "num_calls": num_calls, "update": done, "num_updates": config.num_updates,
+                      "env_steps": done * config.batch_size, "seconds": time.perf_counter() - start})
+
+    meta = {"config": config.to_dict(), "kind": "sweep", "num_seeds": seeds, "grid": grid,
+            "max_runs_per_call": max_runs_per_call, "num_runs": len(runs), "stacked_runs": num_calls * per_call}
+    stack = lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)  # noqa: E731
     start = time.perf_counter()
-    states, collected = [], []
-    for call in range(num_calls):
-        state = init_c(*call_inputs(padded[call * per_call : (call + 1) * per_call]))
-        parts = []
-        for state, done, metrics in run_chunks(chunk_c, state, config):
-            parts.append(metrics)
-            if on_chunk is not None:
-                on_chunk({"call": call + 1, "num_calls": num_calls, "update": done, "num_updates": config.num_updates,
-                          "env_steps": done * config.batch_size, "seconds": time.perf_counter() - start})
-        states.append(state)
-        collected.append({k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]})
+    out = runner.drive(chunk_c, states, config, first, run_dir=Path(run_dir) if run_dir else None, meta=meta,
+                       stack=stack, on_metrics=on_metrics, on_chunk=progress, until_update=until_update, guard=False)
+    jax.block_until_ready(out.states)
     run_time = time.perf_counter() - start
 
     n = len(runs)
-    metrics = {k: np.concatenate([c[k] for c in collected])[:n] for k in collected[0]}
-    state = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *states)
+    metrics = {k: np.concatenate([c[k] for c in collected], axis=1)[:n] for k in collected[-1]}
+    state = jax.tree.map(lambda x: x[:n], stack(out.states))
     result = SweepResult(config, grid, points, seed_list, runs, metrics, state, compile_time, run_time,
-                         num_calls, traces, Path(run_dir) if run_dir else None)
-    if run_dir is not None:
+                         num_calls, traces, Path(run_dir) if run_dir else None, out.stopped)
+    if run_dir is not None and not out.stopped:
         write_results(result, Path(run_dir))
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     return result
 
 
@@ -181,9 +224,10 @@ def write_results(result: SweepResult, run_dir: Path) -> None:
         run_dir / "metrics.npz",
         seeds=np.array([r["seed"] for r in result.runs]),
         **{f"param_{k}": np.array([r[k] for r in result.runs]) for k in keys},
-        **{name: result.metrics[name] for name in METRIC_NAMES},
+        **{name: result.metrics[name] for name in metric_names(result.metrics)},
     )
-    plot_curves(result, run_dir / "curves.png")
+    plots.plot_learning_curves([plots.curves_of_sweep(result.metrics, result.runs, list(result.grid), result.config.env)],
+                               run_dir / "curves.png")
 
 
 def area_under_curve(env_steps: np.ndarray, returns: np.ndarray) -> float:
@@ -194,44 +238,3 @@ def area_under_curve(env_steps: np.ndarray, returns: np.ndarray) -> float:
         return float(returns[ok][0]) if ok.any() else float("nan")
     x, y = env_steps[ok], np.asarray(returns, np.float64)[ok]
     return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
-
-
-def smooth_curves(curves: np.ndarray) -> np.ndarray:
-    """Carry the last finite return forward over updates where no episode completed."""
-    out = np.array(curves, np.float64)
-    for row in out:
-        last = np.nan
-        for i, v in enumerate(row):
-            if np.isfinite(v):
-                last = v
-            else:
-                row[i] = last
-    return out
-
-
-def plot_curves(result: SweepResult, path: Path, num_resamples: int = 500) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = result.metrics["env_steps"][0]
-    curves = smooth_curves(result.metrics["episode_return"]).reshape(len(result.points), len(result.seeds), -1)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for g, point in enumerate(result.points):
-        label = ", ".join(f"{k}={v:g}" for k, v in point.items()) or result.config.env
-        line = np.array([stats.iqm(c) if np.isfinite(c).all() else np.nan for c in curves[g].T])
-        band = np.array([
-            stats.stratified_bootstrap_ci(c, stats.iqm, num_resamples=num_resamples) if np.isfinite(c).all()
-            else (np.nan, np.nan) for c in curves[g].T
-        ])
-        ax.plot(steps, line, label=label)
-        ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.2)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("episode return (IQM over seeds, 95% CI)")
-    ax.set_title(f"{result.config.env}: {len(result.seeds)} seeds per curve")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -88,6 +88,106 @@ def test_value_loss_and_diagnostics_hand_computed():
     assert np.isnan(losses.explained_variance(v, jnp.ones(3)))
 
 
+def test_clipped_surrogate_dual_clip_hand_computed():
+    ratio = np.array([0.5, 1.5, 5.0, 2.0, 0.5, 1.3, 0.7])
+    adv = np.array([1.0, 2.0, -1.0, -2.0, -1.0, 1.0, -3.0])
+    eps, c = 0.2, 3.0
+    # min(r A, clip(r) A), then for A < 0 the floor c A:
+    #   A > 0:  0.5 vs 0.8 -> 0.5;  3 vs 2.4 -> 2.4;  1.3 vs 1.2 -> 1.2   (no floor)
+    #   r = 5,   A = -1:  min(-5, -1.2) = -5  < c A = -3  -> floor binds:  -3
+    #   r = 2,   A = -2:  min(-4, -2.4) = -4  > c A = -6  -> not binding:  -4
+    #   r = 0.5, A = -1:  min(-0.5, -0.8) = -0.8 > -3                   -> -0.8
+    #   r = 0.7, A = -3:  min(-2.1, -2.4) = -2.4 > -9                   -> -2.4
+    expected_plain = -np.mean([0.5, 2.4, -5.0, -4.0, -0.8, 1.2, -2.4])
+    expected_dual = -np.mean([0.5, 2.4, -3.0, -4.0, -0.8, 1.2, -2.4])
+    log_ratio, a = jnp.log(jnp.asarray(ratio, jnp.float32)), jnp.asarray(adv, jnp.float32)
+    np.testing.assert_allclose(losses.clipped_surrogate(log_ratio, a, eps), expected_plain, rtol=1e-6)
+    np.testing.assert_allclose(losses.clipped_surrogate(log_ratio, a, eps, None), expected_plain, rtol=1e-6)
+    np.testing.assert_allclose(losses.clipped_surrogate(log_ratio, a, eps, c), expected_dual, rtol=1e-6)
+    np.testing.assert_allclose(losses.dual_clip_fraction(log_ratio, a, eps, c), 1 / 7, rtol=1e-6)
+    # c = 1.5 also floors r = 2, A = -2 (-4 < -3); positive advantages are never floored
+    np.testing.assert_allclose(losses.dual_clip_fraction(log_ratio, a, eps, 1.5), 2 / 7, rtol=1e-6)
+    expected_tight = -np.mean([0.5, 2.4, -1.5, -3.0, -0.8, 1.2, -2.4])
+    np.testing.assert_allclose(losses.clipped_surrogate(log_ratio, a, eps, 1.5), expected_tight, rtol=1e-6)
+
+    # clip_eps and dual_clip as traced scalars
+    jitted = jax.jit(losses.clipped_surrogate)
+    np.testing.assert_allclose(jitted(log_ratio, a, jnp.float32(eps), jnp.float32(c)), expected_dual, rtol=1e-6)
+    frac = jax.jit(losses.dual_clip_fraction)(log_ratio, a, jnp.float32(eps), jnp.float32(c))
+    np.testing.assert_allclose(frac, 1 / 7, rtol=1e-6)
+
+
+def test_dual_clip_gradient_is_zero_where_the_floor_binds():
+    log_ratio = jnp.log(jnp.array([5.0, 2.0]))
+    adv = jnp.array([-1.0, -2.0])
+    grad = jax.grad(lambda lr: losses.clipped_surrogate(lr, adv, 0.2, 3.0))(log_ratio)
+    # sample 0 is floored at c A (constant); sample 1 keeps d(-r A / 2)/d log r = -r A / 2 = 2
+    np.testing.assert_allclose(grad, [0.0, 2.0], rtol=1e-6)
+
+
+def test_clipped_value_loss_hand_computed():
+    v = np.array([1.0, 3.0, 0.0, 2.0])
+    v_old = np.array([0.8, 1.0, 1.0, 2.05])
+    r = np.array([1.0, 4.0, -2.0, 0.0])
+    eps = 0.5
+    # V_clip = V_old + clip(V - V_old, -0.5, 0.5); per sample max((V - R)^2, (V_clip - R)^2):
+    #   V - V_old =  0.2 (inside)  -> V_clip = 1.0:   max(0,    0)    = 0
+    #   V - V_old =  2.0 -> +0.5   -> V_clip = 1.5:   max(1,    6.25) = 6.25   (clipped term wins)
+    #   V - V_old = -1.0 -> -0.5   -> V_clip = 0.5:   max(4,    6.25) = 6.25   (clipped term wins)
+    #   V - V_old = -0.05 (inside) -> V_clip = 2.0:   max(4,    4)    = 4
+    expected = 0.5 * np.mean([0.0, 6.25, 6.25, 4.0])
+    args = [jnp.asarray(x, jnp.float32) for x in (v, v_old, r)]
+    np.testing.assert_allclose(losses.clipped_value_loss(*args, eps), expected, rtol=1e-6)
+    # where clipping moves V towards R the unclipped error is the larger one and is kept
+    v2, v_old2, r2 = jnp.array([3.0]), jnp.array([1.0]), jnp.array([2.0])
+    # V_clip = 1.5: max((3 - 2)^2, (1.5 - 2)^2) = 1
+    np.testing.assert_allclose(losses.clipped_value_loss(v2, v_old2, r2, 0.5), 0.5, rtol=1e-6)
+    # a huge eps never clips: plain value loss
+    np.testing.assert_allclose(losses.clipped_value_loss(*args, 1e6), losses.value_loss(args[0], args[2]), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(losses.clipped_value_loss)(*args, jnp.float32(eps)), expected, rtol=1e-6)
+
+
+def test_approx_kl_k1_and_k3():
+    ratios = [0.5, 1.0, 1.25, 2.0]
+    log_ratio = jnp.log(jnp.array(ratios))
+    k1 = np.mean([-math.log(x) for x in ratios])
+    k3 = np.mean([(x - 1) - math.log(x) for x in ratios])
+    np.testing.assert_allclose(losses.approx_kl(log_ratio, "k1"), k1, rtol=1e-5)
+    np.testing.assert_allclose(losses.approx_kl(log_ratio, "k3"), k3, rtol=1e-5)
+    np.testing.assert_allclose(losses.approx_kl(log_ratio), k3, rtol=1e-5)
+    # k1 can go negative on a batch, k3 cannot
+    assert losses.approx_kl(jnp.log(jnp.array([2.0, 1.5])), "k1") < 0
+    assert losses.approx_kl(jnp.log(jnp.array([2.0, 1.5])), "k3") > 0
+    with pytest.raises(ValueError, match="k2"):
+        losses.approx_kl(log_ratio, "k2")
+    jitted = jax.jit(losses.approx_kl, static_argnames="estimator")
+    np.testing.assert_allclose(jitted(log_ratio, estimator="k1"), k1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kl,expected_beta", [
+    (0.02, 2.0),    # > 1.5 * 0.01: double
+    (0.005, 0.5),   # < 0.01 / 1.5: halve
+    (0.01, 1.0),    # inside the band: keep
+    (0.014, 1.0),
+    (0.007, 1.0),
+])
+def test_adapt_kl_coef(kl, expected_beta):
+    np.testing.assert_allclose(losses.adapt_kl_coef(1.0, kl, 0.01), expected_beta, rtol=1e-6)
+    traced = jax.jit(losses.adapt_kl_coef)(jnp.float32(1.0), jnp.float32(kl), jnp.float32(0.01))
+    np.testing.assert_allclose(traced, expected_beta, rtol=1e-6)
+
+
+def test_adapt_kl_coef_vectorised_over_runs():
+    beta = jnp.array([0.5, 1.0, 3.0])
+    kl = jnp.array([0.1, 0.001, 0.01])
+    np.testing.assert_allclose(jax.vmap(losses.adapt_kl_coef, (0, 0, None))(beta, kl, 0.01), [1.0, 0.5, 3.0])
+
+
+def test_ratio_stats():
+    mean, max_ = losses.ratio_stats(jnp.log(jnp.array([0.5, 1.0, 1.5, 3.0])))
+    np.testing.assert_allclose([mean, max_], [1.5, 3.0], rtol=1e-6)
+
+
 def test_normalize_zero_mean_unit_std():
     x = jnp.array([1.0, 2.0, 3.0, 10.0])
     out = losses.normalize(x)
