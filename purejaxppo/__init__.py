@@ -9,11 +9,13 @@ import os
 if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 
+from purejaxppo.acting import load_policy
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.sweep import SweepResult, sweep
 from purejaxppo.train import HParams, TrainState, make_train, make_trainer
 
 __all__ = [
-    "ConfigError", "HParams", "PPOConfig", "SweepResult", "TrainState", "make_train", "make_trainer", "sweep",
+    "ConfigError", "HParams", "PPOConfig", "SweepResult", "TrainState", "load_policy", "make_train", "make_trainer",
+    "sweep",
 ]
 __version__ = "0.1.0"

@@ -113,3 +113,33 @@ def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> C
         return policy.env_action(dist.sample(key))
 
     return act
+
+
+def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1000, seed: int = 0) -> str:
+    """Brax's HTML viewer page of one deterministic episode of a run's policy (at most `max_steps`)."""
+    from purejaxppo.envs import BraxEnv
+    from purejaxppo.train import make_trainer
+
+    config, params, obs_stats, _ = restore_policy(run_dir, step)
+    trainer = make_trainer(config)
+    env = trainer.env
+    if not isinstance(env, BraxEnv):
+        raise checkpoint.CheckpointError(f"render: {config.env} is not a Brax env; render draws Brax scenes only")
+
+    @jax.jit
+    def episode(key: jax.Array) -> tuple[Any, jax.Array]:
+        k_reset, k_steps = jax.random.split(key)
+        obs, state = env.reset(k_reset)
+
+        def step_fn(carry: tuple, k: jax.Array) -> tuple[tuple, tuple]:
+            obs, state = carry
+            action = deterministic_action(trainer.policy, params, trainer.normalize_obs(obs_stats, obs))
+            out = env.step(k, state, action)
+            return (out.obs, out.state), (state.pipeline_state, out.terminated | out.truncated)
+
+        _, (frames, done) = jax.lax.scan(step_fn, (obs, state), jax.random.split(k_steps, max_steps))
+        return frames, done
+
+    frames, done = jax.device_get(episode(jax.random.key(seed)))
+    length = int(done.argmax()) + 1 if done.any() else max_steps  # frames up to the step that ended it
+    return env.render_html([jax.tree.map(lambda x: x[i], frames) for i in range(length)])

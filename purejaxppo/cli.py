@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", type=int, default=0, help="for a sweep: the run index (see runs.csv)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs")
 
+    render = sub.add_parser("render", help="write Brax's HTML viewer of one episode of a trained Brax policy")
+    render.add_argument("run_dir", metavar="RUN_DIR")
+    render.add_argument("--out", help="HTML file (default: RUN_DIR/render.html)")
+    render.add_argument("--step", type=int, help="checkpoint to render (default: the latest)")
+    render.add_argument("--max-steps", type=int, default=1000, help="longest episode to draw")
+    render.add_argument("--seed", type=int, default=0)
+
     plot = sub.add_parser("plot", help="learning curves of runs or sweeps against env steps")
     plot.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     plot.add_argument("--metric", default="episode_return", help="a column of metrics.csv (default: episode_return)")
@@ -207,6 +214,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    from purejaxppo.acting import render_html
+
+    if args.max_steps < 1:
+        raise ConfigError(f"--max-steps: must be >= 1, got {args.max_steps}")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "render.html"
+    out.write_text(render_html(args.run_dir, args.step, args.max_steps, args.seed))
+    print(f"wrote {out} (Brax's viewer; it loads its scripts from a CDN when opened)")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from purejaxppo import plots
 
@@ -227,7 +245,7 @@ def _envs(_: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"train": _train, "sweep": _sweep, "eval": _eval, "plot": _plot, "envs": _envs}
+    commands = {"train": _train, "sweep": _sweep, "eval": _eval, "render": _render, "plot": _plot, "envs": _envs}
     try:
         return commands[args.command](args)
     except ConfigError as err:

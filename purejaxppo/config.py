@@ -28,6 +28,7 @@ def _doc(text: str, source: str = "common practice", **checks: Any) -> dict[str,
 
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
+DISTRIBUTIONS = ("auto", "categorical", "gaussian", "tanh_gaussian", "beta")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,56 @@ class PPOConfig:
     clip_eps: float = field(
         default=0.2, metadata=_doc("Ratio clip range of the surrogate.", "Schulman et al. 2017", gt=0.0)
     )
+    clip_policy: bool = field(
+        default=True,
+        metadata=_doc("Use the clipped surrogate. Off, with kl_coef > 0, gives the KL-penalty variant.",
+                      "Schulman et al. 2017"),
+    )
+    dual_clip: float = field(
+        default=0.0,
+        metadata=_doc("Dual-clip constant c > 1: for negative advantages the surrogate is bounded below by c*A. "
+                      "0 turns it off.", "Ye et al. 2020 (dual-clip PPO)", min=0.0),
+    )
+    kl_coef: float = field(
+        default=0.0,
+        metadata=_doc("Initial coefficient beta of the adaptive KL penalty beta*KL; 0 turns the penalty off.",
+                      "Schulman et al. 2017, sec. 4", min=0.0),
+    )
+    kl_target: float = field(
+        default=0.01,
+        metadata=_doc("KL target of the adaptive penalty: after each update beta doubles when KL > 1.5 target "
+                      "and halves when KL < target / 1.5.", "Schulman et al. 2017, sec. 4", gt=0.0),
+    )
+    target_kl: float = field(
+        default=0.0,
+        metadata=_doc("KL early stopping: once a minibatch's approximate KL (before its step) exceeds "
+                      "1.5 x target_kl, the update's remaining minibatch steps are skipped. 0 turns it off.",
+                      "OpenAI Spinning Up; Stable-Baselines3", min=0.0),
+    )
+    kl_estimator: str = field(
+        default="k3",
+        metadata=_doc("Estimator of KL(old||new) for logging, the penalty and early stopping: k1 = -log r, "
+                      "k3 = (r - 1) - log r (unbiased, low variance).", "Schulman 2020, 'Approximating KL'",
+                      choices=("k1", "k3")),
+    )
+    clip_value: bool = field(
+        default=False,
+        metadata=_doc("Clip the value loss: max((V-R)^2, (V_old + clip(V - V_old, -e, e) - R)^2).",
+                      "Schulman et al. 2017 (baselines); Andrychowicz et al. 2021"),
+    )
+    value_clip_eps: float = field(
+        default=0.2, metadata=_doc("The e of clip_value.", "OpenAI baselines", gt=0.0)
+    )
     vf_coef: float = field(default=0.5, metadata=_doc("Value-loss coefficient.", "Schulman et al. 2017", min=0.0))
     ent_coef: float = field(default=0.01, metadata=_doc("Entropy-bonus coefficient.", "Schulman et al. 2017", min=0.0))
+    ent_schedule: str = field(
+        default="constant",
+        metadata=_doc("Schedule of the entropy coefficient over updates, from ent_coef to ent_coef_final.",
+                      choices=("constant", "linear", "cosine")),
+    )
+    ent_coef_final: float = field(
+        default=0.0, metadata=_doc("Final entropy coefficient of the linear and cosine schedules.", min=0.0)
+    )
     max_grad_norm: float = field(
         default=0.5, metadata=_doc("Global gradient-norm clip.", "Andrychowicz et al. 2021", gt=0.0)
     )
@@ -75,13 +124,62 @@ class PPOConfig:
         default=(64, 64), metadata=_doc("Hidden layer widths of the actor and of the critic MLP.", min_each=1)
     )
     activation: str = field(default="tanh", metadata=_doc("Hidden activation.", choices=ACTIVATIONS))
+    shared_torso: bool = field(
+        default=False, metadata=_doc("One hidden torso for actor and critic heads, instead of two MLPs.")
+    )
+    layer_norm: bool = field(default=False, metadata=_doc("Layer norm after each hidden Dense layer."))
+    hidden_gain: float = field(
+        default=math.sqrt(2.0), metadata=_doc("Orthogonal-init gain of hidden layers.", "Andrychowicz et al. 2021",
+                                              gt=0.0)
+    )
+    actor_head_gain: float = field(
+        default=0.01, metadata=_doc("Orthogonal-init gain of the policy head.", "Andrychowicz et al. 2021", gt=0.0)
+    )
+    critic_head_gain: float = field(
+        default=1.0, metadata=_doc("Orthogonal-init gain of the value head.", "Andrychowicz et al. 2021", gt=0.0)
+    )
+    distribution: str = field(
+        default="auto",
+        metadata=_doc("Action distribution. auto: categorical for discrete actions, gaussian for boxes. "
+                      "gaussian is clipped to the bounds for the env only; tanh_gaussian squashes with the "
+                      "log-det-Jacobian correction; beta is rescaled to the bounds.",
+                      "Haarnoja et al. 2018 (tanh); Chou et al. 2017 (beta)", choices=DISTRIBUTIONS),
+    )
+    state_dependent_std: bool = field(
+        default=False,
+        metadata=_doc("Gaussian std from the actor network (softplus + 1e-3) instead of a free log-std "
+                      "parameter.", "Brax PPO (state dependent)"),
+    )
     normalize_advantages: bool = field(
         default=True, metadata=_doc("Normalise advantages per minibatch.", "Andrychowicz et al. 2021")
     )
     normalize_obs: bool = field(
         default=False, metadata=_doc("Normalise observations with running batch statistics.")
     )
+    obs_clip: float = field(
+        default=0.0,
+        metadata=_doc("Clip observations (after normalisation, when on) to [-c, c]; 0 turns it off.",
+                      "Andrychowicz et al. 2021 (c = 10 with normalisation)", min=0.0),
+    )
     reward_scale: float = field(default=1.0, metadata=_doc("Constant factor on rewards for learning.", gt=0.0))
+    normalize_reward: bool = field(
+        default=False,
+        metadata=_doc("Divide rewards by the running std of each env's discounted return (statistics in the "
+                      "training state).", "Engstrom et al. 2020; gym VecNormalize"),
+    )
+    reward_clip: float = field(
+        default=0.0,
+        metadata=_doc("Clip the learned-from reward (after scaling and normalisation) to [-c, c]; 0 turns it off.",
+                      "Mnih et al. 2015 (c = 1)", min=0.0),
+    )
+    eval_every: int = field(
+        default=0,
+        metadata=_doc("Updates between deterministic evaluations inside the compiled program, at chunk ends; "
+                      "0 turns evaluation off.", min=0),
+    )
+    eval_episodes: int = field(
+        default=10, metadata=_doc("Episodes per evaluation, one per separate eval env.", min=1)
+    )
     seed: int = field(default=0, metadata=_doc("PRNG seed.", min=0))
     log_every: int = field(
         default=0,
@@ -118,7 +216,9 @@ class PPOConfig:
     @property
     def chunk_size(self) -> int:
         size = self.log_every if self.log_every > 0 else max(1, math.ceil(self.num_updates / 20))
-        return min(size, self.checkpoint_every) if self.checkpoint_every > 0 else size
+        for every in (self.checkpoint_every, self.eval_every):
+            size = min(size, every) if every > 0 else size
+        return size
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -271,6 +371,16 @@ def validate(config: PPOConfig) -> PPOConfig:
         raise ConfigError("lr_warmup_fraction: must be > 0 with lr_schedule warmup_cosine")
     if config.lr_schedule != "constant" and config.lr_end > config.lr:
         raise ConfigError(f"lr_end: {config.lr_end} is above the peak lr {config.lr}")
+    if 0.0 < config.dual_clip <= 1.0:
+        raise ConfigError(f"dual_clip: must be > 1 (or 0 for off), got {config.dual_clip}")
+    if not config.clip_policy and config.kl_coef == 0.0:
+        raise ConfigError("clip_policy: with the clipped surrogate off, set kl_coef > 0 for the KL-penalty variant")
+    if config.dual_clip and not config.clip_policy:
+        raise ConfigError("dual_clip: needs clip_policy on; dual clip bounds the clipped surrogate")
+    if config.ent_schedule != "constant" and config.ent_coef_final > config.ent_coef:
+        raise ConfigError(f"ent_coef_final: {config.ent_coef_final} is above ent_coef {config.ent_coef}")
+    if config.state_dependent_std and config.distribution not in ("auto", "gaussian", "tanh_gaussian"):
+        raise ConfigError(f"state_dependent_std: applies to gaussian and tanh_gaussian, not {config.distribution}")
     for flag, module, extra in (("tensorboard", "tensorboardX", "tensorboard"), ("wandb", "wandb", "wandb")):
         if getattr(config, flag) and importlib.util.find_spec(module) is None:
             raise ConfigError(f"{flag}: needs the {module} package; pip install 'purejaxppo[{extra}]'")

@@ -157,6 +157,13 @@ class BraxEnv:
         )
 
 
+    def render_html(self, pipeline_states: list[Any]) -> str:
+        """Brax's viewer page for a trajectory. It loads the viewer's scripts from a CDN when opened."""
+        from brax.io import html
+
+        return html.render(self._env.sys, pipeline_states)
+
+
 def _brax_kwarg_names(env_class: type) -> set[str]:
     """Constructor keywords of a Brax env class, following `**kwargs` up to PipelineEnv."""
     import inspect

@@ -126,3 +126,11 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """1 - Var[targets - predictions] / Var[targets]; NaN when the targets do not vary."""
     var_targets = jnp.var(targets)
     return jnp.where(var_targets > 0, 1.0 - jnp.var(targets - predictions) / var_targets, jnp.nan)
+
+
+KL_STOP_FACTOR = 1.5  # as in OpenAI Spinning Up and Stable-Baselines3
+
+
+def kl_within_target(kl: jax.Array, target_kl: jax.Array | float) -> jax.Array:
+    """The KL early-stopping test: a minibatch step goes ahead while kl <= 1.5 x target_kl."""
+    return kl <= KL_STOP_FACTOR * target_kl

@@ -1,17 +1,17 @@
-"""The actor-critic network and the policy factory that turns an action space into a distribution."""
+"""The actor-critic network and the policy factory that turns an action space and a config into a
+distribution over actions."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from purejaxppo.config import PPOConfig
-from purejaxppo.distributions import Categorical, DiagGaussian, Distribution
+from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian
 from purejaxppo.envs import ActionSpace
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -20,50 +20,66 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": nn.swish,
     "gelu": nn.gelu,
 }
+MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
 
 
-class MLP(nn.Module):
-    """Hidden layers with orthogonal init (gain sqrt 2), then a linear head with its own gain."""
+class Torso(nn.Module):
+    """Hidden Dense layers with orthogonal init, optional layer norm, and the activation."""
 
     hidden_sizes: Sequence[int]
-    out_size: int
     activation: str
-    head_gain: float
+    gain: float
+    layer_norm: bool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_sizes:
-            x = act(nn.Dense(width, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)))(x))
-        return nn.Dense(self.out_size, kernel_init=nn.initializers.orthogonal(self.head_gain))(x)
+            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(self.gain))(x)
+            x = act(nn.LayerNorm()(x) if self.layer_norm else x)
+        return x
+
+
+def _head(size: int, gain: float) -> nn.Dense:
+    return nn.Dense(size, kernel_init=nn.initializers.orthogonal(gain))
 
 
 class ActorCritic(nn.Module):
-    """Separate actor and critic MLPs. The actor's output is the distribution's parameters.
+    """Actor and critic heads on separate torsos (default) or one shared torso.
 
-    For a continuous action space the policy also owns a state-independent log std.
+    The actor head emits `actor_outputs` numbers: logits, means (+ std inputs when state-dependent), or
+    the two Beta concentrations. A state-independent log std is a free parameter of its own.
     """
 
-    action_dim: int
-    continuous: bool
+    actor_outputs: int
+    free_log_std: int  # size of the state-independent log-std parameter; 0 for none
     hidden_sizes: Sequence[int]
     activation: str
+    shared_torso: bool = False
+    layer_norm: bool = False
+    hidden_gain: float = 2.0**0.5
+    actor_head_gain: float = 0.01
+    critic_head_gain: float = 1.0
 
     def setup(self) -> None:
-        self.actor = MLP(self.hidden_sizes, self.action_dim, self.activation, head_gain=0.01)
-        self.critic = MLP(self.hidden_sizes, 1, self.activation, head_gain=1.0)
-        if self.continuous:
-            self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        torso = lambda: Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm)  # noqa: E731
+        self.actor_torso = torso()
+        if not self.shared_torso:
+            self.critic_torso = torso()
+        self.actor_head = _head(self.actor_outputs, self.actor_head_gain)
+        self.critic_head = _head(1, self.critic_head_gain)
+        if self.free_log_std:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.free_log_std,))
 
-    def __call__(self, obs: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
-        head = self.actor(obs)
-        value = self.value(obs)
-        if not self.continuous:
-            return (head,), value
-        return (head, jnp.broadcast_to(self.log_std, head.shape)), value
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+        """(actor head output, free log std or None, value)."""
+        head = self.actor_head(self.actor_torso(obs))
+        log_std = jnp.broadcast_to(self.log_std, head.shape[:-1] + self.log_std.shape) if self.free_log_std else None
+        return head, log_std, self.value(obs)
 
     def value(self, obs: jax.Array) -> jax.Array:
-        return self.critic(obs)[..., 0]
+        torso = self.actor_torso if self.shared_torso else self.critic_torso
+        return self.critic_head(torso(obs))[..., 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,31 +89,72 @@ class Policy:
 
     network: ActorCritic
     action_space: ActionSpace
+    kind: str  # categorical, gaussian, tanh_gaussian or beta
+    state_dependent_std: bool = False
 
     def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> dict:
         return self.network.init(key, jnp.zeros(obs_shape, jnp.float32))
 
+    def distribution(self, head: jax.Array, log_std: jax.Array | None) -> Distribution:
+        if self.kind == "categorical":
+            return Categorical(head)
+        low, high = self.action_space.low, self.action_space.high
+        if self.kind == "beta":
+            x_alpha, x_beta = jnp.split(head, 2, axis=-1)
+            return Beta.from_unconstrained(x_alpha, x_beta, low, high)
+        if self.state_dependent_std:
+            head, std_input = jnp.split(head, 2, axis=-1)
+            log_std = jnp.log(nn.softplus(std_input) + MIN_STD)
+        if self.kind == "tanh_gaussian":
+            return TanhGaussian(head, log_std, low, high)
+        return DiagGaussian(head, log_std)
+
     def __call__(self, params: dict, obs: jax.Array) -> tuple[Distribution, jax.Array]:
-        dist_params, value = self.network.apply(params, obs)
-        if self.action_space.discrete:
-            return Categorical(*dist_params), value
-        return DiagGaussian(*dist_params), value
+        head, log_std, value = self.network.apply(params, obs)
+        return self.distribution(head, log_std), value
 
     def value(self, params: dict, obs: jax.Array) -> jax.Array:
         return self.network.apply(params, obs, method=ActorCritic.value)
 
+    def action_std(self, dist: Distribution) -> jax.Array:
+        """Per-component std of a continuous policy: the Gaussian's (pre-squash for tanh_gaussian), or
+        the rescaled Beta's."""
+        if isinstance(dist, Beta):
+            total = dist.alpha + dist.beta
+            return jnp.sqrt(dist.alpha * dist.beta / (total**2 * (total + 1.0))) * (dist.high - dist.low)
+        return jnp.exp(dist.log_std)
+
     def env_action(self, action: jax.Array) -> jax.Array:
-        """The log prob keeps the unclipped sample; only the env sees the clipped action."""
-        if self.action_space.discrete:
+        """The action the env receives. The log prob keeps the raw sample: a Gaussian sample is
+        clipped for the env only, and a tanh-Gaussian's pre-squash sample is squashed here."""
+        if self.kind == "categorical":
             return action
-        return jnp.clip(action, self.action_space.low, self.action_space.high)
+        low, high = self.action_space.low, self.action_space.high
+        if self.kind == "tanh_gaussian":
+            return low + (jnp.tanh(action) + 1.0) * (high - low) / 2.0
+        return jnp.clip(action, low, high)
 
 
 def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
+    kind = config.distribution
+    if kind == "auto":
+        kind = "categorical" if action_space.discrete else "gaussian"
+    if action_space.discrete != (kind == "categorical"):
+        space = "discrete" if action_space.discrete else "continuous (Box)"
+        raise ConfigError(f"distribution: {kind} does not fit the {space} actions of {config.env}")
+    dim = action_space.dim
+    state_dependent = config.state_dependent_std and kind in ("gaussian", "tanh_gaussian")
+    outputs = {"categorical": dim, "beta": 2 * dim}.get(kind, 2 * dim if state_dependent else dim)
+    free_log_std = dim if kind in ("gaussian", "tanh_gaussian") and not state_dependent else 0
     network = ActorCritic(
-        action_dim=action_space.dim,
-        continuous=not action_space.discrete,
+        actor_outputs=outputs,
+        free_log_std=free_log_std,
         hidden_sizes=tuple(config.hidden_sizes),
         activation=config.activation,
+        shared_torso=config.shared_torso,
+        layer_norm=config.layer_norm,
+        hidden_gain=config.hidden_gain,
+        actor_head_gain=config.actor_head_gain,
+        critic_head_gain=config.critic_head_gain,
     )
-    return Policy(network, action_space)
+    return Policy(network, action_space, kind, state_dependent)

@@ -40,6 +40,11 @@ METRIC_NAMES: tuple[str, ...] = (
     "approx_kl",
     "clip_fraction",
     "explained_variance",
+    "value_error",
+    "advantage_mean",
+    "advantage_std",
+    "ratio_mean",
+    "ratio_max",
     "grad_norm",
     "lr",
 )

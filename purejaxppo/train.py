@@ -33,8 +33,14 @@ class HParams:
     lr: jax.Array
     lr_end: jax.Array
     clip_eps: jax.Array
+    dual_clip: jax.Array
+    kl_coef: jax.Array
+    kl_target: jax.Array
+    target_kl: jax.Array
+    value_clip_eps: jax.Array
     vf_coef: jax.Array
     ent_coef: jax.Array
+    ent_coef_final: jax.Array
     max_grad_norm: jax.Array
     gamma: jax.Array
     gae_lambda: jax.Array
@@ -53,8 +59,11 @@ class TrainState:
     params: Any
     opt_state: Any
     obs_stats: RunningStats
+    return_stats: RunningStats  # of the discounted returns, for normalize_reward
+    kl_beta: jax.Array  # coefficient of the adaptive KL penalty
     env_state: Any
     obs: jax.Array
+    discounted_return: jax.Array  # of each env's current episode, scaled, for normalize_reward
     episode_return: jax.Array  # running undiscounted return of each env's current episode
     episode_length: jax.Array
     key: jax.Array
@@ -64,10 +73,11 @@ class TrainState:
 
 class Transition(NamedTuple):
     obs: jax.Array  # raw observation the action was chosen on
-    action: jax.Array
+    action: jax.Array  # the distribution's raw sample (pre-squash for tanh_gaussian)
     log_prob: jax.Array
     value: jax.Array
-    reward: jax.Array  # scaled, as learned from
+    reward: jax.Array  # scaled by reward_scale
+    discounted_return: jax.Array  # running discounted return including this reward
     terminated: jax.Array
     truncated: jax.Array
     final_obs: jax.Array
@@ -79,6 +89,7 @@ class Batch(NamedTuple):
     obs: jax.Array
     action: jax.Array
     log_prob: jax.Array
+    value: jax.Array
     advantage: jax.Array
     target: jax.Array
 
@@ -103,11 +114,31 @@ def lr_schedule(config: PPOConfig, hp: HParams) -> optax.Schedule:
     )
 
 
+def entropy_coef(kind: str, start: jax.Array, end: jax.Array, fraction: jax.Array) -> jax.Array:
+    """The entropy coefficient after `fraction` (0..1) of the updates: constant, linear or cosine decay."""
+    if kind == "constant":
+        return start
+    if kind == "linear":
+        return start + (end - start) * fraction
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+
+
 def make_optimizer(config: PPOConfig, hp: HParams) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(hp.max_grad_norm),
         optax.adam(lr_schedule(config, hp), eps=config.adam_eps),
     )
+
+
+def optimizer_steps(opt_state: Any) -> jax.Array:
+    """The schedule's step count: minibatch steps taken so far (skipped ones by KL early stopping don't count)."""
+    counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+              if isinstance(s, optax.ScaleByScheduleState)]
+    return counts[0]
+
+
+def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +150,10 @@ class Trainer:
     policy: Policy
 
     def normalize_obs(self, stats: RunningStats, obs: jax.Array) -> jax.Array:
-        return stats.normalize(obs) if self.config.normalize_obs else obs
+        """What the network sees; training, evaluation and `load_policy` all go through here."""
+        if self.config.normalize_obs:
+            obs = stats.normalize(obs)
+        return jnp.clip(obs, -self.config.obs_clip, self.config.obs_clip) if self.config.obs_clip else obs
 
     def init(self, key: jax.Array, hparams: HParams | None = None) -> TrainState:
         hp = HParams.from_config(self.config) if hparams is None else hparams
@@ -131,8 +165,11 @@ class Trainer:
             params=params,
             opt_state=make_optimizer(self.config, hp).init(params),
             obs_stats=RunningStats.create(self.env.observation_shape),
+            return_stats=RunningStats.create(()),
+            kl_beta=hp.kl_coef,
             env_state=env_state,
             obs=obs,
+            discounted_return=jnp.zeros(n, jnp.float32),
             episode_return=jnp.zeros(n, jnp.float32),
             episode_length=jnp.zeros(n, jnp.int32),
             key=key,
@@ -143,6 +180,7 @@ class Trainer:
     def rollout(self, state: TrainState, key: jax.Array) -> tuple[TrainState, Transition]:
         """`num_steps` vmapped env steps; the trajectory comes back time-major `[T, N, ...]`."""
         env_step = jax.vmap(self.env.step)
+        hp = state.hparams
 
         def step(carry: TrainState, step_key: jax.Array) -> tuple[TrainState, Transition]:
             k_act, k_env = jax.random.split(step_key)
@@ -152,6 +190,8 @@ class Trainer:
                 jax.random.split(k_env, self.config.num_envs), carry.env_state, self.policy.env_action(action)
             )
             done = out.terminated | out.truncated
+            reward = out.reward * hp.reward_scale
+            discounted = carry.discounted_return * hp.gamma + reward
             ep_return = carry.episode_return + out.reward
             ep_length = carry.episode_length + 1
             transition = Transition(
@@ -159,7 +199,8 @@ class Trainer:
                 action=action,
                 log_prob=dist.log_prob(action),
                 value=value,
-                reward=out.reward * carry.hparams.reward_scale,
+                reward=reward,
+                discounted_return=discounted,
                 terminated=out.terminated,
                 truncated=out.truncated,
                 final_obs=out.final_obs,
@@ -169,6 +210,7 @@ class Trainer:
             carry = carry.replace(
                 env_state=out.state,
                 obs=out.obs,
+                discounted_return=jnp.where(done, 0.0, discounted),
                 episode_return=jnp.where(done, 0.0, ep_return),
                 episode_length=jnp.where(done, 0, ep_length),
             )
@@ -176,21 +218,54 @@ class Trainer:
 
         return jax.lax.scan(step, state, jax.random.split(key, self.config.num_steps))
 
-    def loss(self, params: Any, batch: Batch, hp: HParams) -> tuple[jax.Array, Metrics]:
+    def learning_rewards(
+        self, rewards: jax.Array, discounted_returns: jax.Array, return_stats: RunningStats
+    ) -> tuple[jax.Array, RunningStats]:
+        """The rewards GAE sees: scaled rewards divided by the running std of the discounted return
+        (normalize_reward; the statistics first take in this rollout), then clipped (reward_clip)."""
+        if self.config.normalize_reward:
+            return_stats = return_stats.update(discounted_returns)
+            rewards = rewards / jnp.sqrt(return_stats.var + 1e-8)
+        if self.config.reward_clip:
+            rewards = jnp.clip(rewards, -self.config.reward_clip, self.config.reward_clip)
+        return rewards, return_stats
+
+    def loss(
+        self, params: Any, batch: Batch, hp: HParams, kl_beta: jax.Array, ent_coef: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        config = self.config
         dist, value = self.policy(params, batch.obs)
         log_ratio = dist.log_prob(batch.action) - batch.log_prob
-        advantage = losses.normalize(batch.advantage) if self.config.normalize_advantages else batch.advantage
-        policy_loss = losses.clipped_surrogate(log_ratio, advantage, hp.clip_eps)
-        value_loss = losses.value_loss(value, batch.target)
-        entropy = jnp.mean(dist.entropy())
-        total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
-        return total, {
+        advantage = losses.normalize(batch.advantage) if config.normalize_advantages else batch.advantage
+        dual_clip = hp.dual_clip if config.dual_clip else None
+        if config.clip_policy:
+            policy_loss = losses.clipped_surrogate(log_ratio, advantage, hp.clip_eps, dual_clip)
+        else:
+            policy_loss = -jnp.mean(jnp.exp(log_ratio) * advantage)
+        kl = losses.approx_kl(log_ratio, config.kl_estimator)
+        if config.clip_value:
+            value_loss = losses.clipped_value_loss(value, batch.value, batch.target, hp.value_clip_eps)
+        else:
+            value_loss = losses.value_loss(value, batch.target)
+        entropy = jnp.mean(dist.entropy(key))
+        total = policy_loss + hp.vf_coef * value_loss - ent_coef * entropy
+        if config.kl_coef:
+            total = total + kl_beta * kl
+        ratio_mean, ratio_max = losses.ratio_stats(log_ratio)
+        stats = {
             "policy_loss": policy_loss,
             "value_loss": value_loss,
             "entropy": entropy,
-            "approx_kl": losses.approx_kl(log_ratio),
+            "approx_kl": kl,
             "clip_fraction": losses.clip_fraction(log_ratio, hp.clip_eps),
+            "ratio_mean": ratio_mean,
+            "ratio_max": ratio_max,
         }
+        if dual_clip is not None:
+            stats["dual_clip_fraction"] = losses.dual_clip_fraction(log_ratio, advantage, hp.clip_eps, dual_clip)
+        if not self.policy.action_space.discrete:
+            stats["policy_std"] = jnp.mean(self.policy.action_std(dist))
+        return total, stats
 
     def update(self, state: TrainState) -> tuple[TrainState, Metrics]:
         """One PPO iteration: rollout, GAE, then `update_epochs` passes of shuffled minibatch steps."""
@@ -203,56 +278,96 @@ class Trainer:
         next_values = self.policy.value(state.params, self.normalize_obs(state.obs_stats, traj.final_obs))
         obs_stats = state.obs_stats.update(traj.obs) if config.normalize_obs else state.obs_stats
 
-        # 2. Advantages, bootstrapping on truncation only.
+        # 2. Rewards as learned from, then advantages, bootstrapping on truncation only.
+        rewards, return_stats = self.learning_rewards(traj.reward, traj.discounted_return, state.return_stats)
         advantages, targets = losses.gae(
-            traj.reward, traj.value, next_values, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
+            rewards, traj.value, next_values, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
         )
         flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
-        batch = Batch(flat(obs), flat(traj.action), flat(traj.log_prob), flat(advantages), flat(targets))
+        batch = Batch(*map(flat, (obs, traj.action, traj.log_prob, traj.value, advantages, targets)))
 
-        # 3. Epochs of shuffled minibatch steps through clip_by_global_norm + adam.
+        # 3. Epochs of shuffled minibatch steps through clip_by_global_norm + adam. With target_kl, a
+        #    minibatch whose KL (before its step) is past 1.5 x target_kl ends the update: it and every
+        #    later step are masked out, inside the compiled program.
         tx = make_optimizer(config, hp)
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+        fraction = state.update_step.astype(jnp.float32) / max(1, config.num_updates - 1)
+        ent_coef = entropy_coef(config.ent_schedule, hp.ent_coef, hp.ent_coef_final, fraction)
 
-        def minibatch_step(carry: tuple, minibatch: Batch) -> tuple[tuple, Metrics]:
-            params, opt_state = carry
-            (_, stats), grads = grad_fn(params, minibatch, hp)
+        def minibatch_step(carry: tuple, xs: tuple[Batch, jax.Array]) -> tuple[tuple, Metrics]:
+            params, opt_state, going = carry
+            minibatch, step_key = xs
+            (_, stats), grads = grad_fn(params, minibatch, hp, state.kl_beta, ent_coef, step_key)
             stats["grad_norm"] = optax.global_norm(grads)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), stats
+            updates, new_opt_state = tx.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            if config.target_kl:
+                going = going & losses.kl_within_target(stats["approx_kl"], hp.target_kl)
+                keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(going, a, b), new, old)  # noqa: E731
+                new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+            stats["taken"] = going.astype(jnp.float32)
+            return (new_params, new_opt_state, going), stats
 
         def epoch(carry: tuple, epoch_key: jax.Array) -> tuple[tuple, Metrics]:
-            perm = jax.random.permutation(epoch_key, config.batch_size)
+            k_perm, k_steps = jax.random.split(epoch_key)
+            perm = jax.random.permutation(k_perm, config.batch_size)
             shuffled = jax.tree.map(
                 lambda x: jnp.take(x, perm, axis=0).reshape((config.num_minibatches, -1) + x.shape[1:]), batch
             )
-            return jax.lax.scan(minibatch_step, carry, shuffled)
+            return jax.lax.scan(minibatch_step, carry, (shuffled, jax.random.split(k_steps, config.num_minibatches)))
 
-        (params, opt_state), stats = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(k_epochs, config.update_epochs)
+        (params, opt_state, _), stats = jax.lax.scan(
+            epoch, (state.params, state.opt_state, jnp.bool_(True)), jax.random.split(k_epochs, config.update_epochs)
         )
 
-        # 4. Per-update metrics: means over minibatch steps and over episodes that completed.
-        steps_per_update = config.update_epochs * config.num_minibatches
+        # 4. Per-update metrics: means over the minibatch steps taken and over episodes that completed.
+        taken = stats.pop("taken")
+        ratio_max = stats.pop("ratio_max")
         finished = traj.finished_length > 0
         count = finished.sum()
-        metrics = {name: value.mean() for name, value in stats.items()}
+        metrics = {name: _weighted_mean(value, taken) for name, value in stats.items()}
         metrics.update(
             env_steps=(state.update_step + 1) * config.batch_size,
             episode_return=jnp.where(count > 0, traj.finished_return.sum() / count, jnp.nan),
             episode_length=jnp.where(count > 0, traj.finished_length.sum() / count, jnp.nan),
             episode_count=count,
             explained_variance=losses.explained_variance(traj.value, targets),
-            lr=lr_schedule(config, hp)((state.update_step + 1) * steps_per_update - 1),
+            value_error=jnp.mean(jnp.abs(traj.value - targets)),
+            advantage_mean=jnp.mean(advantages),
+            advantage_std=jnp.std(advantages),
+            ratio_max=jnp.max(jnp.where(taken > 0, ratio_max, 0.0)),
+            lr=lr_schedule(config, hp)(optimizer_steps(opt_state) - 1),
         )
+        if config.ent_schedule != "constant":
+            metrics["ent_coef"] = ent_coef
+        if config.target_kl:
+            metrics["minibatch_steps"] = taken.sum()
+        kl_beta = state.kl_beta
+        if config.kl_coef:
+            dist, _ = self.policy(params, batch.obs)
+            update_kl = losses.approx_kl(dist.log_prob(batch.action) - batch.log_prob, config.kl_estimator)
+            kl_beta = losses.adapt_kl_coef(kl_beta, update_kl, hp.kl_target)
+            metrics.update(update_kl=update_kl, kl_beta=kl_beta)
         state = state.replace(
-            params=params, opt_state=opt_state, obs_stats=obs_stats, key=key, update_step=state.update_step + 1
+            params=params, opt_state=opt_state, obs_stats=obs_stats, return_stats=return_stats, kl_beta=kl_beta,
+            key=key, update_step=state.update_step + 1,
         )
         return state, metrics
 
+    def evaluate(self, state: TrainState) -> jax.Array:
+        """Mean return of `eval_episodes` deterministic episodes on separate envs. Its key is derived
+        without advancing the training key, so evaluating does not change training."""
+        from purejaxppo.acting import evaluate
+
+        returns, _ = evaluate(self.policy, self.env, state.params, lambda o: self.normalize_obs(state.obs_stats, o),
+                              jax.random.fold_in(state.key, 0x5EED), self.config.eval_episodes)
+        return returns.mean()
+
     def run_chunk(self, state: TrainState, num_active: jax.Array) -> tuple[TrainState, Metrics]:
         """`chunk_size` updates in one scan; updates past `num_active` leave the state untouched and
-        report zeros (the host drops them), so one compiled chunk also serves the shorter last one."""
+        report zeros (the host drops them), so one compiled chunk also serves the shorter last one.
+        With `eval_every`, the chunk ends with an evaluation when it crossed a multiple of eval_every
+        (or finished the run), reported as `eval_return` on its last active update."""
         metrics_shape = jax.eval_shape(self.update, state)[1]
 
         def skip(s: TrainState) -> tuple[TrainState, Metrics]:
@@ -261,7 +376,13 @@ class Trainer:
         def body(s: TrainState, i: jax.Array) -> tuple[TrainState, Metrics]:
             return jax.lax.cond(i < num_active, self.update, skip, s)
 
-        return jax.lax.scan(body, state, jnp.arange(self.config.chunk_size))
+        state, metrics = jax.lax.scan(body, state, jnp.arange(self.config.chunk_size))
+        if self.config.eval_every:
+            step, every = state.update_step, self.config.eval_every
+            due = (step // every > (step - num_active) // every) | (step == self.config.num_updates)
+            value = jax.lax.cond(due, self.evaluate, lambda s: jnp.float32(jnp.nan), state)
+            metrics["eval_return"] = jnp.full(self.config.chunk_size, jnp.nan).at[num_active - 1].set(value)
+        return state, metrics
 
 
 def make_trainer(config: PPOConfig) -> Trainer:

@@ -11,7 +11,7 @@ from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError, PPOConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
 def test_defaults_are_valid_and_frozen():
@@ -107,3 +107,13 @@ def test_cli_process_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "num_minibatches:" in proc.stderr and "not divisible by num_minibatches = 7" in proc.stderr
     assert not (tmp_path / "r").exists()  # nothing written before the config was accepted
+
+
+def test_optional_loggers_need_their_package():
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match=r"wandb: needs the wandb package; pip install 'purejaxppo\[wandb\]'"):
+            PPOConfig().replace(wandb=True)
+    else:
+        assert PPOConfig().replace(wandb=True).wandb
