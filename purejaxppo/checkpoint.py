@@ -106,6 +106,19 @@ def check_compatible(saved: PPOConfig, config: PPOConfig, where: str) -> None:
         raise CheckpointError(f"{where} was written for another config ({shown})")
 
 
+def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config: PPOConfig) -> tuple[int, dict]:
+    """(step, meta) of the checkpoint a `kind` ("run" or "sweep") resumes from, once it is known to
+    fit `config`; raises CheckpointError otherwise."""
+    if run_dir is None:
+        raise CheckpointError("resume needs a run dir")
+    step, meta = read_meta(run_dir, step)
+    if meta.get("kind") != kind:
+        other = "sweep" if kind == "run" else "train"
+        raise CheckpointError(f"{run_dir} holds a {meta.get('kind')}, not a {kind}; resume it with {other} --resume")
+    check_compatible(config_of(meta), config, f"checkpoint {step} in {run_dir}")
+    return step, meta
+
+
 def _leaf_name(path: tuple) -> str:
     return ".".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
 

@@ -199,6 +199,11 @@ class PPOConfig:
     )
     wandb: bool = field(default=False, metadata=_doc("Also log to Weights & Biases (needs `wandb` installed)."))
     wandb_project: str = field(default="purejaxppo", metadata=_doc("Weights & Biases project name."))
+    compilation_cache: str = field(
+        default="~/.cache/purejaxppo/jax",
+        metadata=_doc("Folder of JAX's persistent compilation cache, used by `train` and `sweep`: a repeat run "
+                      "of the same config loads its compiled program instead of compiling. Empty turns it off."),
+    )
 
     # Derived sizes. Validation guarantees these divide evenly.
     @property
@@ -233,7 +238,8 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(PP
 
 # Keys that change how a run is driven and logged, not what it computes: a resumed run may change them.
 RUN_CONTROL_KEYS: frozenset[str] = frozenset(
-    {"total_timesteps", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "wandb", "wandb_project"}
+    {"total_timesteps", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
+     "compilation_cache"}
 )
 
 

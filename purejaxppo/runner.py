@@ -187,6 +187,16 @@ def first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
     return (min(found)[0], min(found)[2]) if found else None
 
 
+def use_compilation_cache(config: PPOConfig) -> None:
+    """Point JAX's persistent compilation cache at `config.compilation_cache` (empty: leave JAX's setting).
+    Every program is cached, however fast it compiled, since a run's programs are few and reused."""
+    if config.compilation_cache:
+        path = Path(config.compilation_cache).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 @dataclasses.dataclass
 class DriveResult:
     states: list[Any]
@@ -290,15 +300,15 @@ def train(
     `on_chunk` receives a progress dict after each chunk (env steps, steps/s, latest return).
     """
     trainer = make_trainer(config)
+    use_compilation_cache(config)
     key = jax.random.key(config.seed)
-    start = time.perf_counter()
     abstract_state = jax.eval_shape(trainer.init, key)
+    if resume:  # every check before anything compiles
+        saved_step, _ = checkpoint.resume_point(run_dir, step, "run", config)
+        checkpoint.check_arrays(Path(run_dir), saved_step, abstract_state)
+    start = time.perf_counter()
     chunk = jax.jit(trainer.run_chunk).lower(abstract_state, 0).compile()
     if resume:
-        if run_dir is None:
-            raise checkpoint.CheckpointError("resume needs a run dir")
-        saved_step, meta = checkpoint.read_meta(run_dir, step)
-        checkpoint.check_compatible(checkpoint.config_of(meta), config, f"checkpoint {saved_step} in {run_dir}")
         first, state, _ = checkpoint.restore(run_dir, abstract_state, saved_step)
     else:
         first, state = 0, jax.jit(trainer.init).lower(key).compile()(key)

@@ -105,12 +105,7 @@ def sweep(
     `runner.train`; a resumed sweep takes its seeds and grid from the checkpoint.
     """
     if resume:
-        if run_dir is None:
-            raise checkpoint.CheckpointError("resume needs a run dir")
-        saved_step, meta = checkpoint.read_meta(run_dir, step)
-        if meta.get("kind") != "sweep":
-            raise checkpoint.CheckpointError(f"{run_dir} holds a single run, not a sweep; resume it with train")
-        checkpoint.check_compatible(checkpoint.config_of(meta), config, f"checkpoint {saved_step} in {run_dir}")
+        saved_step, meta = checkpoint.resume_point(run_dir, step, "sweep", config)
         seeds, grid = int(meta["num_seeds"]), meta["grid"]
         max_runs_per_call = meta["max_runs_per_call"]
     if seeds < 1:
@@ -118,6 +113,7 @@ def sweep(
     grid = {k: list(v) for k, v in (grid or {}).items()}
     points = check_grid(config, grid)
     trainer = make_trainer(config)
+    runner.use_compilation_cache(config)
     seed_list = [config.seed + i for i in range(seeds)]
     runs = [{"run": g * seeds + i, "point": g, "seed": s, **p} for g, p in enumerate(points) for i, s in enumerate(seed_list)]
 
@@ -142,13 +138,19 @@ def sweep(
         hparams = jax.tree.map(lambda *xs: jnp.stack(xs), *hps)
         return jax.device_put((keys, hparams), sharded)
 
-    start = time.perf_counter()
     call_shape = jax.eval_shape(jax.vmap(trainer.init), *call_inputs(padded[:per_call]))
+    whole = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_calls * x.shape[0],) + x.shape[1:], x.dtype), call_shape)
+    if resume:
+        if int(meta.get("stacked_runs", -1)) != num_calls * per_call:
+            raise checkpoint.CheckpointError(
+                f"{run_dir}: the checkpoint holds {meta.get('stacked_runs')} stacked runs, but {len(devices)} "
+                f"device(s) give {num_calls * per_call} here; resume on as many devices as the sweep ran on"
+            )
+        checkpoint.check_arrays(Path(run_dir), saved_step, whole)
+    start = time.perf_counter()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded), call_shape)
     chunk_c = jax.jit(chunk, out_shardings=sharded).lower(abstract, 0).compile()
     if resume:
-        whole = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_calls * x.shape[0],) + x.shape[1:], x.dtype),
-                             call_shape)
         first, restored, _ = checkpoint.restore(run_dir, whole, saved_step)
         states = [jax.device_put(jax.tree.map(lambda x: x[c * per_call : (c + 1) * per_call], restored), sharded)
                   for c in range(num_calls)]

@@ -125,3 +125,23 @@ def test_cli_train_writes_run_dir_and_summary(tmp_path):
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 8
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["total_timesteps"] == 2048
+
+
+def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
+    # in fresh processes, so no in-memory cache can answer: the second finds the first's entries
+    script = (
+        "import sys, jax; from purejaxppo import runner; from purejaxppo.config import PPOConfig\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(lambda e, **k: hits.append(e) if 'cache_hits' in e else None)\n"
+        f"config = PPOConfig(env='CartPole-v1', num_envs=4, num_steps=8, total_timesteps=64, num_minibatches=2,"
+        f" hidden_sizes=(8,), compilation_cache={str(tmp_path / 'cache')!r})\n"
+        "result = runner.train(config)\n"
+        "print('HITS', len(hits), 'COMPILE', result.compile_time)\n"
+    )
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.split("HITS")[1].split())
+    assert any((tmp_path / "cache").iterdir())
+    assert int(outputs[0][0]) == 0 and int(outputs[1][0]) >= 1
