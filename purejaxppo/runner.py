@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purejaxppo import checkpoint
 from purejaxppo import config as config_lib
@@ -187,6 +188,27 @@ def first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
     return (min(found)[0], min(found)[2]) if found else None
 
 
+ENV_AXIS_FIELDS = ("env_state", "obs", "discounted_return", "episode_return", "episode_length")
+
+
+def env_sharding(config: PPOConfig, abstract_state: TrainState) -> Any:
+    """Shardings of a run's state over every local device: the per-env fields split along the env
+    axis, everything else replicated. None on one device, or when num_envs does not split evenly.
+
+    jit partitions the whole update from these: rollouts and GAE stay on each device's envs, and the
+    batch means of the losses, gradients and observation statistics become cross-device reductions.
+    """
+    devices = jax.local_devices()
+    if len(devices) == 1 or config.num_envs % len(devices):
+        return None
+    mesh = Mesh(np.array(devices), ("envs",))
+    split, whole = NamedSharding(mesh, PartitionSpec("envs")), NamedSharding(mesh, PartitionSpec())
+    shardings = jax.tree.map(lambda _: whole, abstract_state)
+    return shardings.replace(**{
+        name: jax.tree.map(lambda _: split, getattr(abstract_state, name)) for name in ENV_AXIS_FIELDS
+    })
+
+
 def use_compilation_cache(config: PPOConfig) -> None:
     """Point JAX's persistent compilation cache at `config.compilation_cache` (empty: leave JAX's setting).
     Every program is cached, however fast it compiled, since a run's programs are few and reused."""
@@ -307,11 +329,18 @@ def train(
         saved_step, _ = checkpoint.resume_point(run_dir, step, "run", config)
         checkpoint.check_arrays(Path(run_dir), saved_step, abstract_state)
     start = time.perf_counter()
-    chunk = jax.jit(trainer.run_chunk).lower(abstract_state, 0).compile()
+    shardings = env_sharding(config, abstract_state)
+    if shardings is not None:
+        abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      abstract_state, shardings)
+    chunk = jax.jit(trainer.run_chunk, out_shardings=(shardings, None) if shardings else None)
+    chunk = chunk.lower(abstract_state, 0).compile()
     if resume:
-        first, state, _ = checkpoint.restore(run_dir, abstract_state, saved_step)
+        first, state, _ = checkpoint.restore(run_dir, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                                    abstract_state), saved_step)
+        state = jax.device_put(state, shardings) if shardings else state
     else:
-        first, state = 0, jax.jit(trainer.init).lower(key).compile()(key)
+        first, state = 0, jax.jit(trainer.init, out_shardings=shardings).lower(key).compile()(key)
     compile_time = time.perf_counter() - start
 
     writer = loggers = None

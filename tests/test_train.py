@@ -145,3 +145,29 @@ def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
         outputs.append(proc.stdout.split("HITS")[1].split())
     assert any((tmp_path / "cache").iterdir())
     assert int(outputs[0][0]) == 0 and int(outputs[1][0]) >= 1
+
+
+def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
+    script = (
+        "import jax, numpy as np\n"
+        "jax.config.update('jax_num_cpu_devices', 4)\n"
+        "from purejaxppo import runner\n"
+        "from purejaxppo.config import PPOConfig\n"
+        "from purejaxppo.train import make_train\n"
+        "c = PPOConfig(env='CartPole-v1', num_envs=8, num_steps=16, total_timesteps=8 * 16 * 6, num_minibatches=4,"
+        " update_epochs=2, hidden_sizes=(16,), normalize_obs=True, log_every=3, compilation_cache='')\n"
+        "r = runner.train(c)\n"
+        "assert r.state.obs.sharding.spec == jax.sharding.PartitionSpec('envs'), r.state.obs.sharding\n"
+        "with jax.default_device(jax.local_devices()[0]):\n"
+        "    state, m = jax.jit(make_train(c))(jax.random.key(c.seed))\n"
+        "assert len(state.obs.devices()) == 1\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, sharded_loss=r.metrics['policy_loss'], loss=m['policy_loss'],"
+        " sharded_mean=r.state.obs_stats.mean, mean=state.obs_stats.mean,"
+        " sharded_leaf=jax.tree.leaves(r.state.params)[0], leaf=jax.tree.leaves(state.params)[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["sharded_loss"], out["loss"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["sharded_mean"], out["mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["sharded_leaf"], out["leaf"], rtol=1e-4, atol=1e-6)
