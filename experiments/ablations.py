@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import multiprocessing
 import platform
 import shlex
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -75,28 +77,31 @@ def dual_clip_fraction(result: SweepResult) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    name: str
+    key: str  # command-line name (--only)
+    name: str  # display name
     overrides: tuple[str, ...]  # `key=value` items applied on top of the env's config
     envs: tuple[str, ...] = ("cartpole", "pendulum")
     diagnostic: Diagnostic | None = None
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("default", ()),
-    Variant("clip_value", ("clip_value=true",)),
-    Variant("dual_clip=3", ("dual_clip=3",), diagnostic=dual_clip_fraction),
-    Variant("KL penalty, no clip", ("clip_policy=false", "kl_coef=1", "kl_target=0.01"), diagnostic=final_kl_beta),
-    Variant("clip + KL penalty", ("kl_coef=1", "kl_target=0.01"), diagnostic=final_kl_beta),
-    Variant("target_kl=0.01", ("target_kl=0.01",), diagnostic=minibatch_steps),
-    Variant("entropy linear to 0", ("ent_schedule=linear", "ent_coef_final=0"), envs=("cartpole",)),
-    Variant("no advantage norm", ("normalize_advantages=false",)),
-    Variant("shared torso", ("shared_torso=true",)),
-    Variant("layer norm", ("layer_norm=true",)),
-    Variant("obs norm (clip 10)", ("normalize_obs=true", "obs_clip=10")),
-    Variant("reward norm", ("normalize_reward=true",)),
-    Variant("tanh_gaussian", ("distribution=tanh_gaussian",), envs=("pendulum",)),
-    Variant("beta", ("distribution=beta",), envs=("pendulum",)),
-    Variant("state-dependent std", ("distribution=gaussian", "state_dependent_std=true"), envs=("pendulum",)),
+    Variant("default", "default", ()),
+    Variant("clip_value", "clip_value", ("clip_value=true",)),
+    Variant("dual_clip", "dual_clip=3", ("dual_clip=3",), diagnostic=dual_clip_fraction),
+    Variant("kl_penalty", "KL penalty, no clip", ("clip_policy=false", "kl_coef=1", "kl_target=0.01"),
+            diagnostic=final_kl_beta),
+    Variant("clip_kl", "clip + KL penalty", ("kl_coef=1", "kl_target=0.01"), diagnostic=final_kl_beta),
+    Variant("target_kl", "target_kl=0.01", ("target_kl=0.01",), diagnostic=minibatch_steps),
+    Variant("ent_linear", "entropy linear to 0", ("ent_schedule=linear", "ent_coef_final=0"), envs=("cartpole",)),
+    Variant("no_adv_norm", "no advantage norm", ("normalize_advantages=false",)),
+    Variant("shared_torso", "shared torso", ("shared_torso=true",)),
+    Variant("layer_norm", "layer norm", ("layer_norm=true",)),
+    Variant("obs_norm", "obs norm (clip 10)", ("normalize_obs=true", "obs_clip=10")),
+    Variant("reward_norm", "reward norm", ("normalize_reward=true",)),
+    Variant("tanh_gaussian", "tanh_gaussian", ("distribution=tanh_gaussian",), envs=("pendulum",)),
+    Variant("beta", "beta", ("distribution=beta",), envs=("pendulum",)),
+    Variant("state_std", "state-dependent std", ("distribution=gaussian", "state_dependent_std=true"),
+            envs=("pendulum",)),
 )
 
 SKIPPED: dict[str, list[tuple[str, str]]] = {
@@ -122,6 +127,8 @@ class Row:
     non_finite: int  # runs whose losses or KL went non-finite
     no_return: int  # runs that never completed an episode (left out of the statistics)
     filled: int  # runs whose final return is that of their last completed episodes (see final_returns)
+    attempts: int = 1  # sweep calls made: more than 1 when an earlier one hung or crashed
+    error: str = ""  # why the variant has no result, when every attempt failed
 
 
 def base_config(env: Env, steps: int) -> PPOConfig:
@@ -151,9 +158,18 @@ def count_non_finite(result: SweepResult) -> int:
     return int(bad.sum())
 
 
-def run_variant(env: Env, variant: Variant, base: PPOConfig, seeds: int) -> Row:
-    config = config_lib.load(env.config_path, [f"total_timesteps={base.total_timesteps}", *variant.overrides])
-    result = sweep(config, seeds=seeds)
+def variant_config(env: Env, variant: Variant, steps: int) -> PPOConfig:
+    """The env's config with the variant's overrides. JAX's persistent compilation cache is turned off
+    (where the package has one), so that the compile times reported are those of a cold compile."""
+    overrides = [f"total_timesteps={steps}", *variant.overrides]
+    if "compilation_cache" in config_lib.FIELDS:
+        overrides.append("compilation_cache=")
+    return config_lib.load(env.config_path, overrides)
+
+
+def run_variant(env: Env, variant: Variant, steps: int, seeds: int) -> Row:
+    """One sweep call of `seeds` runs of the variant, summarised."""
+    result = sweep(variant_config(env, variant, steps), seeds=seeds)
     finals, filled = final_returns(result)
     finite = finals[np.isfinite(finals)]
     summary = stats.summarize(finite) if finite.size else {}
@@ -170,6 +186,46 @@ def run_variant(env: Env, variant: Variant, base: PPOConfig, seeds: int) -> Row:
         no_return=int((~np.isfinite(finals)).sum()),
         filled=filled,
     )
+
+
+def _variant_worker(conn: Connection, env_key: str, variant_key: str, steps: int, seeds: int) -> None:
+    """Child-process entry point: run one variant and send back ("ok", Row) or ("error", message)."""
+    try:
+        variant = next(v for v in VARIANTS if v.key == variant_key)
+        conn.send(("ok", run_variant(ENVS[env_key], variant, steps, seeds)))
+    except Exception as exc:  # reported by the parent, which carries on with the next variant
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_isolated(env_key: str, variant: Variant, steps: int, seeds: int, timeout: float, attempts: int) -> Row:
+    """Run the variant in a fresh process, killed and retried when it gives no result within `timeout`
+    seconds. XLA's CPU backend can wedge (every thread idle, the result never ready; see
+    experiments/results/performance.md), and a wedged call cannot be interrupted from Python."""
+    ctx = multiprocessing.get_context("spawn")
+    problem = ""
+    for attempt in range(1, attempts + 1):
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_variant_worker, args=(sender, env_key, variant.key, steps, seeds), daemon=True)
+        proc.start()
+        sender.close()
+        try:
+            status, payload = receiver.recv() if receiver.poll(timeout) else ("hang", None)
+        except EOFError:
+            status, payload = "crash", None
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        if status == "ok":
+            payload.attempts = attempt
+            return payload
+        problem = {"hang": f"no result after {timeout:.0f} s", "crash": f"process died (exit {proc.exitcode})"}.get(
+            status, payload)
+        print(f"{ENVS[env_key].name:<12} {variant.name:<22} attempt {attempt} of {attempts} failed: {problem}",
+              flush=True)
+    return Row(ENVS[env_key].name, variant.name, ", ".join(variant.overrides) or "-", np.full(seeds, np.nan), {},
+               "", float("nan"), float("nan"), 0, 0, 0, attempts, problem)
 
 
 def marker(row: Row, default: Row) -> str:
@@ -189,11 +245,8 @@ def fmt_ci(summary: dict[str, float], name: str) -> str:
     return f"{summary[name]:.1f} [{summary[name + '_low']:.1f}, {summary[name + '_high']:.1f}]"
 
 
-def table_cells(row: Row, default: Row | None) -> list[str]:
-    diff = "-"
-    if default is not None and row is not default and row.summary and default.summary:
-        diff = f"{row.summary['iqm'] - default.summary['iqm']:+.1f}"
-    mark = marker(row, default) if default is not None else ""
+def row_notes(row: Row) -> str:
+    """The diagnostic column: the variant's diagnostic, then anything odd about its runs."""
     notes = [row.diagnostic] if row.diagnostic else []
     if row.filled:
         notes.append(f"{row.filled} run(s) with no episode end in the last 10%: last completed return used")
@@ -201,8 +254,21 @@ def table_cells(row: Row, default: Row | None) -> list[str]:
         notes.append(f"{row.no_return} run(s) never ended an episode, left out")
     if row.non_finite:
         notes.append(f"{row.non_finite} run(s) with non-finite losses")
-    return [row.variant, f"`{row.overrides}`" if row.overrides != "-" else "-", fmt_ci(row.summary, "iqm"),
-            fmt_ci(row.summary, "mean"), diff, mark, "; ".join(notes) or "-", f"{row.compile_time:.1f}", f"{row.run_time:.1f}"]
+    if row.error:
+        notes.append(f"FAILED after {row.attempts} attempt(s): {row.error}")
+    elif row.attempts > 1:
+        notes.append(f"result of attempt {row.attempts} (earlier ones hung or crashed)")
+    return "; ".join(notes) or "-"
+
+
+def table_cells(row: Row, default: Row | None) -> list[str]:
+    diff = "-"
+    if default is not None and row is not default and row.summary and default.summary:
+        diff = f"{row.summary['iqm'] - default.summary['iqm']:+.1f}"
+    mark = marker(row, default) if default is not None else ""
+    overrides = f"`{row.overrides}`" if row.overrides != "-" else "-"
+    return [row.variant, overrides, fmt_ci(row.summary, "iqm"), fmt_ci(row.summary, "mean"), diff, mark,
+            row_notes(row), f"{row.compile_time:.1f}", f"{row.run_time:.1f}"]
 
 
 HEADER = ["variant", "overrides", "IQM [95% CI]", "mean [95% CI]", "ΔIQM vs default", "CI sep.", "diagnostic",
@@ -255,7 +321,9 @@ def write_markdown(path: Path, rows_by_env: dict[str, list[Row]], steps: dict[st
         "variant's sweep call. Each variant changes only the listed keys of the env's config. A run in which "
         "no episode ended during the last 10% of updates (a perfect CartPole policy's 500-step episodes can "
         "outlast that window) would have a NaN final return; it gets the return of the last episodes it "
-        "completed instead, and the diagnostic column counts such runs.",
+        "completed instead, and the diagnostic column counts such runs. Each sweep call runs in a fresh "
+        "process with JAX's persistent compilation cache off (compile times are cold compiles); a call that "
+        "gives no result within the group timeout (XLA CPU wedge) is killed and retried, as noted.",
         "",
     ]
     for env_key, rows in rows_by_env.items():
@@ -296,14 +364,17 @@ def write_csvs(out: Path, rows: Sequence[Row]) -> None:
                              row.non_finite, f"{row.compile_time:.2f}", f"{row.run_time:.2f}"])
 
 
-def plot(path: Path, rows_by_env: dict[str, list[Row]], steps: dict[str, int]) -> None:
-    """One panel per env: horizontal bars of the IQM with 95% CI whiskers; default highlighted."""
+def plot(path: Path, rows_by_env: dict[str, list[Row]], steps: dict[str, int]) -> bool:
+    """One panel per env: horizontal bars of the IQM with 95% CI whiskers; default highlighted.
+    Returns False (and writes nothing) when no variant has a result."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs = [k for k, rows in rows_by_env.items() if rows]
+    envs = [k for k, rows in rows_by_env.items() if any(r.summary for r in rows)]
+    if not envs:
+        return False
     height = max(len(rows_by_env[k]) for k in envs) * 0.42 + 1.4
     fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), height), squeeze=False)
     for ax, env_key in zip(axes[0], envs):
@@ -328,6 +399,7 @@ def plot(path: Path, rows_by_env: dict[str, list[Row]], steps: dict[str, int]) -
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -337,18 +409,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--envs", default="cartpole,pendulum", help="comma-separated: cartpole, pendulum")
     parser.add_argument("--steps-cartpole", type=int, default=ENVS["cartpole"].default_steps)
     parser.add_argument("--steps-pendulum", type=int, default=ENVS["pendulum"].default_steps)
-    parser.add_argument("--only", default="", help="comma-separated variant names to run (default always runs)")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated variants to run, of {', '.join(v.key for v in VARIANTS)} "
+                             "(default always runs)")
+    parser.add_argument("--group-timeout", type=float, default=300.0,
+                        help="seconds before a variant's sweep is taken as hung, killed and retried")
+    parser.add_argument("--attempts", type=int, default=3, help="tries per variant")
     args = parser.parse_args(argv)
     args.envs = [e.strip() for e in args.envs.split(",") if e.strip()]
     unknown = [e for e in args.envs if e not in ENVS]
     if unknown:
         parser.error(f"unknown env(s) {unknown}; choose from {list(ENVS)}")
+    args.only = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = [v for v in args.only if v not in {variant.key for variant in VARIANTS}]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {[v.key for v in VARIANTS]}")
     return args
 
 
-def selected_variants(env_key: str, only: str) -> list[Variant]:
-    names = {n.strip() for n in only.split(",") if n.strip()}
-    return [v for v in VARIANTS if env_key in v.envs and (not names or v.name in names or v.name == "default")]
+def selected_variants(env_key: str, only: Sequence[str]) -> list[Variant]:
+    return [v for v in VARIANTS if env_key in v.envs and (not only or v.key in only or v.key == "default")]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -365,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         base = base_config(env, steps[env_key])
         print(f"== {env.name}: {base.num_updates * base.batch_size:,} env steps per run", flush=True)
         for variant in selected_variants(env_key, args.only):
-            row = run_variant(env, variant, base, args.seeds)
+            row = run_isolated(env_key, variant, steps[env_key], args.seeds, args.group_timeout, args.attempts)
             rows_by_env[env_key].append(row)
             default = next((r for r in rows_by_env[env_key] if r.variant == "default"), None)
             print_row(row, default)
@@ -373,11 +453,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             write_csvs(args.out / "ablations", all_rows)
             write_markdown(args.out / "ablations.md", rows_by_env, steps, args.seeds, command,
                            time.perf_counter() - start, machine)
-    plot(args.out / "ablations.png", rows_by_env, steps)
+    plotted = plot(args.out / "ablations.png", rows_by_env, steps)
     total = time.perf_counter() - start
     write_markdown(args.out / "ablations.md", rows_by_env, steps, args.seeds, command, total, machine)
-    print(f"total wall time {total:.0f} s ({total / 60:.1f} min); wrote {args.out / 'ablations.md'} and "
-          f"{args.out / 'ablations.png'}", flush=True)
+    wrote = [args.out / "ablations.md", *([args.out / "ablations.png"] if plotted else [])]
+    print(f"total wall time {total:.0f} s ({total / 60:.1f} min); wrote {', '.join(map(str, wrote))}", flush=True)
 
 
 if __name__ == "__main__":
