@@ -106,7 +106,8 @@ def hardware() -> dict[str, Any]:
     import brax
 
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu or "none", "jax": jax.__version__,
-            "brax": brax.__version__, "devices": [str(d) for d in jax.devices()], "python": platform.python_version()}
+            "brax": brax.__version__, "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def load_config(env: str, args: argparse.Namespace) -> tuple[Any, Path]:
@@ -257,6 +258,7 @@ def report(results: dict[str, dict[str, Side]], meta: dict[str, Any]) -> str:
         "",
         f"Hardware: CPU {hw['cpu']} ({hw['cpu_count']} logical cores); GPU {hw['gpu']}; JAX devices {hw['devices']}.",
         f"Ours: Python {hw['python']}, jax {hw['jax']}, brax {hw['brax']} (environments only).",
+        f"XLA_FLAGS (both trainers): `{hw.get('xla_flags', '')}`.",
     ]
     peer = next((s for sides in results.values() for s in sides.values() if s.trainer == "brax"), None)
     if peer is not None:

@@ -24,12 +24,18 @@ Mapping from our config to `ppo.train` (settings of ours that have no counterpar
 | num_updates x num_envs x num_steps (x action_repeat) | num_timesteps (the steps we train, in base-env steps as Brax counts them) |
 | gamma, gae_lambda, clip_eps, lr, ent_coef, vf_coef | discounting, gae_lambda, clipping_epsilon, learning_rate, entropy_cost, vf_loss_coefficient |
 | reward_scale, normalize_obs, normalize_advantages | reward_scaling, normalize_observations, normalize_advantage |
-| eval_every, eval_episodes | num_evals = our evaluations + 1 (Brax also evaluates at step 0), num_eval_envs = eval_episodes, deterministic_eval = True |
+| eval_every, eval_episodes | num_evals = E + 1 (Brax also evaluates at step 0), num_eval_envs = eval_episodes, deterministic_eval = True; E = the divisor of num_updates nearest our number of evaluations, ceil(num_updates / eval_every) (see `brax_num_evals`) |
 | seed | seed |
 
 Left at Brax's defaults, as in Brax's training notebook: the networks (policy 4 x 32, value 5 x 256,
 swish; ours: hidden_sizes for each), no gradient clipping (ours: max_grad_norm), a constant learning
 rate, tanh-squashed Gaussian with a state-dependent std.
+
+Brax's trainer runs ceil(num_timesteps / (E x transitions per update)) updates between each of its E
+evaluations, so it trains more updates than ours whenever E does not divide our num_updates (with
+E = our evaluation count, the 50M-step ant config would train 160 updates, 52.4M steps, against
+our 152 and 49.8M). E is therefore a divisor of num_updates, so both train exactly the same env steps;
+the number of evaluations may then differ a little from ours (the kwargs record Brax's).
 """
 
 from __future__ import annotations
@@ -115,6 +121,14 @@ def source_unroll(config_text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def brax_num_evals(num_updates: int, eval_every: int) -> int:
+    """Brax's evaluations after step 0: the divisor of num_updates nearest ceil(num_updates / eval_every)
+    (the smaller on a tie), so that Brax's ceil-rounded epochs train exactly num_updates updates."""
+    wanted = math.ceil(num_updates / eval_every) if eval_every else 1
+    divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
+    return min(divisors, key=lambda d: (abs(d - wanted), d))
+
+
 def brax_train_kwargs(config: dict[str, Any], unroll: int | None, seed: int) -> tuple[dict[str, Any], list[str]]:
     """Keyword arguments of Brax's `ppo.train` for our resolved config, and the list of our settings
     that have no counterpart there (each `key=value`). Raises ValueError when the batch cannot be split."""
@@ -130,7 +144,7 @@ def brax_train_kwargs(config: dict[str, Any], unroll: int | None, seed: int) -> 
         )
     batch_size = transitions // (num_minibatches * unroll_length)
     num_updates = config["total_timesteps"] // transitions
-    evals = math.ceil(num_updates / config["eval_every"]) if config.get("eval_every") else 1
+    evals = brax_num_evals(num_updates, config.get("eval_every") or 0)
     kwargs = {
         "num_timesteps": num_updates * transitions * action_repeat,
         "num_envs": num_envs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     train.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
+    train.add_argument("--cpu-devices", type=int, default=1, metavar="N",
+                       help="JAX CPU devices to split the run's envs over (default 1; no effect on a GPU)")
+    dist = train.add_argument_group(
+        "multi-host", "run one training over several processes (hosts) with jax.distributed; start the same command "
+        "in every process. --distributed alone lets JAX detect the cluster (SLURM, Open MPI, ...)")
+    dist.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    dist.add_argument("--num-processes", type=int, help="number of processes (implies --distributed)")
+    dist.add_argument("--process-id", type=int, help="this process's index, 0 to N-1 (implies --distributed)")
 
     sweep = sub.add_parser("sweep", help="train seeds x a hyperparameter grid in one compiled call")
     sweep.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
@@ -40,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--top", type=int, default=10, help="grid points to list at the end")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its latest checkpoint")
     sweep.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
+    sweep.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1, metavar="N",
+                       help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
+                            f"{os.cpu_count()} here; no effect on a GPU)")
 
     ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
     ev.add_argument("run_dir", metavar="RUN_DIR")
@@ -121,16 +134,22 @@ def _resume_hint(command: str, run_dir: Path) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import jax
+
     from purejaxppo import runner
 
     config = _load(args)
     if args.resume and args.run_dir:
         raise ConfigError("--run-dir: a resumed run continues in its own run dir; drop --run-dir")
+    if jax.process_count() > 1 and not (args.resume or args.run_dir):
+        raise ConfigError("--run-dir: a multi-process run needs one, the same folder for every process (shared storage)")
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
     progress = _Progress(config.num_updates * config.batch_size)
     verb = "resuming" if args.resume else "training"
+    devices = jax.device_count()
+    where = f" on {devices} devices" if devices > 1 else ""
     print(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
-          f"({config.num_updates} updates); writing {run_dir}", flush=True)
+          f"({config.num_updates} updates){where}; writing {run_dir}", flush=True)
     try:
         result = runner.train(config, run_dir, on_chunk=progress, resume=bool(args.resume), step=args.step)
     finally:
@@ -243,10 +262,39 @@ def _envs(_: argparse.Namespace) -> int:
     return 0
 
 
+def _set_cpu_devices(args: argparse.Namespace) -> None:
+    """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays)."""
+    count = getattr(args, "cpu_devices", None)
+    if count is None:
+        return
+    if count < 1:
+        raise ConfigError(f"--cpu-devices: must be >= 1, got {count}")
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", count)
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize, before JAX does anything else (loading a config builds env arrays)."""
+    given = {"coordinator_address": getattr(args, "coordinator", None),
+             "num_processes": getattr(args, "num_processes", None), "process_id": getattr(args, "process_id", None)}
+    if not getattr(args, "distributed", False) and all(v is None for v in given.values()):
+        return
+    import jax
+
+    try:
+        jax.distributed.initialize(**given)
+    except (ValueError, RuntimeError) as err:  # no cluster detected, a bad address, a timeout
+        message = " ".join(str(err).split())
+        raise ConfigError(f"--distributed: jax.distributed.initialize failed: {message}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"train": _train, "sweep": _sweep, "eval": _eval, "render": _render, "plot": _plot, "envs": _envs}
     try:
+        _set_cpu_devices(args)
+        _initialize_distributed(args)
         return commands[args.command](args)
     except ConfigError as err:
         # a failed checkpoint read leaves orbax's pending reads to be logged at exit; the message says it all

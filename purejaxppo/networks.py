@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,33 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
 
 
+def orthogonal(scale: float) -> nn.initializers.Initializer:
+    """flax's orthogonal initializer, drawn one matrix at a time under vmap (a `lax.map` over the batch),
+    with the same values.
+
+    Batched, its QR is a LAPACK kernel that splits the batch over XLA's CPU thread pool and blocks
+    until the pieces are done; two such kernels of independent layers, run side by side, can take
+    every thread of a small pool and wait on each other for ever (jaxlib 0.10, 2 CPU cores: a vmapped
+    init of 64 seeds hung every time). One matrix at a time runs no pieces on the pool.
+    """
+    base = nn.initializers.orthogonal(scale)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        @jax.custom_batching.custom_vmap
+        def draw(k: jax.Array) -> jax.Array:
+            return base(k, shape, dtype)
+
+        @draw.def_vmap
+        def _draw_batched(axis_size: int, in_batched: list[bool], k: jax.Array) -> tuple[jax.Array, bool]:
+            if not in_batched[0]:
+                return draw(k), False
+            return jax.lax.map(draw, k), True
+
+        return draw(key)
+
+    return init
+
+
 class Torso(nn.Module):
     """Hidden Dense layers with orthogonal init, optional layer norm, and the activation."""
 
@@ -35,13 +63,13 @@ class Torso(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_sizes:
-            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(self.gain))(x)
+            x = nn.Dense(width, kernel_init=orthogonal(self.gain))(x)
             x = act(nn.LayerNorm()(x) if self.layer_norm else x)
         return x
 
 
 def _head(size: int, gain: float) -> nn.Dense:
-    return nn.Dense(size, kernel_init=nn.initializers.orthogonal(gain))
+    return nn.Dense(size, kernel_init=orthogonal(gain))
 
 
 class ActorCritic(nn.Module):

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purejaxppo import checkpoint
 from purejaxppo import config as config_lib
-from purejaxppo.config import PPOConfig
+from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.loggers import Loggers
 from purejaxppo.train import TrainState, make_trainer
 
@@ -191,22 +191,42 @@ def first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
 ENV_AXIS_FIELDS = ("env_state", "obs", "discounted_return", "episode_return", "episode_length")
 
 
-def env_sharding(config: PPOConfig, abstract_state: TrainState) -> Any:
-    """Shardings of a run's state over every local device: the per-env fields split along the env
-    axis, everything else replicated. None on one device, or when num_envs does not split evenly.
+@dataclasses.dataclass(frozen=True)
+class RunShardings:
+    """Where a run's state and its metrics live when its envs are split over several devices."""
+
+    state: Any  # TrainState of shardings: per-env fields split along the env axis, the rest replicated
+    replicated: NamedSharding
+
+
+def env_sharding(config: PPOConfig, abstract_state: TrainState) -> RunShardings | None:
+    """Shardings of a run over every device JAX sees: all local devices, and under
+    `jax.distributed.initialize` every device of every process. None on one device, or (one process
+    only) when num_envs does not split evenly over the devices.
 
     jit partitions the whole update from these: rollouts and GAE stay on each device's envs, and the
     batch means of the losses, gradients and observation statistics become cross-device reductions.
     """
-    devices = jax.local_devices()
-    if len(devices) == 1 or config.num_envs % len(devices):
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    if config.num_envs % len(devices):
+        if jax.process_count() > 1:
+            raise ConfigError(f"num_envs: {config.num_envs} envs do not split evenly over the {len(devices)} devices "
+                              f"of {jax.process_count()} processes; use a multiple of {len(devices)}")
         return None
     mesh = Mesh(np.array(devices), ("envs",))
     split, whole = NamedSharding(mesh, PartitionSpec("envs")), NamedSharding(mesh, PartitionSpec())
     shardings = jax.tree.map(lambda _: whole, abstract_state)
-    return shardings.replace(**{
+    shardings = shardings.replace(**{
         name: jax.tree.map(lambda _: split, getattr(abstract_state, name)) for name in ENV_AXIS_FIELDS
     })
+    return RunShardings(shardings, whole)
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files and reports progress (always, on one host)."""
+    return jax.process_index() == 0
 
 
 def use_compilation_cache(config: PPOConfig) -> None:
@@ -263,8 +283,9 @@ def drive(
                 active = min(config.chunk_size, config.num_updates - done)
                 outputs = [chunk(s, active) for s in states]
                 new_states = [o[0] for o in outputs]
+                # copies, not views: a view would keep the chunk's whole device buffer alive for the run
                 parts = [
-                    {k: np.asarray(v)[..., :active] for k, v in jax.device_get(o[1]).items()} for o in outputs
+                    {k: np.array(v[..., :active]) for k, v in jax.device_get(o[1]).items()} for o in outputs
                 ]
                 metrics = {k: np.concatenate([p[k] for p in parts]) if parts[0][k].ndim > 1 else parts[0][k]
                            for k in parts[0]}
@@ -332,24 +353,24 @@ def train(
     shardings = env_sharding(config, abstract_state)
     if shardings is not None:
         abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                      abstract_state, shardings)
-    chunk = jax.jit(trainer.run_chunk, out_shardings=(shardings, None) if shardings else None)
-    chunk = chunk.lower(abstract_state, 0).compile()
+                                      abstract_state, shardings.state)
+    out_shardings = (shardings.state, shardings.replicated) if shardings else None
+    chunk = jax.jit(trainer.run_chunk, out_shardings=out_shardings).lower(abstract_state, 0).compile()
     if resume:
-        first, state, _ = checkpoint.restore(run_dir, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                                    abstract_state), saved_step)
-        state = jax.device_put(state, shardings) if shardings else state
+        first, state, _ = checkpoint.restore(run_dir, abstract_state, saved_step)
     else:
-        first, state = 0, jax.jit(trainer.init, out_shardings=shardings).lower(key).compile()(key)
+        init = jax.jit(trainer.init, out_shardings=shardings.state if shardings else None)
+        first, state = 0, init.lower(key).compile()(key)
     compile_time = time.perf_counter() - start
 
     writer = loggers = None
     if run_dir is not None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.save(config, run_dir / "config.yaml")
-        writer = MetricsWriter(run_dir / "metrics.csv", resume_from=first if resume else None)
-        loggers = Loggers.create(config, run_dir)
+        if is_primary():
+            config_lib.save(config, run_dir / "config.yaml")
+            writer = MetricsWriter(run_dir / "metrics.csv", resume_from=first if resume else None)
+            loggers = Loggers.create(config, run_dir)
 
     def on_metrics(first_update: int, metrics: dict[str, np.ndarray]) -> None:
         if writer is not None:
@@ -360,7 +381,7 @@ def train(
     start = time.perf_counter()
 
     def progress(done: int, metrics: dict[str, np.ndarray]) -> None:
-        if on_chunk is None:
+        if on_chunk is None or not is_primary():
             return
         elapsed = time.perf_counter() - start
         finite = metrics["episode_return"][np.isfinite(metrics["episode_return"])]

@@ -110,6 +110,9 @@ def sweep(
         max_runs_per_call = meta["max_runs_per_call"]
     if seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {seeds}")
+    if jax.process_count() > 1:
+        raise ConfigError("sweep: runs on the devices of one process; under jax.distributed, start one sweep per "
+                          "host with its own seeds (config seed) instead")
     grid = {k: list(v) for k, v in (grid or {}).items()}
     points = check_grid(config, grid)
     trainer = make_trainer(config)

@@ -1,0 +1,339 @@
+"""The speed benchmark: for each case, compile time, throughput, peak memory and the ceiling.
+
+    PYTHONPATH=. python experiments/benchmark.py [--cases cartpole,cartpole-64,breakout,pendulum]
+        [--sb3-python /path/to/env/bin/python] [--out experiments/results/performance.md]
+
+Each case trains its shipped config in a fresh process, with JAX's persistent compilation cache off,
+so its compile is cold and its peak host memory (RSS) is its own. Per case it reports:
+
+- compile: trace, lower and compile of the run's programs (as `purejaxppo train` reports it);
+- throughput: env steps of all runs per second of run time (compile excluded);
+- the ceiling: the same envs stepped with the same network's forward pass and action sampling, and no
+  learning (the rollout of `Trainer.update` alone, scanned over as many updates), and the ratio of
+  training throughput to it;
+- peak memory: the process's peak RSS, and on a GPU the device's peak bytes in use.
+
+Besides the cases: the CartPole run's compile again with a warm compilation cache (two fresh processes
+sharing a cache folder), the 64-seed sweep against 64 single runs (one compile plus 64 times the
+single run's run time), and, with --sb3-python (a separate environment with stable-baselines3,
+gymnasium and torch; never a dependency), Stable-Baselines3's PPO on CartPole-v1 with the same
+hyperparameters. Brax's own trainer is compared in experiments/brax_benchmark.py.
+
+The figures go into --out between the BEGIN/END markers below; the rest of that file is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BEGIN, END = "<!-- benchmark.py: BEGIN -->", "<!-- benchmark.py: END -->"
+RESULT_PREFIX = "BENCHMARK_RESULT "
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    config: str  # relative to the repo root
+    seeds: int = 1
+    overrides: tuple[str, ...] = ()
+    gpu_only: bool = False
+
+
+CASES: dict[str, Case] = {
+    "cartpole": Case("CartPole-v1, 1 seed", "configs/cartpole.yaml"),
+    "cartpole-64": Case("CartPole-v1, 64 seeds (one sweep call)", "configs/cartpole.yaml", seeds=64),
+    "breakout": Case("Breakout-MinAtar, 1 seed", "configs/breakout_minatar.yaml", overrides=("total_timesteps=1000000",)),
+    "pendulum": Case("Pendulum-v1, 1 seed", "configs/pendulum.yaml"),
+    "ant": Case("Brax ant, 1 seed", "configs/brax/ant.yaml", overrides=("total_timesteps=10000000",), gpu_only=True),
+    "humanoid": Case("Brax humanoid, 1 seed", "configs/brax/humanoid.yaml", overrides=("total_timesteps=10000000",),
+                     gpu_only=True),
+}
+CPU_CASES = ("cartpole", "cartpole-64", "breakout", "pendulum")
+
+SB3_SCRIPT = """
+import json, sys, time
+import torch
+torch.set_num_threads({threads})
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+c = json.loads(sys.argv[1])
+env = make_vec_env("CartPole-v1", n_envs=c["num_envs"], seed=0)
+lr = c["lr"]
+model = PPO("MlpPolicy", env, n_steps=c["num_steps"], batch_size=c["num_envs"] * c["num_steps"] // c["num_minibatches"],
+            n_epochs=c["update_epochs"], gamma=c["gamma"], gae_lambda=c["gae_lambda"], clip_range=c["clip_eps"],
+            ent_coef=c["ent_coef"], vf_coef=c["vf_coef"], max_grad_norm=c["max_grad_norm"],
+            learning_rate=lambda progress: lr * progress, policy_kwargs=dict(net_arch=c["hidden_sizes"]),
+            device="cpu", seed=0, verbose=0)
+start = time.perf_counter()
+model.learn(total_timesteps=c["steps"])
+elapsed = time.perf_counter() - start
+rets = [e["r"] for e in model.ep_info_buffer]
+print(json.dumps({{"steps": model.num_timesteps, "seconds": elapsed, "final_return": sum(rets) / max(1, len(rets))}}))
+"""
+
+
+def case_config(case: Case, cache: str = "") -> Any:
+    from purejaxppo import config as config_lib
+
+    return config_lib.load(ROOT / case.config, [*case.overrides, f"compilation_cache={cache}"])
+
+
+def ceiling(config: Any, seeds: int) -> dict[str, float]:
+    """Env steps/s of the training rollout alone (policy forward pass, sampling, env step), no learning."""
+    import jax
+
+    from purejaxppo.train import make_trainer
+
+    trainer = make_trainer(config)
+
+    def act_only(key: jax.Array) -> jax.Array:
+        def body(carry: tuple, step_key: jax.Array) -> tuple[tuple, None]:
+            state, total = carry
+            state, traj = trainer.rollout(state, step_key)
+            return (state, total + traj.value.sum() + traj.log_prob.sum()), None  # keeps them from being pruned
+
+        init = (trainer.init(key), jax.numpy.float32(0.0))
+        (_, total), _ = jax.lax.scan(body, init, jax.random.split(key, config.num_updates))
+        return total
+
+    keys = jax.random.split(jax.random.key(config.seed), seeds)
+    fn = jax.jit(jax.vmap(act_only)) if seeds > 1 else jax.jit(act_only)
+    arg = keys if seeds > 1 else keys[0]
+    start = time.perf_counter()
+    compiled = fn.lower(arg).compile()
+    compile_time = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(arg))
+    seconds = time.perf_counter() - start
+    steps = seeds * config.num_updates * config.batch_size
+    return {"ceiling_compile": compile_time, "ceiling_seconds": seconds, "ceiling_sps": steps / seconds}
+
+
+def compile_breakdown(config: Any) -> dict[str, float]:
+    """Seconds to trace and lower the run's chunk program to StableHLO, and in XLA's compiler, measured on
+    a separate copy of the program before the timed run."""
+    import jax
+
+    from purejaxppo.train import make_trainer
+
+    trainer = make_trainer(config)
+    abstract = jax.eval_shape(trainer.init, jax.random.key(config.seed))
+    start = time.perf_counter()
+    lowered = jax.jit(trainer.run_chunk).lower(abstract, 0)
+    lowered_at = time.perf_counter()
+    lowered.compile()
+    return {"trace_lower": lowered_at - start, "xla_compile": time.perf_counter() - lowered_at}
+
+
+def device_peak_bytes() -> float | None:
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return float(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
+
+
+def measure(case_key: str, cache: str, with_ceiling: bool) -> dict[str, Any]:
+    """Train the case once in this process and measure it."""
+    import jax
+
+    from purejaxppo import runner
+    from purejaxppo.sweep import sweep
+
+    case = CASES[case_key]
+    config = case_config(case, cache)
+    if case.seeds == 1:
+        result = runner.train(config)
+        finals = [result.final_return]
+    else:
+        result = sweep(config, seeds=case.seeds)
+        finals = [float(f) for f in result.final_returns()]
+    steps = case.seeds * config.num_updates * config.batch_size
+    out: dict[str, Any] = {
+        "case": case_key, "env": config.env, "seeds": case.seeds, "num_envs": config.num_envs,
+        "num_steps": config.num_steps, "env_steps": steps, "compile": result.compile_time,
+        "run": result.run_time, "sps": steps / result.run_time,
+        "sps_with_compile": steps / (result.compile_time + result.run_time),
+        "final_return_mean": sum(finals) / len(finals),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_mib": (lambda b: None if b is None else b / 2**20)(device_peak_bytes()),
+        "backend": jax.default_backend(), "device": jax.local_devices()[0].device_kind,
+    }
+    if with_ceiling:
+        out.update(ceiling(config, case.seeds))
+        out["of_ceiling"] = out["sps"] / out["ceiling_sps"]
+        if case.seeds == 1:  # after the timed run, so that it cannot warm anything the run compiles
+            out.update(compile_breakdown(config))
+    return out
+
+
+def run_child(case_key: str, cache: str = "", with_ceiling: bool = True, timeout: float = 1800) -> dict[str, Any]:
+    """`measure` in a fresh process; an error or a hang comes back as {"error": ...}."""
+    cmd = [sys.executable, __file__, "--child", case_key, "--cache", cache] + ([] if with_ceiling else ["--no-ceiling"])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"case": case_key, "error": f"no result after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    return {"case": case_key, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def run_sb3(python: str, threads: int, steps: int) -> dict[str, Any]:
+    config = case_config(CASES["cartpole"])
+    payload = {**config.to_dict(), "steps": steps}
+    proc = subprocess.run([python, "-c", SB3_SCRIPT.format(threads=threads), json.dumps(payload)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    version = subprocess.run([python, "-c", "import stable_baselines3, torch; print(stable_baselines3.__version__, "
+                                            "torch.__version__)"], capture_output=True, text=True).stdout.split()
+    return {**result, "sps": result["steps"] / result["seconds"], "sb3": version[0], "torch": version[1]}
+
+
+def machine() -> str:
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return (f"{cpu}, {os.cpu_count()} CPU cores; JAX {jax.__version__} on {jax.default_backend()} "
+            f"({jax.local_devices()[0].device_kind}); Python {platform.python_version()}")
+
+
+def fmt(value: Any, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(results: list[dict[str, Any]], warm: dict[str, Any] | None, sb3: dict[str, Any] | None,
+           command: str) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Date: {datetime.now():%Y-%m-%d %H:%M}  ",
+        f"Machine: {machine()}",
+        "",
+        "| case | envs x steps | env steps (all runs) | compile s | run s | env steps/s | incl. compile | "
+        "ceiling env steps/s | of ceiling | peak RSS MiB | device peak MiB | final return (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_case = {r["case"]: r for r in results}
+    for r in results:
+        name = CASES[r["case"]].name
+        if "error" in r:
+            lines.append(f"| {name} | FAILED: {r['error']} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {name} | {r['num_envs']} x {r['num_steps']} | {r['env_steps']:,} | {r['compile']:.2f} | "
+            f"{r['run']:.2f} | {r['sps']:,.0f} | {r['sps_with_compile']:,.0f} | {fmt(r.get('ceiling_sps'))} | "
+            f"{fmt(r.get('of_ceiling'), '.0%')} | {r['peak_rss_mib']:,.0f} | {fmt(r['device_peak_mib'])} | "
+            f"{r['final_return_mean']:.1f} |")
+    lines.append("")
+    single, many = by_case.get("cartpole"), by_case.get("cartpole-64")
+    if warm is not None and single is not None and "error" not in single:
+        if "error" in warm:
+            lines.append(f"- Warm compilation cache: FAILED ({warm['error']})")
+        else:
+            lines.append(f"- CartPole-v1 compile with a warm persistent compilation cache (a second fresh process "
+                         f"sharing the cache folder): {warm['compile']:.2f} s, against {single['compile']:.2f} s cold.")
+    if single and many and "error" not in single and "error" not in many:
+        sequential = single["compile"] + many["seeds"] * single["run"]
+        total = many["compile"] + many["run"]
+        lines.append(f"- 64-seed sweep against 64 single runs (one compile, then 64 runs of {single['run']:.2f} s): "
+                     f"{total:.1f} s against {sequential:.1f} s, **{total / sequential:.0%}** of the sequential cost.")
+    for r in results:
+        if "trace_lower" in r:
+            lines.append(f"- {CASES[r['case']].name}: of the chunk program's compile (timed on a copy), "
+                         f"trace + lower to StableHLO {r['trace_lower']:.2f} s, XLA compile {r['xla_compile']:.2f} s.")
+    if sb3 is not None and single is not None and "error" not in single:
+        if "error" in sb3:
+            lines.append(f"- Stable-Baselines3: FAILED ({sb3['error']})")
+        else:
+            lines.append(
+                f"- Stable-Baselines3 {sb3['sb3']} (torch {sb3['torch']}, CPU) PPO on gymnasium CartPole-v1, the same "
+                f"hyperparameters (32 envs x 32 steps, 8 minibatches, 4 epochs), {sb3['steps']:,} env steps: "
+                f"{sb3['sps']:,.0f} env steps/s (final return {sb3['final_return']:.1f}). purejaxppo / SB3: "
+                f"**{single['sps_with_compile'] / sb3['sps']:.1f}x** compile included, "
+                f"**{single['sps'] / sb3['sps']:.1f}x** run only.")
+    skipped = [k for k, c in CASES.items() if c.gpu_only and k not in by_case]
+    if skipped:
+        lines.append(f"- Not run here: {', '.join(CASES[k].name for k in skipped)} (GPU cases; `--cases "
+                     f"{','.join(skipped)}` on a GPU).")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path, body: str) -> None:
+    text = path.read_text() if path.is_file() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CPU_CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--sb3-python", help="python of a separate environment with stable-baselines3")
+    parser.add_argument("--sb3-steps", type=int, default=100_000, help="SB3 env steps to time (it is slow)")
+    parser.add_argument("--sb3-threads", type=int, default=2, help="torch threads for SB3")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "performance.md")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a case counts as hung")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--no-ceiling", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        print(RESULT_PREFIX + json.dumps(measure(args.child, args.cache, not args.no_ceiling)), flush=True)
+        return
+    command = "python experiments/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    results = []
+    for key in args.cases:
+        results.append(run_child(key, timeout=args.timeout))
+        print(json.dumps(results[-1]), flush=True)
+    warm = None
+    if "cartpole" in args.cases:
+        with tempfile.TemporaryDirectory() as cache:
+            run_child("cartpole", cache, with_ceiling=False, timeout=args.timeout)
+            warm = run_child("cartpole", cache, with_ceiling=False, timeout=args.timeout)
+        print("warm cache:", json.dumps(warm), flush=True)
+    sb3 = run_sb3(args.sb3_python, args.sb3_threads, args.sb3_steps) if args.sb3_python else None
+    if sb3 is not None:
+        print("sb3:", json.dumps(sb3), flush=True)
+    body = report(results, warm, sb3, command.strip())
+    write_report(args.out, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
