@@ -28,7 +28,8 @@ Mapping from our config to `ppo.train` (settings of ours that have no counterpar
 | seed | seed |
 
 Left at Brax's defaults, as in Brax's training notebook: the networks (policy 4 x 32, value 5 x 256,
-swish; ours: hidden_sizes for each), no gradient clipping (ours: max_grad_norm), a constant learning
+swish; ours: hidden_sizes for each), no gradient clipping (ours: max_grad_norm; `ppo.train` could take
+it, the notebook does not set it), a constant learning
 rate, tanh-squashed Gaussian with a state-dependent std.
 
 Brax's trainer runs ceil(num_timesteps / (E x transitions per update)) updates between each of its E
@@ -169,9 +170,11 @@ def brax_train_kwargs(config: dict[str, Any], unroll: int | None, seed: int) -> 
         "seed": seed,
     }
     unmapped = [f"{k}={config[k]}" for k, neutral in _NEUTRAL.items() if k in config and config[k] != neutral]
-    unmapped += [f"hidden_sizes={list(config['hidden_sizes'])} (Brax: policy 4x32, value 5x256)",
-                 f"activation={config['activation']} (Brax: swish)",
-                 f"max_grad_norm={config['max_grad_norm']} (Brax: no clipping)"]
+    unmapped.append(f"hidden_sizes={list(config['hidden_sizes'])} (Brax: policy 4x32, value 5x256)")
+    if config["activation"] != "swish":
+        unmapped.append(f"activation={config['activation']} (Brax: swish)")
+    # ppo.train takes max_grad_norm, but the notebook's settings, which the peer keeps, leave it unset
+    unmapped.append(f"max_grad_norm={config['max_grad_norm']} (Brax, as in its notebook: no clipping)")
     return kwargs, unmapped
 
 

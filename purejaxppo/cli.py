@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     train.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
-    train.add_argument("--cpu-devices", type=int, default=1, metavar="N",
+    train.add_argument("--cpu-devices", type=int, metavar="N",
                        help="JAX CPU devices to split the run's envs over (default 1; no effect on a GPU)")
     dist = train.add_argument_group(
         "multi-host", "run one training over several processes (hosts) with jax.distributed; start the same command "
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--top", type=int, default=10, help="grid points to list at the end")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its latest checkpoint")
     sweep.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
-    sweep.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1, metavar="N",
+    sweep.add_argument("--cpu-devices", type=int, metavar="N",
                        help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
                             f"{os.cpu_count()} here; no effect on a GPU)")
 
@@ -170,6 +170,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    import jax
+
     from purejaxppo import runner
     from purejaxppo.sweep import check_grid, parse_grid, sweep
 
@@ -185,7 +187,8 @@ def _sweep(args: argparse.Namespace) -> int:
     points = check_grid(config, grid)
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-sweep"))
     print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "
-          f"of {config.num_updates * config.batch_size:,} env steps, one compiled program; writing {run_dir}",
+          f"of {config.num_updates * config.batch_size:,} env steps, one compiled program on "
+          f"{len(jax.local_devices())} device(s); writing {run_dir}",
           flush=True)
 
     def progress(p: dict[str, Any]) -> None:
@@ -263,15 +266,24 @@ def _envs(_: argparse.Namespace) -> int:
 
 
 def _set_cpu_devices(args: argparse.Namespace) -> None:
-    """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays)."""
-    count = getattr(args, "cpu_devices", None)
+    """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays).
+    A sweep defaults to one per core. Where JAX has already started (`main` called from a program that
+    used JAX), its devices stay; asking for another count is then an error."""
+    asked = getattr(args, "cpu_devices", None)
+    count = asked if asked is not None else (os.cpu_count() or 1) if args.command == "sweep" else None
     if count is None:
         return
     if count < 1:
         raise ConfigError(f"--cpu-devices: must be >= 1, got {count}")
     import jax
 
-    jax.config.update("jax_num_cpu_devices", count)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:
+        have = len(jax.devices("cpu"))
+        if asked is not None and asked != have:
+            raise ConfigError(f"--cpu-devices: JAX has already started with {have} CPU device(s) in this process; "
+                              f"set jax_num_cpu_devices before any JAX work") from None
 
 
 def _initialize_distributed(args: argparse.Namespace) -> None:

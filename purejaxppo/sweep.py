@@ -147,7 +147,8 @@ def sweep(
         if int(meta.get("stacked_runs", -1)) != num_calls * per_call:
             raise checkpoint.CheckpointError(
                 f"{run_dir}: the checkpoint holds {meta.get('stacked_runs')} stacked runs, but {len(devices)} "
-                f"device(s) give {num_calls * per_call} here; resume on as many devices as the sweep ran on"
+                f"device(s) give {num_calls * per_call} here; resume on as many devices as the sweep ran on "
+                f"(purejaxppo sweep --cpu-devices N)"
             )
         checkpoint.check_arrays(Path(run_dir), saved_step, whole)
     start = time.perf_counter()

@@ -129,3 +129,15 @@ def test_four_devices_give_the_same_results(result, tmp_path):
     np.testing.assert_allclose(multi["loss"], single.metrics["policy_loss"], rtol=2e-4, atol=1e-5)
     np.testing.assert_allclose(multi["leaf"], np.asarray(jax.tree.leaves(single.state.params)[0]), rtol=2e-4,
                                atol=1e-5)
+
+
+def test_cli_sweep_uses_a_cpu_device_per_core(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "purejaxppo", "sweep", "--seeds", "2", "--run-dir", str(tmp_path / "s"),
+         "--set", "total_timesteps=256", "--set", "num_envs=4", "--set", "num_steps=32", "--set", "hidden_sizes=[8]",
+         "--set", "compilation_cache="],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"one compiled program on {os.cpu_count()} device(s)" in proc.stdout
+    assert len((tmp_path / "s" / "runs.csv").read_text().strip().splitlines()) == 3  # header and 2 runs
