@@ -160,10 +160,13 @@ def measure(case_key: str, cache: str, with_ceiling: bool) -> dict[str, Any]:
     import jax
 
     from purejaxppo import runner
+    from purejaxppo.cli import cpu_cores
     from purejaxppo.sweep import sweep
 
     case = CASES[case_key]
-    jax.config.update("jax_num_cpu_devices", case.cpu_devices or os.cpu_count() or 1)
+    jax.config.update("jax_num_cpu_devices", case.cpu_devices or cpu_cores())
+    if not cache:  # compilation_cache="" leaves JAX's own setting, which the environment may have turned on
+        jax.config.update("jax_enable_compilation_cache", False)
     config = case_config(case, cache)
     if case.seeds == 1:
         result = runner.train(config)

@@ -78,13 +78,20 @@ def _pick_step(run_dir: Path, step: int | None) -> int:
     return step
 
 
+def read_raw_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
+    """The step and metadata of a checkpoint as stored, the config not yet validated (so no JAX work).
+    Raises OSError or ValueError where the file cannot be read."""
+    run_dir = Path(run_dir)
+    step = _pick_step(run_dir, step)
+    return step, json.loads((checkpoint_dir(run_dir) / str(step) / "meta" / "metadata").read_text())
+
+
 def read_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
     """The step and metadata (config included) of a checkpoint, the latest one by default."""
     run_dir = Path(run_dir)
     step = _pick_step(run_dir, step)
-    path = checkpoint_dir(run_dir) / str(step) / "meta" / "metadata"
     try:
-        meta = json.loads(path.read_text())
+        _, meta = read_raw_meta(run_dir, step)
         config_lib.from_dict(meta["config"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(

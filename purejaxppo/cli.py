@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
     sweep.add_argument("--cpu-devices", type=int, metavar="N",
                        help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
-                            f"{os.cpu_count()} here; no effect on a GPU)")
+                            "at most one per run; on --resume, the checkpoint's; no effect on a GPU)")
 
     ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
     ev.add_argument("run_dir", metavar="RUN_DIR")
@@ -80,12 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 class _Progress:
     """A rich progress bar on a terminal; one plain line per chunk elsewhere (logs, CI, pipes)."""
 
-    def __init__(self, total_steps: int):
+    def __init__(self, total_steps: int, show: bool = True):
         from rich.console import Console
 
         self.console = Console()
         self._bar = None
-        if self.console.is_terminal:
+        if show and self.console.is_terminal:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
@@ -143,21 +143,26 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--run-dir: a resumed run continues in its own run dir; drop --run-dir")
     if jax.process_count() > 1 and not (args.resume or args.run_dir):
         raise ConfigError("--run-dir: a multi-process run needs one, the same folder for every process (shared storage)")
-    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
-    progress = _Progress(config.num_updates * config.batch_size)
-    verb = "resuming" if args.resume else "training"
     devices = jax.device_count()
-    where = f" on {devices} devices" if devices > 1 else ""
-    print(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
-          f"({config.num_updates} updates){where}; writing {run_dir}", flush=True)
+    if args.cpu_devices is not None and config.num_envs % devices:
+        raise ConfigError(f"--cpu-devices: num_envs = {config.num_envs} does not split evenly over {devices} devices")
+    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
+    primary = runner.is_primary()
+    say = print if primary else (lambda *_, **__: None)  # the other processes of a multi-host run stay quiet
+    progress = _Progress(config.num_updates * config.batch_size, show=primary)
+    verb = "resuming" if args.resume else "training"
+    where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
+    say(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
+        f"({config.num_updates} updates){where}; writing {run_dir}", flush=True)
     try:
         result = runner.train(config, run_dir, on_chunk=progress, resume=bool(args.resume), step=args.step)
     finally:
         progress.close()
     if result.stopped:
-        _resume_hint("train", run_dir)
+        if primary:
+            _resume_hint("train", run_dir)
         return 0
-    print(
+    say(
         f"final return {result.final_return:.2f} (mean over the last 10% of updates)\n"
         f"env steps    {result.env_steps:,}\n"
         f"compile time {result.compile_time:.2f} s\n"
@@ -265,12 +270,41 @@ def _envs(_: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _sweep_cpu_devices(args: argparse.Namespace) -> int | None:
+    """A sweep's default: one CPU device per core, no more than its runs (per call); on resume, the devices
+    the checkpoint was written with (1 for checkpoints that do not say). None where the user's environment
+    already sets the CPU device count."""
+    if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    if args.resume:
+        from purejaxppo import checkpoint
+
+        try:
+            return int(checkpoint.read_raw_meta(args.resume, args.step)[1].get("devices", 1))
+        except (OSError, ValueError, AttributeError):
+            return None  # the resume itself reports what is wrong with the checkpoint
+    from purejaxppo.sweep import parse_grid
+
+    runs = args.seeds * math.prod(len(v) for v in parse_grid(args.grid).values())
+    if args.max_runs_per_call:
+        runs = min(runs, args.max_runs_per_call)
+    return max(1, min(cpu_cores(), runs))
+
+
 def _set_cpu_devices(args: argparse.Namespace) -> None:
-    """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays).
-    A sweep defaults to one per core. Where JAX has already started (`main` called from a program that
-    used JAX), its devices stay; asking for another count is then an error."""
+    """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays),
+    for the whole process. Where JAX has already started (`main` called from a program that used JAX),
+    its devices stay; asking for another count is then an error."""
     asked = getattr(args, "cpu_devices", None)
-    count = asked if asked is not None else (os.cpu_count() or 1) if args.command == "sweep" else None
+    count = asked if asked is not None else _sweep_cpu_devices(args) if args.command == "sweep" else None
     if count is None:
         return
     if count < 1:
@@ -302,6 +336,8 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status. It may set JAX's CPU device count for the process
+    (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     commands = {"train": _train, "sweep": _sweep, "eval": _eval, "render": _render, "plot": _plot, "envs": _envs}
     try:

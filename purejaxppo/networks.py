@@ -42,8 +42,7 @@ def orthogonal(scale: float) -> nn.initializers.Initializer:
 
         @draw.def_vmap
         def _draw_batched(axis_size: int, in_batched: list[bool], k: jax.Array) -> tuple[jax.Array, bool]:
-            if not in_batched[0]:
-                return draw(k), False
+            # only called with the key batched: vmap over an unbatched key never reaches this rule
             return jax.lax.map(draw, k), True
 
         return draw(key)

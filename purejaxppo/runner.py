@@ -239,6 +239,16 @@ def use_compilation_cache(config: PPOConfig) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def stopping(stop: StopSignal) -> bool:
+    """Whether to stop after this chunk. Every process of a multi-host run must agree, or the ones that
+    go on wait for ever in the next chunk's collectives while the others save."""
+    if jax.process_count() == 1:
+        return stop.requested is not None
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.array(stop.requested is not None)).any())
+
+
 @dataclasses.dataclass
 class DriveResult:
     states: list[Any]
@@ -310,7 +320,7 @@ def drive(
                     on_chunk(done, metrics)
                 if done >= config.num_updates:
                     break
-                if stop.requested or (until_update is not None and done >= until_update):
+                if stopping(stop) or (until_update is not None and done >= until_update):
                     stopped = True
                     save(done, states)
                     break

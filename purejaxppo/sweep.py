@@ -186,7 +186,7 @@ def sweep(
             on_chunk({"call": num_calls, "num_calls": num_calls, "update": done, "num_updates": config.num_updates,
                       "env_steps": done * config.batch_size, "seconds": time.perf_counter() - start})
 
-    meta = {"config": config.to_dict(), "kind": "sweep", "num_seeds": seeds, "grid": grid,
+    meta = {"config": config.to_dict(), "kind": "sweep", "num_seeds": seeds, "grid": grid, "devices": len(devices),
             "max_runs_per_call": max_runs_per_call, "num_runs": len(runs), "stacked_runs": num_calls * per_call}
     stack = lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)  # noqa: E731
     start = time.perf_counter()

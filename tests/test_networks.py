@@ -20,7 +20,7 @@ def test_orthogonal_gives_flax_values_alone_and_under_vmap():
         expected = np.stack([nn.initializers.orthogonal(gain)(k, shape) for k in keys])
         np.testing.assert_array_equal(np.stack([ours(k, shape) for k in keys]), expected)
         np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: ours(k, shape)))(keys), expected)
-        # twice vmapped (a sweep of vmapped runs), and with the key shared across the batch
+        # twice vmapped (a sweep of vmapped runs), and a vmap that leaves the key unbatched
         nested = jax.vmap(jax.vmap(lambda k: ours(k, shape)))(keys.reshape(1, 5))
         np.testing.assert_array_equal(nested[0], expected)
         shared = jax.vmap(lambda k, _: ours(k, shape), in_axes=(None, 0))(keys[0], np.arange(3))

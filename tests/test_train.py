@@ -191,10 +191,20 @@ def test_a_run_over_two_processes_matches_one_device(tmp_path):
     args = ["train", "--run-dir", str(run_dir), "--cpu-devices", "2", "--coordinator", f"127.0.0.1:{port}",
             "--num-processes", "2",
             *[a for o in overrides for a in ("--set", o)]]
-    procs = [subprocess.Popen([sys.executable, "-c", script, *args, "--process-id", str(i)], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+    procs = []
+    try:
+        for i, (out, err) in enumerate(logs):
+            with out.open("w") as o, err.open("w") as e:  # files, not pipes: neither child can block on output
+                procs.append(subprocess.Popen([sys.executable, "-c", script, *args, "--process-id", str(i)], cwd=ROOT,
+                                              stdout=o, stderr=e))
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:  # one that failed leaves the other waiting for it
+            p.kill()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "on 4 devices" in outputs[0][0]
     assert "update 3/6" in outputs[0][0] and "update 3/6" not in outputs[1][0]  # only process 0 reports progress
@@ -243,3 +253,11 @@ def test_cli_distributed_without_a_cluster_is_one_clear_error():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("purejaxppo: error: --distributed: jax.distributed.initialize failed:")
     assert "coordinator" in lines[0]  # JAX's own reason: no coordinator address was given or detected
+
+
+def test_cli_cpu_devices_that_do_not_split_the_envs_are_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "purejaxppo", "train", "--cpu-devices", "3", "--set", "num_envs=4",
+                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "purejaxppo: error: --cpu-devices: num_envs = 4 does not split evenly over 3 devices"
+    assert not (tmp_path / "r").exists()
