@@ -201,6 +201,37 @@ def test_sigint_finishes_the_chunk_checkpoints_and_resumes(tmp_path):
     assert checkpoint.available_steps(run_dir)[-1] == step + 3
 
 
+def test_kill_9_during_saves_leaves_the_last_completed_checkpoint_restorable(tmp_path):
+    # a checkpoint after every update, so saves are under way most of the time when SIGKILL lands
+    run_dir = tmp_path / "killed"
+    common = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "hidden_sizes=[16]", "--set", "log_every=1",
+              "--set", "checkpoint_every=1", "--set", "keep_checkpoints=2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir),
+         "--set", "total_timesteps=10000000", *common],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("update 8/"):
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    step = checkpoint.available_steps(run_dir)[-1]
+    assert step >= 6
+    total = (step + 2) * 64
+    proc = subprocess.run(
+        [sys.executable, "-m", "purejaxppo", "train", "--resume", str(run_dir), "--set", f"total_timesteps={total}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"env steps    {total:,}" in proc.stdout
+    assert checkpoint.available_steps(run_dir)[-1] == step + 2
+
+
 def test_cli_eval_and_plot(straight, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "purejaxppo", "eval", str(straight.run_dir), "--episodes", "4"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
