@@ -169,6 +169,18 @@ def test_cli_non_finite_run_exits_non_zero_with_the_report(tmp_path):
     assert checkpoint.available_steps(run_dir) == [0]
 
 
+def _resume_for_more_updates(run_dir, step: int, more: int) -> None:
+    """`train --resume` from checkpoint `step` of a 64-steps-an-update run, for `more` updates: it ends there."""
+    total = (step + more) * 64
+    proc = subprocess.run(
+        [sys.executable, "-m", "purejaxppo", "train", "--resume", str(run_dir), "--set", f"total_timesteps={total}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"env steps    {total:,}" in proc.stdout
+    assert checkpoint.available_steps(run_dir)[-1] == step + more
+
+
 def test_sigint_finishes_the_chunk_checkpoints_and_resumes(tmp_path):
     run_dir = tmp_path / "sig"
     common = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "hidden_sizes=[16]", "--set", "log_every=1"]
@@ -191,14 +203,7 @@ def test_sigint_finishes_the_chunk_checkpoints_and_resumes(tmp_path):
     assert step >= 5
     _, meta = checkpoint.read_meta(run_dir)
     assert meta["update"] == step
-    total = (step + 3) * 64  # three more updates
-    proc = subprocess.run(
-        [sys.executable, "-m", "purejaxppo", "train", "--resume", str(run_dir), "--set", f"total_timesteps={total}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert f"env steps    {total:,}" in proc.stdout
-    assert checkpoint.available_steps(run_dir)[-1] == step + 3
+    _resume_for_more_updates(run_dir, step, 3)
 
 
 def test_kill_9_during_saves_leaves_the_last_completed_checkpoint_restorable(tmp_path):
@@ -222,14 +227,7 @@ def test_kill_9_during_saves_leaves_the_last_completed_checkpoint_restorable(tmp
     assert proc.returncode == -signal.SIGKILL
     step = checkpoint.available_steps(run_dir)[-1]
     assert step >= 6
-    total = (step + 2) * 64
-    proc = subprocess.run(
-        [sys.executable, "-m", "purejaxppo", "train", "--resume", str(run_dir), "--set", f"total_timesteps={total}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert f"env steps    {total:,}" in proc.stdout
-    assert checkpoint.available_steps(run_dir)[-1] == step + 2
+    _resume_for_more_updates(run_dir, step, 2)
 
 
 def test_cli_eval_and_plot(straight, tmp_path):
