@@ -1,7 +1,8 @@
 """The speed benchmark: for each case, compile time, throughput, peak memory and the ceiling.
 
     PYTHONPATH=. python experiments/benchmark.py [--cases cartpole,cartpole-64,breakout,pendulum]
-        [--sb3-python /path/to/env/bin/python] [--out experiments/results/performance.md]
+        [--sb3-python /path/to/env/bin/python] [--brax-python /path/to/env/bin/python]
+        [--out experiments/results/performance.md]
 
 Each case trains its shipped config in a fresh process, with JAX's persistent compilation cache off,
 so its compile is cold and its peak host memory (RSS) is its own. Per case it reports:
@@ -17,7 +18,10 @@ Besides the cases: the CartPole run's compile again with a warm compilation cach
 sharing a cache folder), the 64-seed sweep against 64 single runs (one compile plus 64 times the
 single run's run time), and, with --sb3-python (a separate environment with stable-baselines3,
 gymnasium and torch; never a dependency), Stable-Baselines3's PPO on CartPole-v1 with the same
-hyperparameters. Brax's own trainer is compared in experiments/brax_benchmark.py.
+hyperparameters; with --brax-python (jax 0.9.2 and brax 0.14.2; see experiments/brax_peer.py), Brax's
+own PPO trainer on each Brax case, with the same settings, one seed, in the same call: its throughput
+and compile, and the wall time each trainer needs to reach Brax's final evaluation return. For more
+seeds and the learning goals, see experiments/brax_benchmark.py.
 
 The figures go into --out between the BEGIN/END markers below; the rest of that file is kept.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -64,6 +69,9 @@ CASES: dict[str, Case] = {
     "cartpole-64-1dev": Case("CartPole-v1, 64 seeds (one sweep call, 1 CPU device)", "configs/cartpole.yaml", seeds=64),
     "breakout": Case("Breakout-MinAtar, 1 seed", "configs/breakout_minatar.yaml", overrides=("total_timesteps=1000000",)),
     "pendulum": Case("Pendulum-v1, 1 seed", "configs/pendulum.yaml"),
+    "inverted_pendulum": Case("Brax inverted_pendulum, 1 seed, 102k steps (a CPU-sized Brax case)",
+                              "configs/brax/inverted_pendulum.yaml",
+                              overrides=("total_timesteps=102400", "num_envs=128", "eval_every=5", "eval_episodes=16")),
     "ant": Case("Brax ant, 1 seed", "configs/brax/ant.yaml", overrides=("total_timesteps=10000000",), gpu_only=True),
     "humanoid": Case("Brax humanoid, 1 seed", "configs/brax/humanoid.yaml", overrides=("total_timesteps=10000000",),
                      gpu_only=True),
@@ -186,6 +194,9 @@ def measure(case_key: str, cache: str, with_ceiling: bool) -> dict[str, Any]:
         "backend": jax.default_backend(), "device": jax.local_devices()[0].device_kind,
         "devices": jax.device_count(),
     }
+    if case.seeds == 1 and "eval_return" in result.metrics:  # (env steps, deterministic eval return)
+        out["eval_curve"] = [[int(n), float(r)] for n, r in zip(result.metrics["env_steps"], result.metrics["eval_return"])
+                             if math.isfinite(r)]
     if with_ceiling:
         out.update(ceiling(config, case.seeds))
         out["of_ceiling"] = out["sps"] / out["ceiling_sps"]
@@ -220,6 +231,30 @@ def run_sb3(python: str, threads: int, steps: int) -> dict[str, Any]:
     return {**result, "sps": result["steps"] / result["seconds"], "sb3": version[0], "torch": version[1]}
 
 
+def run_brax_peer(case_key: str, python: str, ours: dict[str, Any]) -> dict[str, Any]:
+    """Brax's ppo.train on the case's config, one seed, through experiments/brax_benchmark.py's peer runner;
+    with the wall time each trainer took to reach Brax's final evaluation return."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from brax_benchmark import run_brax
+
+    case = CASES[case_key]
+    config = case_config(case)
+    with tempfile.TemporaryDirectory() as raw:
+        try:
+            side = run_brax(Path(case.config).stem, config, ROOT / case.config, 1, python, Path(raw))
+        except SystemExit as err:
+            return {"error": str(err)}
+    target = side.final_returns[0]
+    reached = next((n for n, r in ours.get("eval_curve", []) if r >= target), None)
+    return {
+        "compile": side.compile_time, "train": side.train_time, "wall": side.wall_time,
+        "sps": side.steps_per_second, "final_return": target, "jax": side.extra["jax_version"],
+        # ours: the compile, then env steps at the measured throughput (evaluations run inside the chunks)
+        "ours_time_to_return": None if reached is None else ours["compile"] + reached / ours["sps"],
+        "ours_steps_to_return": reached,
+    }
+
+
 def machine() -> str:
     import jax
 
@@ -238,7 +273,7 @@ def fmt(value: Any, spec: str = ",.0f") -> str:
 
 
 def report(results: list[dict[str, Any]], warm: dict[str, Any] | None, sb3: dict[str, Any] | None,
-           command: str) -> str:
+           brax: dict[str, dict[str, Any]], command: str) -> str:
     lines = [
         f"Command: `{command}`  ",
         f"Date: {datetime.now():%Y-%m-%d %H:%M}  ",
@@ -289,6 +324,23 @@ def report(results: list[dict[str, Any]], warm: dict[str, Any] | None, sb3: dict
                 f"{sb3['sps']:,.0f} env steps/s (final return {sb3['final_return']:.1f}). purejaxppo / SB3: "
                 f"**{single['sps_with_compile'] / sb3['sps']:.1f}x** compile included, "
                 f"**{single['sps'] / sb3['sps']:.1f}x** run only.")
+    for key, peer in brax.items():
+        name = CASES[key].name
+        if "error" in peer:
+            lines.append(f"- {name}, Brax's ppo.train: FAILED ({peer['error']})")
+            continue
+        ours = by_case[key]
+        lines.append(
+            f"- {name}, Brax's ppo.train (jax {peer['jax']}), same settings: compile {peer['compile']:.1f} s, "
+            f"{peer['sps']:,.0f} env steps/s (ours / Brax: **{ours['sps'] / peer['sps']:.2f}x**), final eval return "
+            f"{peer['final_return']:.1f} after {peer['wall']:.1f} s.")
+        if peer["ours_time_to_return"] is None:
+            lines.append(f"  Ours never reached that return in an evaluation (final {ours['final_return_mean']:.1f}).")
+        else:
+            lines.append(
+                f"  Ours reached it at {peer['ours_steps_to_return']:,} env steps, about "
+                f"{peer['ours_time_to_return']:.1f} s into its run (compile + steps / throughput): "
+                f"**{peer['ours_time_to_return'] / peer['wall']:.2f}x** Brax's wall time.")
     skipped = [k for k, c in CASES.items() if c.gpu_only and k not in by_case]
     if skipped:
         lines.append(f"- Not run here: {', '.join(CASES[k].name for k in skipped)} (GPU cases; `--cases "
@@ -311,6 +363,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sb3-python", help="python of a separate environment with stable-baselines3")
     parser.add_argument("--sb3-steps", type=int, default=100_000, help="SB3 env steps to time (it is slow)")
     parser.add_argument("--sb3-threads", type=int, default=2, help="torch threads for SB3")
+    parser.add_argument("--brax-python", help="python of a separate environment with jax 0.9.2 and brax 0.14.2, "
+                                              "for Brax's own trainer on the Brax cases")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "performance.md")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a case counts as hung")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -343,7 +397,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sb3 = run_sb3(args.sb3_python, args.sb3_threads, args.sb3_steps) if args.sb3_python else None
     if sb3 is not None:
         print("sb3:", json.dumps(sb3), flush=True)
-    body = report(results, warm, sb3, command.strip())
+    brax = {}
+    if args.brax_python:
+        for r in results:
+            if CASES[r["case"]].config.startswith("configs/brax/") and "error" not in r:
+                brax[r["case"]] = run_brax_peer(r["case"], args.brax_python, r)
+                print("brax:", r["case"], json.dumps(brax[r["case"]]), flush=True)
+    body = report(results, warm, sb3, brax, command.strip())
     write_report(args.out, body)
     print(body)
 
