@@ -78,12 +78,15 @@ def _pick_step(run_dir: Path, step: int | None) -> int:
     return step
 
 
+def _load_meta(run_dir: Path, step: int) -> dict[str, Any]:
+    return json.loads((checkpoint_dir(run_dir) / str(step) / "meta" / "metadata").read_text())
+
+
 def read_raw_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
     """The step and metadata of a checkpoint as stored, the config not yet validated (so no JAX work).
     Raises OSError or ValueError where the file cannot be read."""
-    run_dir = Path(run_dir)
-    step = _pick_step(run_dir, step)
-    return step, json.loads((checkpoint_dir(run_dir) / str(step) / "meta" / "metadata").read_text())
+    step = _pick_step(Path(run_dir), step)
+    return step, _load_meta(Path(run_dir), step)
 
 
 def read_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -91,7 +94,7 @@ def read_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[s
     run_dir = Path(run_dir)
     step = _pick_step(run_dir, step)
     try:
-        _, meta = read_raw_meta(run_dir, step)
+        meta = _load_meta(run_dir, step)
         config_lib.from_dict(meta["config"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
