@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from purejaxppo import config as config_lib  # noqa: E402
-from purejaxppo.sweep import sweep  # noqa: E402
+from purejaxppo.sweep import sweep, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,9 @@ def main() -> None:
 
     config = config_lib.load(ROOT / "configs" / "cartpole.yaml", [f"total_timesteps={args.total_timesteps}"])
     grid = {"lr": [float(x) for x in args.lrs.split(",")]}
-    result = sweep(config, seeds=args.seeds, grid=grid, run_dir=args.out)
+    # no run dir: a run dir is for one run and its checkpoints; this script refreshes the results folder in place
+    result = sweep(config, seeds=args.seeds, grid=grid)
+    write_results(result, Path(args.out))
     runs = len(result.runs)
     print(f"{runs} runs of {config.num_updates * config.batch_size:,} env steps: compile {result.compile_time:.1f} s, "
           f"run {result.run_time:.1f} s ({runs * config.num_updates * config.batch_size / result.run_time:,.0f} "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +35,25 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 class Checkpointer:
     """Asynchronous saves into `RUN_DIR/checkpoints/<update>`, keeping the newest `keep`."""
 
-    def __init__(self, run_dir: str | Path, keep: int):
+    def __init__(self, run_dir: str | Path, keep: int) -> None:
+        self._dir = checkpoint_dir(run_dir)
         self._manager = ocp.CheckpointManager(
-            checkpoint_dir(run_dir),
+            self._dir,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
         )
 
     def save(self, update: int, state: Any, meta: dict[str, Any]) -> None:
         if update in self._manager.all_steps():  # already saved (a stop right after a periodic save)
             return
-        self._manager.save(
+        # orbax declines, returning False, to save a step at or below its newest one
+        saved = self._manager.save(
             update, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
+        if not saved:
+            raise CheckpointError(
+                f"checkpoint {update} was not written: {self._dir} already holds later "
+                f"checkpoint {self._manager.latest_step()}"
+            )
 
     def latest(self) -> int | None:
         return self._manager.latest_step()
@@ -54,6 +63,40 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+RUN_FILES = ("metrics.csv", "metrics_partial.npz", "runs.csv")  # what a run or sweep writes besides checkpoints
+
+
+def check_fresh(run_dir: str | Path) -> None:
+    """Refuse to start a new run in a run dir that already holds one, whose files it would overwrite."""
+    run_dir = Path(run_dir)
+    steps = available_steps(run_dir) if checkpoint_dir(run_dir).is_dir() else []
+    held = [f"checkpoints {steps}"] if steps else []
+    held += [name for name in RUN_FILES if (run_dir / name).is_file()]
+    if held:
+        raise CheckpointError(
+            f"run dir {run_dir} already holds a run ({', '.join(held)}); resume it with --resume {run_dir}, "
+            f"or choose another run dir"
+        )
+
+
+def supersede_later(run_dir: str | Path, step: int) -> Path | None:
+    """Move the checkpoints after `step`, and the metrics files as they stand, into
+    `RUN_DIR/superseded/<time>/`, so a run resumed from an earlier checkpoint writes its own future
+    without destroying the one it replaces. Returns that folder, or None when nothing came after `step`."""
+    run_dir = Path(run_dir)
+    later = [s for s in available_steps(run_dir) if s > step]
+    if not later:
+        return None
+    target = run_dir / "superseded" / f"after-{step}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    (target / CHECKPOINT_DIR).mkdir(parents=True)
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, target / name)
+    for s in later:
+        (checkpoint_dir(run_dir) / str(s)).rename(target / CHECKPOINT_DIR / str(s))
+    return target
 
 
 def available_steps(run_dir: str | Path) -> list[int]:
@@ -114,6 +157,13 @@ def check_compatible(saved: PPOConfig, config: PPOConfig, where: str) -> None:
     if diffs:
         shown = "; ".join(f"{k}: checkpoint has {saved_d[k]!r}, config has {new_d[k]!r}" for k in diffs[:4])
         raise CheckpointError(f"{where} was written for another config ({shown})")
+    scheduled = [f"{k} {getattr(config, k)}" for k in ("lr_schedule", "ent_schedule") if getattr(config, k) != "constant"]
+    if saved.num_updates != config.num_updates and scheduled:
+        raise CheckpointError(
+            f"total_timesteps: {where} was written for {saved.total_timesteps:,} env steps; the {' and '.join(scheduled)} "
+            f"schedules span the run, so changing its length would change them mid-run. Resume with "
+            f"total_timesteps={saved.total_timesteps}, or train with constant schedules"
+        )
 
 
 def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config: PPOConfig) -> tuple[int, dict]:
@@ -125,6 +175,11 @@ def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config
     if meta.get("kind") != kind:
         other = "sweep" if kind == "run" else "train"
         raise CheckpointError(f"{run_dir} holds a {meta.get('kind')}, not a {kind}; resume it with {other} --resume")
+    if config.num_updates < step:
+        raise CheckpointError(
+            f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} updates, fewer than "
+            f"the {step} that checkpoint {step} in {run_dir} has done already"
+        )
     check_compatible(config_of(meta), config, f"checkpoint {step} in {run_dir}")
     return step, meta
 
@@ -167,6 +222,13 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
     run_dir = Path(run_dir)
     step, meta = read_meta(run_dir, step)
     check_arrays(run_dir, step, abstract_state)
+    # A leaf without a sharding comes back on this process's first device, whatever devices wrote it.
+    # Without one, orbax refuses a checkpoint written on another device count.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+        abstract_state,
+    )
     manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(create=False))
     try:
         restored = manager.restore(

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,21 @@ from purejaxppo.config import ConfigError
 from purejaxppo.runner import EXIT_NON_FINITE, NonFiniteError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole.yaml"  # the repo checkout
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,45 +43,45 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config key; repeatable")
     train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
-    train.add_argument("--cpu-devices", type=int, metavar="N",
+    train.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
+    train.add_argument("--cpu-devices", type=_count(1), metavar="N",
                        help="JAX CPU devices to split the run's envs over (default 1; no effect on a GPU)")
     dist = train.add_argument_group(
         "multi-host", "run one training over several processes (hosts) with jax.distributed; start the same command "
         "in every process. --distributed alone lets JAX detect the cluster (SLURM, Open MPI, ...)")
     dist.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
-    dist.add_argument("--num-processes", type=int, help="number of processes (implies --distributed)")
-    dist.add_argument("--process-id", type=int, help="this process's index, 0 to N-1 (implies --distributed)")
+    dist.add_argument("--num-processes", type=_count(1), help="number of processes (implies --distributed)")
+    dist.add_argument("--process-id", type=_count(0), help="this process's index, 0 to N-1 (implies --distributed)")
 
     sweep = sub.add_parser("sweep", help="train seeds x a hyperparameter grid in one compiled call")
     sweep.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
-    sweep.add_argument("--seeds", type=int, default=8, help="seeds per grid point (config seed, seed+1, ...)")
+    sweep.add_argument("--seeds", type=_count(1), default=8, help="seeds per grid point (config seed, seed+1, ...)")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                        help="a grid axis over a traced hyperparameter; repeatable (the grid is their product)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
-    sweep.add_argument("--max-runs-per-call", type=int, help="split the runs into calls of at most this many")
-    sweep.add_argument("--top", type=int, default=10, help="grid points to list at the end")
+    sweep.add_argument("--max-runs-per-call", type=_count(1), help="split the runs into calls of at most this many")
+    sweep.add_argument("--top", type=_count(0), default=10, help="grid points to list at the end")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its latest checkpoint")
-    sweep.add_argument("--step", type=int, help="with --resume: the checkpoint (update count) to continue from")
-    sweep.add_argument("--cpu-devices", type=int, metavar="N",
+    sweep.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
+    sweep.add_argument("--cpu-devices", type=_count(1), metavar="N",
                        help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
                             "at most one per run; on --resume, the checkpoint's; no effect on a GPU)")
 
     ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
     ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--episodes", type=int, default=10)
-    ev.add_argument("--step", type=int, help="checkpoint to evaluate (default: the latest)")
-    ev.add_argument("--run", type=int, default=0, help="for a sweep: the run index (see runs.csv)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs")
+    ev.add_argument("--episodes", type=_count(1), default=10)
+    ev.add_argument("--step", type=_count(0), help="checkpoint to evaluate (default: the latest)")
+    ev.add_argument("--run", type=_count(0), default=0, help="for a sweep: the run index (see runs.csv)")
+    ev.add_argument("--seed", type=_count(0), default=0, help="seed of the evaluation envs")
 
     render = sub.add_parser("render", help="write Brax's HTML viewer of one episode of a trained Brax policy")
     render.add_argument("run_dir", metavar="RUN_DIR")
     render.add_argument("--out", help="HTML file (default: RUN_DIR/render.html)")
-    render.add_argument("--step", type=int, help="checkpoint to render (default: the latest)")
-    render.add_argument("--max-steps", type=int, default=1000, help="longest episode to draw")
-    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--step", type=_count(0), help="checkpoint to render (default: the latest)")
+    render.add_argument("--max-steps", type=_count(1), default=1000, help="longest episode to draw")
+    render.add_argument("--seed", type=_count(0), default=0)
 
     plot = sub.add_parser("plot", help="learning curves of runs or sweeps against env steps")
     plot.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
@@ -158,6 +173,9 @@ def _train(args: argparse.Namespace) -> int:
         result = runner.train(config, run_dir, on_chunk=progress, resume=bool(args.resume), step=args.step)
     finally:
         progress.close()
+    if result.superseded is not None:
+        say(f"the checkpoints after update {result.first_update}, and the metrics as they were, are in "
+            f"{result.superseded}", flush=True)
     if result.stopped:
         if primary:
             _resume_hint("train", run_dir)
@@ -202,6 +220,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress,
                    resume=bool(args.resume), step=args.step)
+    if result.superseded is not None:
+        print(f"the checkpoints after the resumed one, and the metrics as they were, are in {result.superseded}")
     if result.stopped:
         _resume_hint("sweep", run_dir)
         return 0

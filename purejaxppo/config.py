@@ -29,6 +29,7 @@ def _doc(text: str, source: str = "common practice", **checks: Any) -> dict[str,
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
 DISTRIBUTIONS = ("auto", "categorical", "gaussian", "tanh_gaussian", "beta")
+MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits; a larger seed would alias a smaller one
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ class PPOConfig:
     eval_episodes: int = field(
         default=10, metadata=_doc("Episodes per evaluation, one per separate eval env.", min=1)
     )
-    seed: int = field(default=0, metadata=_doc("PRNG seed.", min=0))
+    seed: int = field(default=0, metadata=_doc("PRNG seed (a sweep's seed i is seed + i).", min=0, max=MAX_SEED))
     log_every: int = field(
         default=0,
         metadata=_doc("Updates per compiled chunk between progress reports; 0 picks about 20 chunks.", min=0),
@@ -385,15 +386,26 @@ def validate(config: PPOConfig) -> PPOConfig:
         raise ConfigError("dual_clip: needs clip_policy on; dual clip bounds the clipped surrogate")
     if config.ent_schedule != "constant" and config.ent_coef_final > config.ent_coef:
         raise ConfigError(f"ent_coef_final: {config.ent_coef_final} is above ent_coef {config.ent_coef}")
-    if config.state_dependent_std and config.distribution not in ("auto", "gaussian", "tanh_gaussian"):
-        raise ConfigError(f"state_dependent_std: applies to gaussian and tanh_gaussian, not {config.distribution}")
     for flag, module, extra in (("tensorboard", "tensorboardX", "tensorboard"), ("wandb", "wandb", "wandb")):
         if getattr(config, flag) and importlib.util.find_spec(module) is None:
             raise ConfigError(f"{flag}: needs the {module} package; pip install 'purejaxppo[{extra}]'")
     from purejaxppo.envs import check_env  # envs imports this module, so import late
 
-    check_env(config.env, config.env_kwargs)
+    resolve_distribution(config, discrete=check_env(config.env, config.env_kwargs))
     return config
+
+
+def resolve_distribution(config: PPOConfig, discrete: bool) -> str:
+    """The action distribution `config` gives an env with discrete (or continuous) actions, checked to fit."""
+    kind = config.distribution
+    if kind == "auto":
+        kind = "categorical" if discrete else "gaussian"
+    if config.state_dependent_std and kind not in ("gaussian", "tanh_gaussian"):
+        raise ConfigError(f"state_dependent_std: applies to gaussian and tanh_gaussian, not {kind}")
+    if discrete != (kind == "categorical"):
+        space = "discrete" if discrete else "continuous (Box)"
+        raise ConfigError(f"distribution: {kind} does not fit the {space} actions of {config.env}")
+    return kind
 
 
 def parse_override(text: str) -> tuple[str, Any]:

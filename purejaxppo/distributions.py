@@ -73,6 +73,11 @@ def _log_one_minus_tanh_sq(u: jax.Array) -> jax.Array:
     return 2.0 * (_LOG_2 - u - jax.nn.softplus(-2.0 * u))
 
 
+def squash(u: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """tanh, rescaled from (-1, 1) to the Box (low, high)."""
+    return low + (jnp.tanh(u) + 1.0) * (high - low) / 2.0
+
+
 @flax.struct.dataclass
 class TanhGaussian:
     """A diagonal Gaussian over a pre-squash variable u, mapped to the Box [low, high] by
@@ -105,7 +110,7 @@ class TanhGaussian:
 
     def squash(self, u: jax.Array) -> jax.Array:
         """The env action for a pre-squash u, inside [low, high]."""
-        return self.low + (jnp.tanh(u) + 1.0) * (self.high - self.low) / 2.0
+        return squash(u, self.low, self.high)
 
     def entropy(self, key: jax.Array | None = None) -> jax.Array:
         """Gaussian entropy + E[log |det J|]. The expectation has no closed form: with a key it is a

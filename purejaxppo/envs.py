@@ -7,10 +7,12 @@ separately, with the last observation of a finished episode, so GAE can bootstra
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purejaxppo.config import ConfigError, unknown_key_error
 
@@ -52,16 +54,18 @@ class Env(Protocol):
 class GymnaxEnv:
     """gymnax 1.x behind the adapter interface. Observations are flattened to float32 vectors."""
 
-    def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None):
+    def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None) -> None:
         import gymnax
 
         self.name = name
         self._env, params = gymnax.make(name)
         fields = {f.name for f in dataclasses.fields(params)}
-        for key in env_kwargs or {}:
+        changes = {}
+        for key, value in (env_kwargs or {}).items():
             if key not in fields:
                 raise unknown_key_error(key, fields, what=f"env_kwargs parameter of {name}")
-        self._params = params.replace(**(env_kwargs or {}))
+            changes[key] = _like(f"env_kwargs.{key}", value, getattr(params, key))
+        self._params = params.replace(**changes)
         space = self._env.action_space(self._params)
         if hasattr(space, "n"):
             self.action_space = ActionSpace(discrete=True, n=int(space.n))
@@ -95,6 +99,32 @@ class GymnaxEnv:
         )
 
 
+def _like(name: str, value: Any, default: Any) -> Any:
+    """`value` as an env parameter of its default's kind: refused when of another kind or length, so a
+    typo is a ConfigError here instead of a traceback from inside the traced env."""
+    default = np.asarray(default)
+    kind = default.dtype.kind  # b, i, u or f
+
+    def fits(v: Any) -> bool:
+        if kind == "b":
+            return isinstance(v, bool)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return isinstance(v, int) if kind in "iu" else math.isfinite(v)
+
+    is_list = isinstance(value, (list, tuple))
+    if default.ndim == 0:
+        ok = not is_list and fits(value)
+    else:
+        ok = is_list and len(value) == default.size and all(fits(v) for v in value)
+    if not ok:
+        expected = {"b": "a bool", "i": "an integer", "u": "an integer", "f": "a finite number"}[kind]
+        if default.ndim:
+            expected = f"a list of {default.size} values, each {expected}"
+        raise ConfigError(f"{name}: expected {expected} like its default {default.tolist()!r}, got {value!r}")
+    return jnp.asarray(value, default.dtype) if default.ndim else value
+
+
 BRAX_PREFIX = "brax/"
 BRAX_BACKENDS = ("generalized", "positional", "spring", "mjx")
 _BRAX_WRAPPER_KWARGS = {"backend", "episode_length", "action_repeat"}
@@ -113,7 +143,7 @@ class BraxEnv:
     state, so `step` draws a fresh initial state from the step's key when an episode ends.
     """
 
-    def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None):
+    def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None) -> None:
         from brax.envs.wrappers.training import EpisodeWrapper
 
         self.name = name
@@ -155,7 +185,6 @@ class BraxEnv:
             truncated=truncated,
             final_obs=final_obs,
         )
-
 
     def render_html(self, pipeline_states: list[Any]) -> str:
         """Brax's viewer page for a trajectory. It loads the viewer's scripts from a CDN when opened."""
@@ -220,19 +249,28 @@ def _brax_names() -> list[str]:
     return [BRAX_PREFIX + n for n in brax.envs._envs]
 
 
-def known_envs() -> list[str]:
+# gymnax envs whose constructor downloads a dataset: purejaxppo loads nothing from the internet.
+DOWNLOADING_ENVS = ("MNISTBandit-bsuite",)
+
+
+def _gymnax_names() -> list[str]:
     import gymnax
 
-    return list(gymnax.registered_envs) + _brax_names()
+    return [n for n in gymnax.registered_envs if n not in DOWNLOADING_ENVS]
+
+
+def known_envs() -> list[str]:
+    return _gymnax_names() + _brax_names()
 
 
 def _check_name(name: str) -> None:
     import difflib
 
-    import gymnax
-
+    if name in DOWNLOADING_ENVS:
+        raise ConfigError(f"env: {name} downloads its dataset when it is made, and purejaxppo loads nothing from "
+                          f"the internet at run time")
     # Look only in the family the name belongs to, so gymnax users never import brax.
-    if name in (_brax_names() if name.startswith(BRAX_PREFIX) else gymnax.registered_envs):
+    if name in (_brax_names() if name.startswith(BRAX_PREFIX) else _gymnax_names()):
         return
     known = known_envs()
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
@@ -240,13 +278,14 @@ def _check_name(name: str) -> None:
     raise ConfigError(f"env: unknown environment '{name}'; known: {', '.join(known)}{hint}")
 
 
-def check_env(name: str, env_kwargs: dict[str, Any]) -> None:
-    """Raise ConfigError for an unknown env or env parameter, without compiling anything."""
+def check_env(name: str, env_kwargs: dict[str, Any]) -> bool:
+    """Raise ConfigError for an unknown env or env parameter, without compiling anything. Returns
+    whether the env's actions are discrete."""
     if name.startswith(BRAX_PREFIX):
         _check_name(name)
         _make_brax_base(name, env_kwargs or {})
-    else:
-        make_env(name, env_kwargs)
+        return False
+    return make_env(name, env_kwargs).action_space.discrete
 
 
 def make_env(name: str, env_kwargs: dict[str, Any] | None = None) -> Env:

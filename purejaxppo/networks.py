@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian
+from purejaxppo.config import PPOConfig, resolve_distribution
+from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian, squash
 from purejaxppo.envs import ActionSpace
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -158,19 +158,14 @@ class Policy:
             return action
         low, high = self.action_space.low, self.action_space.high
         if self.kind == "tanh_gaussian":
-            return low + (jnp.tanh(action) + 1.0) * (high - low) / 2.0
+            return squash(action, low, high)
         return jnp.clip(action, low, high)
 
 
 def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
-    kind = config.distribution
-    if kind == "auto":
-        kind = "categorical" if action_space.discrete else "gaussian"
-    if action_space.discrete != (kind == "categorical"):
-        space = "discrete" if action_space.discrete else "continuous (Box)"
-        raise ConfigError(f"distribution: {kind} does not fit the {space} actions of {config.env}")
+    kind = resolve_distribution(config, action_space.discrete)
     dim = action_space.dim
-    state_dependent = config.state_dependent_std and kind in ("gaussian", "tanh_gaussian")
+    state_dependent = config.state_dependent_std
     outputs = {"categorical": dim, "beta": 2 * dim}.get(kind, 2 * dim if state_dependent else dim)
     free_log_std = dim if kind in ("gaussian", "tanh_gaussian") and not state_dependent else 0
     network = ActorCritic(

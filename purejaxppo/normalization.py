@@ -29,6 +29,5 @@ class RunningStats:
         m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
         return RunningStats(mean, m2 / total, total)
 
-    def normalize(self, obs: jax.Array, clip: float | None = None, eps: float = 1e-8) -> jax.Array:
-        out = (obs - self.mean) / jnp.sqrt(self.var + eps)
-        return out if clip is None else jnp.clip(out, -clip, clip)
+    def normalize(self, obs: jax.Array, eps: float = 1e-8) -> jax.Array:
+        return (obs - self.mean) / jnp.sqrt(self.var + eps)

@@ -73,6 +73,7 @@ class RunResult:
     run_dir: Path | None
     first_update: int = 0  # where this call started: > 0 for a resumed run
     stopped: bool = False  # stopped early by a signal or `until_update`, with a checkpoint to resume from
+    superseded: Path | None = None  # where the checkpoints after the resumed one were moved
 
     @property
     def env_steps(self) -> int:
@@ -239,6 +240,19 @@ def use_compilation_cache(config: PPOConfig) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def supersede_later(run_dir: str | Path | None, resume_step: int) -> Path | None:
+    """Before a run resumed from `resume_step` writes checkpoints, move the later ones aside (orbax
+    writes no step at or below its newest one). Returns where they went, if anywhere."""
+    if run_dir is None:
+        return None
+    moved = checkpoint.supersede_later(run_dir, resume_step) if is_primary() else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("purejaxppo: later checkpoints moved aside")
+    return moved
+
+
 def stopping(stop: StopSignal) -> bool:
     """Whether to stop after this chunk. Every process of a multi-host run must agree, or the ones that
     go on wait for ever in the next chunk's collectives while the others save."""
@@ -359,6 +373,8 @@ def train(
     if resume:  # every check before anything compiles
         saved_step, _ = checkpoint.resume_point(run_dir, step, "run", config)
         checkpoint.check_arrays(Path(run_dir), saved_step, abstract_state)
+    elif run_dir is not None:
+        checkpoint.check_fresh(run_dir)
     start = time.perf_counter()
     shardings = env_sharding(config, abstract_state)
     if shardings is not None:
@@ -372,6 +388,7 @@ def train(
         init = jax.jit(trainer.init, out_shardings=shardings.state if shardings else None)
         first, state = 0, init.lower(key).compile()(key)
     compile_time = time.perf_counter() - start
+    superseded = supersede_later(run_dir, first) if resume else None
 
     writer = loggers = None
     if run_dir is not None:
@@ -418,4 +435,4 @@ def train(
     names = metric_names(out.metrics[0]) if out.metrics else list(writer.previous if writer else [])
     previous = writer.previous if writer is not None else {}
     stacked = {n: np.concatenate([previous.get(n, np.zeros(0)), *(m[n] for m in out.metrics)]) for n in names}
-    return RunResult(config, state, stacked, compile_time, run_time, run_dir, first, out.stopped)
+    return RunResult(config, state, stacked, compile_time, run_time, run_dir, first, out.stopped, superseded)

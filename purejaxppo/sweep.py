@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from purejaxppo import checkpoint, plots, runner, stats
 from purejaxppo import config as config_lib
-from purejaxppo import stats
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo import checkpoint, plots, runner
 from purejaxppo.runner import final_return, metric_names
 from purejaxppo.train import TRACED_HPARAMS, HParams, TrainState, make_trainer
 
@@ -44,6 +43,7 @@ class SweepResult:
     traces: int  # how many times the chunk program was traced: 1 per sweep
     run_dir: Path | None
     stopped: bool = False  # stopped early with a checkpoint to resume from
+    superseded: Path | None = None  # where the checkpoints after the resumed one were moved
 
     def final_returns(self) -> np.ndarray:
         return np.array([final_return(r) for r in self.metrics["episode_return"]])
@@ -68,6 +68,23 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[float]]:
     return grid
 
 
+# Variants that a nonzero value switches on. Whether one is on shapes the program, so it is decided
+# by the base config; a grid may vary the value, but not switch the variant on or off.
+SWITCHES: tuple[str, ...] = ("dual_clip", "kl_coef", "target_kl")
+
+
+def _unused_because(config: PPOConfig, key: str) -> str | None:
+    """Why `key` does not act in runs of `config`, or None when it does. A grid over it would train the
+    same thing at every point."""
+    reasons = {
+        "lr_end": config.lr_schedule == "constant" and "lr_schedule is constant",
+        "ent_coef_final": config.ent_schedule == "constant" and "ent_schedule is constant",
+        "value_clip_eps": not config.clip_value and "clip_value is off",
+        "kl_target": config.kl_coef == 0 and "the adaptive KL penalty is off (kl_coef 0)",
+    }
+    return reasons.get(key) or None
+
+
 def check_grid(config: PPOConfig, grid: Mapping[str, Sequence[Any]]) -> list[dict[str, float]]:
     """Validate every grid point and return them in row-major order (last key varies fastest)."""
     for key, values in grid.items():
@@ -80,6 +97,15 @@ def check_grid(config: PPOConfig, grid: Mapping[str, Sequence[Any]]) -> list[dic
             )
         if len(values) == 0:
             raise ConfigError(f"{key}: the grid axis has no values")
+        if key in SWITCHES and getattr(config, key) == 0 and any(v != 0 for v in values):
+            raise ConfigError(f"{key}: it is off (0) in the config, so the program is built without it and the grid's "
+                              f"values would be ignored; set it to one of them (--set {key}=v) to switch it on")
+        if key in SWITCHES and getattr(config, key) != 0 and any(v == 0 for v in values):
+            raise ConfigError(f"{key}: 0 switches the variant off, which changes the program; sweep the nonzero "
+                              f"values here and run the 0 point as a sweep of its own")
+        reason = _unused_because(config, key)
+        if reason:
+            raise ConfigError(f"{key}: has no effect because {reason}, so every grid point would train the same")
     keys = list(grid)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))] or [{}]
     return [{k: float(v) for k, v in config.replace(**p).to_dict().items() if k in p} for p in points]
@@ -110,6 +136,10 @@ def sweep(
         max_runs_per_call = meta["max_runs_per_call"]
     if seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {seeds}")
+    if config.seed + seeds - 1 > config_lib.MAX_SEED:
+        raise ConfigError(f"seeds: seed {config.seed} + {seeds} seeds passes the largest seed, {config_lib.MAX_SEED}")
+    if max_runs_per_call is not None and max_runs_per_call < 1:
+        raise ConfigError(f"max_runs_per_call: must be >= 1, got {max_runs_per_call}")
     if jax.process_count() > 1:
         raise ConfigError("sweep: runs on the devices of one process; under jax.distributed, start one sweep per "
                           "host with its own seeds (config seed) instead")
@@ -121,7 +151,7 @@ def sweep(
     runs = [{"run": g * seeds + i, "point": g, "seed": s, **p} for g, p in enumerate(points) for i, s in enumerate(seed_list)]
 
     devices = jax.local_devices()
-    per_call = len(runs) if max_runs_per_call is None else max(1, min(max_runs_per_call, len(runs)))
+    per_call = len(runs) if max_runs_per_call is None else min(max_runs_per_call, len(runs))
     per_call = math.ceil(per_call / len(devices)) * len(devices)  # equal shards on every device
     num_calls = math.ceil(len(runs) / per_call)
     padded = runs + [runs[-1]] * (num_calls * per_call - len(runs))  # filler runs are dropped below
@@ -151,6 +181,8 @@ def sweep(
                 f"(purejaxppo sweep --cpu-devices N)"
             )
         checkpoint.check_arrays(Path(run_dir), saved_step, whole)
+    elif run_dir is not None:
+        checkpoint.check_fresh(run_dir)
     start = time.perf_counter()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded), call_shape)
     chunk_c = jax.jit(chunk, out_shardings=sharded).lower(abstract, 0).compile()
@@ -163,6 +195,7 @@ def sweep(
         first = 0
         states = [init_c(*call_inputs(padded[c * per_call : (c + 1) * per_call])) for c in range(num_calls)]
     compile_time = time.perf_counter() - start
+    superseded = runner.supersede_later(run_dir, first) if resume else None
 
     partial = Path(run_dir) / "metrics_partial.npz" if run_dir is not None else None
     collected: list[dict[str, np.ndarray]] = []
@@ -199,7 +232,7 @@ def sweep(
     metrics = {k: np.concatenate([c[k] for c in collected], axis=1)[:n] for k in collected[-1]}
     state = jax.tree.map(lambda x: x[:n], stack(out.states))
     result = SweepResult(config, grid, points, seed_list, runs, metrics, state, compile_time, run_time,
-                         num_calls, traces, Path(run_dir) if run_dir else None, out.stopped)
+                         num_calls, traces, Path(run_dir) if run_dir else None, out.stopped, superseded)
     if run_dir is not None and not out.stopped:
         write_results(result, Path(run_dir))
         if partial is not None:

@@ -132,9 +132,9 @@ def make_optimizer(config: PPOConfig, hp: HParams) -> optax.GradientTransformati
 
 def optimizer_steps(opt_state: Any) -> jax.Array:
     """The schedule's step count: minibatch steps taken so far (skipped ones by KL early stopping don't count)."""
-    counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
-              if isinstance(s, optax.ScaleByScheduleState)]
-    return counts[0]
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    (schedule,) = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)]
+    return schedule.count
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:

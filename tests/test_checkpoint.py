@@ -55,14 +55,48 @@ def test_stop_and_resume_is_bit_identical(straight, resumed):
         np.testing.assert_array_equal(second.metrics[name][4:], straight.metrics[name][4:], err_msg=name)
 
 
-def test_resume_from_an_earlier_step_drops_the_later_metrics(straight, resumed, tmp_path):
+def test_resume_from_an_earlier_step_moves_the_later_checkpoints_aside(straight, resumed, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(resumed[1].run_dir, run_dir)
+    old_metrics = (run_dir / "metrics.csv").read_text()
     again = runner.train(TINY, run_dir, resume=True, step=4)
     assert again.first_update == 4
+    # the old future is kept, not overwritten: checkpoint 8 and the metrics as they stood
+    assert again.superseded is not None and again.superseded.parent == run_dir / "superseded"
+    assert checkpoint.available_steps(again.superseded) == [8]
+    assert (again.superseded / "metrics.csv").read_text() == old_metrics
+    # and the resumed run wrote its own checkpoint 8 (orbax would have skipped a step at or below its newest)
+    assert checkpoint.available_steps(run_dir) == [4, 8]
+    _, restored, _ = checkpoint.restore(run_dir, jax.eval_shape(make_trainer(TINY).init, jax.random.key(0)))
+    assert leaves_equal(restored, straight.state)
     assert (run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
     with pytest.raises(CheckpointError, match=r"step 5: no checkpoint .* available: \[4, 8\]"):
         runner.train(TINY, run_dir, resume=True, step=5)
+
+
+def test_a_new_run_refuses_a_run_dir_that_holds_a_run(straight):
+    with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv\); resume it"):
+        runner.train(TINY, straight.run_dir)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        sweep(TINY, 2, None, straight.run_dir)
+
+
+def test_resume_refuses_a_length_that_would_change_the_schedules(straight):
+    with pytest.raises(CheckpointError, match="total_timesteps: .* the lr_schedule linear schedules span the run"):
+        runner.train(TINY.replace(total_timesteps=2 * TINY.total_timesteps), straight.run_dir, resume=True)
+    with pytest.raises(CheckpointError, match="make 4 updates, fewer than the 8 that checkpoint 8"):
+        runner.train(TINY.replace(total_timesteps=4 * TINY.batch_size), straight.run_dir, resume=True)
+
+
+def test_a_save_orbax_declines_is_an_error_not_a_silent_skip(tmp_path):
+    saver = checkpoint.Checkpointer(tmp_path, keep=3)
+    try:
+        saver.save(5, Toy(jnp.zeros(2), jnp.int32(5)), {})
+        saver.wait()
+        with pytest.raises(CheckpointError, match="checkpoint 3 was not written: .* already holds later checkpoint 5"):
+            saver.save(3, Toy(jnp.zeros(2), jnp.int32(3)), {})
+    finally:
+        saver.close()
 
 
 def test_sweep_stop_and_resume_is_bit_identical(tmp_path):
@@ -183,7 +217,9 @@ def _resume_for_more_updates(run_dir, step: int, more: int) -> None:
 
 def test_sigint_finishes_the_chunk_checkpoints_and_resumes(tmp_path):
     run_dir = tmp_path / "sig"
-    common = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "hidden_sizes=[16]", "--set", "log_every=1"]
+    # a constant learning rate, so the resume may shorten the run (a schedule spans the run's length)
+    common = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "hidden_sizes=[16]", "--set", "log_every=1",
+              "--set", "lr_schedule=constant"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir),
          "--set", "total_timesteps=10000000", *common],
@@ -210,7 +246,7 @@ def test_kill_9_during_saves_leaves_the_last_completed_checkpoint_restorable(tmp
     # a checkpoint after every update, so saves are under way most of the time when SIGKILL lands
     run_dir = tmp_path / "killed"
     common = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "hidden_sizes=[16]", "--set", "log_every=1",
-              "--set", "checkpoint_every=1", "--set", "keep_checkpoints=2"]
+              "--set", "checkpoint_every=1", "--set", "keep_checkpoints=2", "--set", "lr_schedule=constant"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir),
          "--set", "total_timesteps=10000000", *common],

@@ -66,6 +66,12 @@ def test_yaml_round_trip(tmp_path):
         (["lr_schedule=warmup_cosine"], "lr_warmup_fraction: must be > 0 with lr_schedule warmup_cosine"),
         (["lr=nan"], "lr: must be finite"),
         (["nonsense"], "nonsense: an override must look like key=value"),
+        (["env_kwargs={max_steps_in_episode: abc}"], "env_kwargs.max_steps_in_episode: expected an integer like its "
+                                                     "default 500, got 'abc'"),
+        (["env=Acrobot-v1", "env_kwargs={available_torque: 1.0}"], "env_kwargs.available_torque: expected a list of 3"),
+        (["env=MNISTBandit-bsuite"], "env: MNISTBandit-bsuite downloads its dataset"),
+        (["seed=4294967296"], "seed: must be <= 4294967295"),
+        (["state_dependent_std=true"], "state_dependent_std: applies to gaussian and tanh_gaussian, not categorical"),
     ],
 )
 def test_validation_errors_name_the_key(overrides, message):

@@ -94,6 +94,24 @@ def test_structural_keys_are_refused(key):
         sweep(SMALL, seeds=1, grid={key: [1, 2]})
 
 
+def test_a_grid_may_not_switch_a_variant_or_sweep_a_key_with_no_effect():
+    with pytest.raises(ConfigError, match="dual_clip: it is off .*set it to one of them"):
+        sweep(SMALL, grid={"dual_clip": [2.0, 3.0]})
+    with pytest.raises(ConfigError, match="target_kl: 0 switches the variant off"):
+        sweep(SMALL.replace(target_kl=0.02), grid={"target_kl": [0.0, 0.02]})
+    with pytest.raises(ConfigError, match="lr_end: has no effect because lr_schedule is constant"):
+        sweep(SMALL.replace(lr_schedule="constant"), grid={"lr_end": [0.0, 1e-4]})
+    with pytest.raises(ConfigError, match="kl_target: has no effect because the adaptive KL penalty is off"):
+        sweep(SMALL, grid={"kl_target": [0.01, 0.02]})
+
+
+def test_seeds_and_call_sizes_out_of_range_are_refused():
+    with pytest.raises(ConfigError, match="seeds: seed 4294967295 \\+ 2 seeds passes the largest seed"):
+        sweep(SMALL.replace(seed=2**32 - 1), seeds=2)
+    with pytest.raises(ConfigError, match="max_runs_per_call: must be >= 1, got 0"):
+        sweep(SMALL, seeds=2, max_runs_per_call=0)
+
+
 def test_grid_parsing_and_cli_errors(capsys):
     assert parse_grid(["lr=1e-3,3e-4", "gamma=0.9,0.99"]) == {"lr": [1e-3, 3e-4], "gamma": [0.9, 0.99]}
     with pytest.raises(ConfigError, match="lr: expected float"):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from purejaxppo import config as config_lib
-from purejaxppo import runner
+from purejaxppo import acting, runner
 from purejaxppo.config import PPOConfig
 from purejaxppo.envs import make_env
 from purejaxppo.train import HParams, make_train, make_trainer
@@ -157,7 +157,7 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
         "from purejaxppo.train import make_train\n"
         "c = PPOConfig(env='CartPole-v1', num_envs=8, num_steps=16, total_timesteps=8 * 16 * 6, num_minibatches=4,"
         " update_epochs=2, hidden_sizes=(16,), normalize_obs=True, log_every=3, compilation_cache='')\n"
-        "r = runner.train(c)\n"
+        f"r = runner.train(c, {str(tmp_path / 'run')!r})\n"
         "assert r.state.obs.sharding.spec == jax.sharding.PartitionSpec('envs'), r.state.obs.sharding\n"
         "with jax.default_device(jax.local_devices()[0]):\n"
         "    state, m = jax.jit(make_train(c))(jax.random.key(c.seed))\n"
@@ -172,6 +172,9 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
     np.testing.assert_allclose(out["sharded_loss"], out["loss"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["sharded_mean"], out["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["sharded_leaf"], out["leaf"], rtol=1e-4, atol=1e-6)
+    # its checkpoint, written from four devices, restores in this process of one
+    _, params, _, _ = acting.restore_policy(tmp_path / "run")
+    np.testing.assert_array_equal(jax.tree.leaves(params)[0], out["sharded_leaf"])
 
 
 def _free_port() -> int:
