@@ -1,6 +1,6 @@
 """The speed benchmark: for each case, compile time, throughput, peak memory and the ceiling.
 
-    PYTHONPATH=. python experiments/benchmark.py [--cases cartpole,cartpole-64,breakout,pendulum]
+    PYTHONPATH=. python experiments/benchmark.py [--cases cartpole,cartpole-64,cartpole-64-1dev,breakout,pendulum]
         [--sb3-python /path/to/env/bin/python] [--brax-python /path/to/env/bin/python]
         [--out experiments/results/performance.md]
 
@@ -173,8 +173,6 @@ def measure(case_key: str, cache: str, with_ceiling: bool) -> dict[str, Any]:
 
     case = CASES[case_key]
     jax.config.update("jax_num_cpu_devices", case.cpu_devices or cpu_cores())
-    if not cache:  # compilation_cache="" leaves JAX's own setting, which the environment may have turned on
-        jax.config.update("jax_enable_compilation_cache", False)
     config = case_config(case, cache)
     if case.seeds == 1:
         result = runner.train(config)

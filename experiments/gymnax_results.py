@@ -2,7 +2,8 @@
 
     python experiments/gymnax_results.py [--seeds 3] [--configs cartpole acrobot ...]
 
-Each run is a separate `purejaxppo train` (compile included in its wall time). The table reports the
+Each run is a separate `purejaxppo train` (compile included in its wall time, cold: the persistent
+compilation cache is off, so a seed after the first does not load the first's program). The table reports the
 final return (mean over the last 10% of updates) per seed, and the first env step at which the
 return, smoothed over 5 updates, reached the config's target.
 """
@@ -65,7 +66,7 @@ def main() -> None:
 
     rows = []
     for name in args.configs:
-        base = config_lib.load(ROOT / "configs" / f"{name}.yaml")
+        base = config_lib.load(ROOT / "configs" / f"{name}.yaml", ["compilation_cache="])
         finals, reach, walls, compiles = [], [], [], []
         for seed in range(args.seeds):
             result = runner.train(base.replace(seed=seed))

@@ -3,20 +3,28 @@
     python experiments/sweep_cartpole_lr.py [--seeds 16] [--out experiments/results/sweep_cartpole_lr]
 
 Equivalent CLI: purejaxppo sweep configs/cartpole.yaml --seeds 16 --grid lr=3e-4,1e-3,2e-3,5e-3
-Writes runs.csv, aggregate.csv, curves.png and metrics.npz; the repo keeps aggregate.csv and curves.png.
+    --set total_timesteps=200000
+Writes config.yaml, sweep.json, runs.csv, aggregate.csv, curves.png and metrics.npz, and README.md
+with the command, machine and date; the repo keeps all but metrics.npz. Like `purejaxppo sweep`, it
+gives JAX one CPU device per core.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import jax  # noqa: E402
+
 from purejaxppo import config as config_lib  # noqa: E402
+from purejaxppo.cli import cpu_cores  # noqa: E402
 from purejaxppo.sweep import sweep, write_results  # noqa: E402
+from experiments.benchmark import machine  # noqa: E402
 
 
 def main() -> None:
@@ -26,6 +34,7 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, default=200_000)
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "sweep_cartpole_lr"))
     args = parser.parse_args()
+    jax.config.update("jax_num_cpu_devices", cpu_cores())
 
     config = config_lib.load(ROOT / "configs" / "cartpole.yaml", [f"total_timesteps={args.total_timesteps}"])
     grid = {"lr": [float(x) for x in args.lrs.split(",")]}
@@ -33,12 +42,21 @@ def main() -> None:
     result = sweep(config, seeds=args.seeds, grid=grid)
     write_results(result, Path(args.out))
     runs = len(result.runs)
-    print(f"{runs} runs of {config.num_updates * config.batch_size:,} env steps: compile {result.compile_time:.1f} s, "
-          f"run {result.run_time:.1f} s ({runs * config.num_updates * config.batch_size / result.run_time:,.0f} "
-          f"env steps/s), traced {result.traces}x")
-    for row in result.aggregate():
-        print(f"lr {row['lr']:<8g} IQM {row['iqm']:7.1f} [{row['iqm_low']:.1f}, {row['iqm_high']:.1f}]  "
-              f"mean {row['mean']:7.1f} [{row['mean_low']:.1f}, {row['mean_high']:.1f}]")
+    lines = [
+        f"{runs} runs of {config.num_updates * config.batch_size:,} env steps: compile {result.compile_time:.1f} s, "
+        f"run {result.run_time:.1f} s ({runs * config.num_updates * config.batch_size / result.run_time:,.0f} "
+        f"env steps/s), traced {result.traces}x",
+        *(f"lr {row['lr']:<8g} IQM {row['iqm']:7.1f} [{row['iqm_low']:.1f}, {row['iqm_high']:.1f}]  "
+          f"mean {row['mean']:7.1f} [{row['mean_low']:.1f}, {row['mean_high']:.1f}]" for row in result.aggregate()),
+    ]
+    print("\n".join(lines))
+    command = " ".join(["python experiments/sweep_cartpole_lr.py", *sys.argv[1:]])
+    (Path(args.out) / "README.md").write_text(
+        f"# CartPole-v1: learning rate x {args.seeds} seeds in one sweep\n\n"
+        f"Command: `{command}`  \nDate: {datetime.now():%Y-%m-%d %H:%M}  \nMachine: {machine()}\n\n"
+        "Final return: the mean over the last 10% of updates; IQM and mean over seeds with stratified-bootstrap "
+        "95% CIs (`aggregate.csv`); per run in `runs.csv`; curves in `curves.png`.\n\n```\n" + "\n".join(lines) + "\n```\n"
+    )
 
 
 if __name__ == "__main__":

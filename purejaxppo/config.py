@@ -203,7 +203,8 @@ class PPOConfig:
     compilation_cache: str = field(
         default="~/.cache/purejaxppo/jax",
         metadata=_doc("Folder of JAX's persistent compilation cache, used by `train` and `sweep`: a repeat run "
-                      "of the same config loads its compiled program instead of compiling. Empty turns it off."),
+                      "of the same config loads its compiled program instead of compiling. Empty turns it off. JAX "
+                      "keeps the setting of a process's first compile for the whole process."),
     )
 
     # Derived sizes. Validation guarantees these divide evenly.

@@ -231,13 +231,17 @@ def is_primary() -> bool:
 
 
 def use_compilation_cache(config: PPOConfig) -> None:
-    """Point JAX's persistent compilation cache at `config.compilation_cache` (empty: leave JAX's setting).
-    Every program is cached, however fast it compiled, since a run's programs are few and reused."""
-    if config.compilation_cache:
-        path = Path(config.compilation_cache).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    """Point JAX's persistent compilation cache at `config.compilation_cache`, or turn it off when that
+    is empty. Every program is cached, however fast it compiled, since a run's programs are few and
+    reused. JAX decides whether to use the cache once per process, at its first compile."""
+    if not config.compilation_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    path = Path(config.compilation_cache).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def supersede_later(run_dir: str | Path | None, resume_step: int) -> Path | None:

@@ -1,5 +1,6 @@
 """Config loading, overrides and every validation error. Nothing here compiles."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 def test_defaults_are_valid_and_frozen():
     config = config_lib.validate(PPOConfig())
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.lr = 1.0  # type: ignore[misc]
 
 
@@ -72,6 +73,8 @@ def test_yaml_round_trip(tmp_path):
         (["env=MNISTBandit-bsuite"], "env: MNISTBandit-bsuite downloads its dataset"),
         (["seed=4294967296"], "seed: must be <= 4294967295"),
         (["state_dependent_std=true"], "state_dependent_std: applies to gaussian and tanh_gaussian, not categorical"),
+        (["lr=1e-3", "lr_end=2e-3"], "lr_end: 0.002 is above the peak lr 0.001"),
+        (["hidden_sizes=[]"], "hidden_sizes: needs at least one entry"),
     ],
 )
 def test_validation_errors_name_the_key(overrides, message):
@@ -79,6 +82,19 @@ def test_validation_errors_name_the_key(overrides, message):
         config_lib.load(None, overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("lr: [1, 2\n", "is not valid YAML"), ("- lr\n", "must hold a mapping of keys to values")],
+)
+def test_a_bad_config_file_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config_lib.load(path)
+    with pytest.raises(ConfigError, match="config: no such file"):
+        config_lib.load(tmp_path / "missing.yaml")
 
 
 def test_config_reference_is_up_to_date():

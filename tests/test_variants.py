@@ -1,7 +1,10 @@
 """The PPO variants inside the compiled program: KL early stopping, the adaptive KL penalty, the
 entropy schedule, value and dual clipping, network options, the continuous distributions, reward and
 observation handling. The formulas themselves are tested on plain arrays in test_losses.py and
-test_distributions.py; here each option is shown to act in training as its formula says."""
+test_distributions.py. Here the options whose effect shows in the metrics or the state (early
+stopping, the KL penalty's coefficient, the entropy schedule, the network options, the distributions)
+are checked against their rules in training; value and dual clipping, reward and observation
+clipping and normalisation are checked to train with finite values, all switched on at once."""
 
 import math
 
