@@ -25,7 +25,7 @@ from purejaxppo import checkpoint, plots, runner, stats
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.runner import final_return, metric_names
-from purejaxppo.train import TRACED_HPARAMS, HParams, TrainState, make_trainer
+from purejaxppo.train import TRACED_HPARAMS, HParams, Trainer, TrainState, make_trainer
 
 
 @dataclasses.dataclass
@@ -111,6 +111,16 @@ def check_grid(config: PPOConfig, grid: Mapping[str, Sequence[Any]]) -> list[dic
     return [{k: float(v) for k, v in config.replace(**p).to_dict().items() if k in p} for p in points]
 
 
+def vmapped_chunk(trainer: Trainer) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+    """`trainer.run_chunk` vmapped over stacked runs. The runs share their update count, so it goes in
+    unbatched, which keeps the in-program evaluation a branch rather than a select."""
+
+    def chunk(state: TrainState, num_active: jax.Array) -> tuple[TrainState, dict]:
+        return jax.vmap(trainer.run_chunk, in_axes=(0, None, None))(state, num_active, state.update_step[0])
+
+    return chunk
+
+
 def sweep(
     config: PPOConfig,
     seeds: int = 1,
@@ -160,10 +170,12 @@ def sweep(
     sharded = NamedSharding(mesh, PartitionSpec("runs"))
     traces = 0
 
+    vmapped = vmapped_chunk(trainer)
+
     def chunk(state: TrainState, num_active: jax.Array) -> tuple[TrainState, dict]:
         nonlocal traces
         traces += 1
-        return jax.vmap(trainer.run_chunk, in_axes=(0, None))(state, num_active)
+        return vmapped(state, num_active)
 
     def call_inputs(batch: list[dict[str, Any]]) -> tuple[jax.Array, HParams]:
         keys = jax.vmap(jax.random.key)(jnp.array([r["seed"] for r in batch], jnp.uint32))

@@ -363,11 +363,17 @@ class Trainer:
                               jax.random.fold_in(state.key, 0x5EED), self.config.eval_episodes)
         return returns.mean()
 
-    def run_chunk(self, state: TrainState, num_active: jax.Array) -> tuple[TrainState, Metrics]:
+    def run_chunk(
+        self, state: TrainState, num_active: jax.Array, first_update: jax.Array | None = None
+    ) -> tuple[TrainState, Metrics]:
         """`chunk_size` updates in one scan; updates past `num_active` leave the state untouched and
         report zeros (the host drops them), so one compiled chunk also serves the shorter last one.
         With `eval_every`, the chunk ends with an evaluation when it crossed a multiple of eval_every
-        (or finished the run), reported as `eval_return` on its last active update."""
+        (or finished the run), reported as `eval_return` on its last active update.
+
+        `first_update` is the state's update count, for callers that vmap over runs that share it: given
+        unbatched, it keeps the evaluation a branch, where the state's own (batched) count would turn it
+        into a select that evaluates every chunk."""
         metrics_shape = jax.eval_shape(self.update, state)[1]
 
         def skip(s: TrainState) -> tuple[TrainState, Metrics]:
@@ -378,7 +384,8 @@ class Trainer:
 
         state, metrics = jax.lax.scan(body, state, jnp.arange(self.config.chunk_size))
         if self.config.eval_every:
-            step, every = state.update_step, self.config.eval_every
+            step = (state.update_step if first_update is None else first_update + num_active)
+            every = self.config.eval_every
             due = (step // every > (step - num_active) // every) | (step == self.config.num_updates)
             value = jax.lax.cond(due, self.evaluate, lambda s: jnp.float32(jnp.nan), state)
             metrics["eval_return"] = jnp.full(self.config.chunk_size, jnp.nan).at[num_active - 1].set(value)

@@ -14,12 +14,14 @@ import pytest
 
 from purejaxppo import cli, runner, stats
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.sweep import parse_grid, sweep
+from purejaxppo.sweep import parse_grid, sweep, vmapped_chunk
+from purejaxppo.train import make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = PPOConfig(
     env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=2,
     update_epochs=2, hidden_sizes=(16,), log_every=4, env_kwargs={"max_steps_in_episode": 30}, seed=3,
+    eval_every=5, eval_episodes=2,  # chunks of 4 and 2 updates: the first is not due, the second is
 )
 GRID = {"lr": [1e-3, 3e-3]}
 
@@ -39,12 +41,23 @@ def test_runs_match_single_train(result):
     for k in (1, 2):  # (lr 1e-3, seed 4) and (lr 3e-3, seed 3): one from each call
         run = result.runs[k]
         single = runner.train(SMALL.replace(lr=run["lr"], seed=run["seed"]))
-        for name in ("episode_return", "policy_loss", "value_loss", "lr"):
+        for name in ("episode_return", "policy_loss", "value_loss", "lr", "eval_return"):
             np.testing.assert_allclose(result.metrics[name][k], single.metrics[name], rtol=2e-4, atol=1e-5,
                                        err_msg=name)
         params = jax.tree.map(lambda x: x[k], result.state.params)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single.state.params)):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+
+
+def test_the_evaluation_stays_a_branch_under_the_sweeps_vmap():
+    # vmapped with the state's own update count, the evaluation's cond would become a select that
+    # evaluates every chunk; the sweep's chunk keeps as many conds as a single run's
+    trainer = make_trainer(SMALL)
+    key = jax.random.key(0)
+    single = jax.make_jaxpr(trainer.run_chunk)(jax.eval_shape(trainer.init, key), 2)
+    stacked = jax.eval_shape(jax.vmap(trainer.init), jax.random.split(key, 2))
+    swept = jax.make_jaxpr(vmapped_chunk(trainer))(stacked, 2)
+    assert str(single).count(" cond[") == str(swept).count(" cond[") == 2
 
 
 def test_sweep_outputs(result):
