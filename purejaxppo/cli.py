@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a grid axis over a traced hyperparameter; repeatable (the grid is their product)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
-    sweep.add_argument("--max-runs-per-call", type=_count(1), help="split the runs into calls of about this many (rounded up to a multiple of the device count)")
+    sweep.add_argument("--max-runs-per-call", type=_count(1),
+                       help="split the runs into calls of about this many (rounded up to a multiple of the devices)")
     sweep.add_argument("--top", type=_count(0), default=10, help="grid points to list at the end")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its latest checkpoint")
     sweep.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
