@@ -1,5 +1,7 @@
-"""Acting with a policy outside the training loop: deterministic evaluation episodes, and restoring
-a trained policy from a run dir as a plain jitted function for the user's own code."""
+"""Acting with a trained policy outside the training step: deterministic evaluation episodes (also run
+inside the compiled program), a trained policy as a plain jitted function, and Brax's viewer page.
+
+Every action here comes from `Policy.act`, which applies the run's saved observation statistics."""
 
 from __future__ import annotations
 
@@ -12,24 +14,19 @@ import jax.numpy as jnp
 
 from purejaxppo import checkpoint
 from purejaxppo.config import PPOConfig
-from purejaxppo.envs import Env
-from purejaxppo.networks import Policy
+from purejaxppo.envs import BraxEnv, Env
 from purejaxppo.normalization import RunningStats
+from purejaxppo.policy import Policy
+from purejaxppo.train import Trainer, abstract_states, make_trainer
 
 MAX_EVAL_STEPS = 100_000  # a bound for envs without a time limit; every shipped env ends far sooner
-
-
-def deterministic_action(policy: Policy, params: Any, obs: jax.Array) -> jax.Array:
-    """The env action of the distribution's mode: argmax, the mean (clipped), or the squashed mean."""
-    dist, _ = policy(params, obs)
-    return policy.env_action(dist.mode())
 
 
 def evaluate(
     policy: Policy,
     env: Env,
     params: Any,
-    normalize: Callable[[jax.Array], jax.Array],
+    obs_stats: RunningStats,
     key: jax.Array,
     num_episodes: int,
     max_steps: int = MAX_EVAL_STEPS,
@@ -48,47 +45,35 @@ def evaluate(
         return (t < max_steps) & ~done.all()
 
     def step(carry: tuple) -> tuple:
-        t, key, env_state, obs, done, returns, lengths = carry
+        t, key, env_state, obs, policy_carry, done, returns, lengths = carry
         key, k_env = jax.random.split(key)
-        action = deterministic_action(policy, params, normalize(obs))
+        action, policy_carry = policy.act(params, obs_stats, obs, carry=policy_carry)
         out = jax.vmap(env.step)(jax.random.split(k_env, num_episodes), env_state, action)
         live = ~done
         returns = returns + jnp.where(live, out.reward, 0.0)
         lengths = lengths + live.astype(jnp.int32)
         done = done | out.terminated | out.truncated
-        return t + 1, key, out.state, out.obs, done, returns, lengths
+        return t + 1, key, out.state, out.obs, policy_carry, done, returns, lengths
 
-    init = (jnp.int32(0), k_steps, env_state, obs, jnp.zeros(num_episodes, bool), zeros, zeros.astype(jnp.int32))
+    init = (jnp.int32(0), k_steps, env_state, obs, policy.initial_carry((num_episodes,)),
+            jnp.zeros(num_episodes, bool), zeros, zeros.astype(jnp.int32))
     *_, returns, lengths = jax.lax.while_loop(running, step, init)
     return returns, lengths
 
 
 def restore_policy(
     run_dir: str | Path, step: int | None = None, run: int = 0
-) -> tuple[PPOConfig, Any, RunningStats, int]:
-    """(config, params, observation statistics, step) of one run of a run dir's checkpoint.
-
-    For a sweep's checkpoint `run` picks the run (its index in the sweep's runs.csv).
-    """
-    from purejaxppo.train import HParams, make_trainer
-
+) -> tuple[Trainer, Any, RunningStats, int]:
+    """(trainer, params, observation statistics, step) of run `run` of a run dir's checkpoint (its
+    index in a sweep's runs.csv; 0 for a single run)."""
     step, meta = checkpoint.read_meta(run_dir, step)
-    config = checkpoint.config_of(meta)
-    trainer = make_trainer(config)
-    if meta.get("kind") == "sweep":
-        stacked = int(meta["stacked_runs"])
-        if not 0 <= run < int(meta["num_runs"]):
-            raise checkpoint.CheckpointError(f"run {run}: the sweep in {run_dir} has runs 0..{int(meta['num_runs']) - 1}")
-        hp = jax.tree.map(lambda x: jnp.broadcast_to(x, (stacked,)), HParams.from_config(config))
-        keys = jax.random.split(jax.random.key(0), stacked)
-        abstract = jax.eval_shape(jax.vmap(trainer.init), keys, hp)
-        _, state, _ = checkpoint.restore(run_dir, abstract, step)
-        state = jax.tree.map(lambda x: x[run], state)
-    else:
-        if run != 0:
-            raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds a single run; use run 0")
-        _, state, _ = checkpoint.restore(run_dir, jax.eval_shape(trainer.init, jax.random.key(0)), step)
-    return config, state.params, state.obs_stats, step
+    num_runs = int(meta["num_runs"])
+    if not 0 <= run < num_runs:
+        raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds runs 0..{num_runs - 1}")
+    trainer = make_trainer(checkpoint.config_of(meta))
+    abstract = abstract_states(trainer, int(meta["stacked_runs"]))
+    _, state, _ = checkpoint.restore(run_dir, abstract, step)
+    return trainer, jax.tree.map(lambda x: x[run], state.params), jax.tree.map(lambda x: x[run], state.obs_stats), step
 
 
 def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> Callable[..., jax.Array]:
@@ -96,35 +81,24 @@ def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> C
 
     It applies the run's saved observation normalisation exactly as training did. Without a key the
     action is deterministic (the distribution's mode); with a key it is sampled. `obs` may be one
-    observation or a batch of them.
+    observation or a batch of them. `run` picks a run of a sweep's checkpoint (see its runs.csv).
     """
-    from purejaxppo.train import make_trainer
-
-    config, params, obs_stats, _ = restore_policy(run_dir, step, run)
-    trainer = make_trainer(config)
+    trainer, params, obs_stats, _ = restore_policy(run_dir, step, run)
     policy = trainer.policy
 
     @jax.jit
     def act(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        obs = trainer.normalize_obs(obs_stats, jnp.asarray(obs, jnp.float32))
-        if key is None:
-            return deterministic_action(policy, params, obs)
-        dist, _ = policy(params, obs)
-        return policy.env_action(dist.sample(key))
+        return policy.act(params, obs_stats, jnp.asarray(obs, jnp.float32), key)[0]
 
     return act
 
 
 def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1000, seed: int = 0) -> str:
     """Brax's HTML viewer page of one deterministic episode of a run's policy (at most `max_steps`)."""
-    from purejaxppo.envs import BraxEnv
-    from purejaxppo.train import make_trainer
-
-    config, params, obs_stats, _ = restore_policy(run_dir, step)
-    trainer = make_trainer(config)
-    env = trainer.env
+    trainer, params, obs_stats, _ = restore_policy(run_dir, step)
+    env, policy = trainer.env, trainer.policy
     if not isinstance(env, BraxEnv):
-        raise checkpoint.CheckpointError(f"render: {config.env} is not a Brax env; render draws Brax scenes only")
+        raise checkpoint.CheckpointError(f"render: {trainer.config.env} is not a Brax env; render draws Brax scenes only")
 
     @jax.jit
     def episode(key: jax.Array) -> tuple[Any, jax.Array]:
@@ -132,14 +106,24 @@ def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1
         obs, state = env.reset(k_reset)
 
         def step_fn(carry: tuple, k: jax.Array) -> tuple[tuple, tuple]:
-            obs, state = carry
-            action = deterministic_action(trainer.policy, params, trainer.normalize_obs(obs_stats, obs))
+            obs, state, policy_carry = carry
+            action, policy_carry = policy.act(params, obs_stats, obs, carry=policy_carry)
             out = env.step(k, state, action)
-            return (out.obs, out.state), (state.pipeline_state, out.terminated | out.truncated)
+            return (out.obs, out.state, policy_carry), (state.pipeline_state, out.terminated | out.truncated)
 
-        _, (frames, done) = jax.lax.scan(step_fn, (obs, state), jax.random.split(k_steps, max_steps))
+        init = (obs, state, policy.initial_carry())
+        _, (frames, done) = jax.lax.scan(step_fn, init, jax.random.split(k_steps, max_steps))
         return frames, done
 
     frames, done = jax.device_get(episode(jax.random.key(seed)))
     length = int(done.argmax()) + 1 if done.any() else max_steps  # frames up to the step that ended it
     return env.render_html([jax.tree.map(lambda x: x[i], frames) for i in range(length)])
+
+
+def evaluate_run(run_dir: str | Path, episodes: int, step: int | None = None, run: int = 0,
+                 seed: int = 0) -> tuple[PPOConfig, int, jax.Array, jax.Array]:
+    """(config, step, returns, lengths) of `episodes` deterministic episodes of a run dir's policy."""
+    trainer, params, obs_stats, step = restore_policy(run_dir, step, run)
+    returns, lengths = jax.jit(lambda key: evaluate(trainer.policy, trainer.env, params, obs_stats, key, episodes))(
+        jax.random.key(seed))
+    return trainer.config, step, returns, lengths

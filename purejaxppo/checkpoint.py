@@ -1,7 +1,7 @@
 """Checkpoints of whole training states with orbax: everything a run needs to go on exactly.
 
-A checkpoint is one `TrainState` (for a sweep, every run stacked on a leading axis) saved with
-`StandardSave`, plus JSON metadata holding the config. Restores always go through an abstract
+A checkpoint is the training states of a population (every run stacked on a leading axis; one for a
+single run) saved with `StandardSave`, plus JSON metadata holding the config and the population. Restores always go through an abstract
 target built from the config, so a state comes back with its own types, and a checkpoint written
 for another config is refused with a message that names the difference. Nothing uses pickle.
 """
@@ -65,7 +65,7 @@ class Checkpointer:
         self._manager.close()
 
 
-RUN_FILES = ("metrics.csv", "metrics_partial.npz", "runs.csv")  # what a run or sweep writes besides checkpoints
+RUN_FILES = ("metrics.csv", "runs.csv")  # what a run or sweep writes besides checkpoints
 
 
 def check_fresh(run_dir: str | Path) -> None:

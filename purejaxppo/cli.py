@@ -13,7 +13,9 @@ from typing import Any
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
-from purejaxppo.runner import EXIT_NON_FINITE, NonFiniteError
+from purejaxppo.metrics import NonFiniteError
+
+EXIT_NON_FINITE = 3
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole.yaml"  # the repo checkout
 
@@ -94,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """A rich progress bar on a terminal; one plain line per chunk elsewhere (logs, CI, pipes)."""
+    """A rich progress bar on a terminal; one plain line per chunk elsewhere (logs, CI, pipes). The same
+    for a run and a sweep: env steps are per run, steps/s over all runs, the return a mean over runs."""
 
     def __init__(self, total_steps: int, show: bool = True):
         from rich.console import Console
@@ -112,13 +115,14 @@ class _Progress:
             self._task = self._bar.add_task("train", total=total_steps, sps=0, ret="-")
             self._bar.start()
 
-    def __call__(self, p: dict[str, Any]) -> None:
-        ret = "-" if math.isnan(p["episode_return"]) else f"{p['episode_return']:.1f}"
+    def __call__(self, p: Any) -> None:
+        ret = "-" if math.isnan(p.episode_return) else f"{p.episode_return:.1f}"
         if self._bar is not None:
-            self._bar.update(self._task, completed=p["env_steps"], sps=p["steps_per_second"], ret=ret)
+            self._bar.update(self._task, completed=p.env_steps, sps=p.steps_per_second, ret=ret)
         else:
-            print(f"update {p['update']}/{p['num_updates']}  env steps {p['env_steps']:,}  "
-                  f"{p['steps_per_second']:,.0f} steps/s  return {ret}", flush=True)
+            runs = f" per run ({p.num_runs} runs)" if p.num_runs > 1 else ""
+            print(f"update {p.update}/{p.num_updates}  env steps {p.env_steps:,}{runs}  "
+                  f"{p.steps_per_second:,.0f} steps/s  return {ret}  {p.seconds:.1f} s", flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -171,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
     say(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
         f"({config.num_updates} updates){where}; writing {run_dir}", flush=True)
     try:
-        result = runner.train(config, run_dir, on_chunk=progress, resume=bool(args.resume), step=args.step)
+        result = runner.train(config, run_dir, on_progress=progress, resume=bool(args.resume), step=args.step)
     finally:
         progress.close()
     if result.superseded is not None:
@@ -215,11 +219,8 @@ def _sweep(args: argparse.Namespace) -> int:
           f"{len(jax.local_devices())} device(s); writing {run_dir}",
           flush=True)
 
-    def progress(p: dict[str, Any]) -> None:
-        print(f"update {p['update']}/{p['num_updates']}  env steps per run {p['env_steps']:,}  "
-              f"{p['seconds']:.1f} s", flush=True)
-
-    result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_chunk=progress,
+    progress = _Progress(config.num_updates * config.batch_size, show=False)
+    result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_progress=progress,
                    resume=bool(args.resume), step=args.step)
     if result.superseded is not None:
         print(f"the checkpoints after the resumed one, and the metrics as they were, are in {result.superseded}")
@@ -227,7 +228,7 @@ def _sweep(args: argparse.Namespace) -> int:
         _resume_hint("sweep", run_dir)
         return 0
     total_steps = len(result.runs) * config.num_updates * config.batch_size
-    print(f"compile time {result.compile_time:.2f} s (traced {result.traces}x), run time {result.run_time:.2f} s, "
+    print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, "
           f"{total_steps / result.run_time:,.0f} env steps/s over all runs, {result.num_calls} call(s)")
     rows = sorted(result.aggregate(), key=lambda r: -r["iqm"] if math.isfinite(r["iqm"]) else math.inf)
     keys = list(grid)
@@ -238,7 +239,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print("  ".join([*(f"{row[k]:>12.4g}" for k in keys),
                          f"{row['iqm']:>10.2f} [{row['iqm_low']:.2f}, {row['iqm_high']:.2f}]".rjust(32),
                          f"{row['mean']:>8.2f} [{row['mean_low']:.2f}, {row['mean_high']:.2f}]".rjust(28)]))
-    print(f"results      {run_dir}/runs.csv, aggregate.csv, curves.png, metrics.npz")
+    print(f"results      {run_dir}/runs.csv, aggregate.csv, curves.png, metrics.csv")
     return 0
 
 
@@ -246,14 +247,10 @@ def _eval(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from purejaxppo.acting import evaluate, restore_policy
-    from purejaxppo.train import make_trainer
+    from purejaxppo.acting import evaluate_run
 
-    config, params, obs_stats, step = restore_policy(args.run_dir, args.step, args.run)
-    trainer = make_trainer(config)
-    run = jax.jit(lambda key: evaluate(trainer.policy, trainer.env, params,
-                                       lambda obs: trainer.normalize_obs(obs_stats, obs), key, args.episodes))
-    returns, lengths = jax.device_get(run(jax.random.key(args.seed)))
+    config, step, returns, lengths = evaluate_run(args.run_dir, args.episodes, args.step, args.run, args.seed)
+    returns, lengths = jax.device_get((returns, lengths))
     print(f"{config.env}, checkpoint {step} ({step * config.batch_size:,} env steps), {args.episodes} deterministic "
           f"episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f} (mean +- std), "
           f"length {np.mean(lengths):.1f}")

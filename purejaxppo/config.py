@@ -1,6 +1,13 @@
 """The one typed, frozen configuration of a PPO run, with YAML loading, overrides and validation.
 
-Every check here runs on the host before anything is traced, so a bad config costs no compile time.
+Each field's metadata is the single declaration of what it is: its documentation and range, whether
+the compiled program reads it as a traced value (`traced`), whether a nonzero value switches a
+variant on (`switch`), when it has no effect (`inert_when`), and whether a resumed run may change it
+(`run_control`). `HParams`, the sweepable keys, the docs table and the resume rules derive from it.
+
+Validation is pure and cheap: types, ranges and cross-field rules, with no env built and no JAX work.
+What needs the env (its name, its parameters, whether the distribution fits its actions) is checked
+once, when a trainer is made, still before anything compiles.
 """
 
 from __future__ import annotations
@@ -26,6 +33,16 @@ def _doc(text: str, source: str = "common practice", **checks: Any) -> dict[str,
     return {"doc": text, "source": source, **checks}
 
 
+def _traced(text: str, source: str = "common practice", **checks: Any) -> dict[str, Any]:
+    """A float the compiled program reads as a value: one program trains a grid of them."""
+    return _doc(text, source, traced=True, **checks)
+
+
+def _control(text: str, **checks: Any) -> dict[str, Any]:
+    """A key of how a run is driven and logged, not of what it computes: a resume may change it."""
+    return _doc(text, run_control=True, **checks)
+
+
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
 DISTRIBUTIONS = ("auto", "categorical", "gaussian", "tanh_gaussian", "beta")
@@ -44,16 +61,16 @@ class PPOConfig:
     num_envs: int = field(default=32, metadata=_doc("Parallel environments per run.", min=1))
     num_steps: int = field(default=32, metadata=_doc("Env steps per environment in one rollout.", min=1))
     total_timesteps: int = field(
-        default=500_000, metadata=_doc("Env steps of the whole run (rounded down to whole updates).", min=1)
+        default=500_000, metadata=_control("Env steps of the whole run (rounded down to whole updates).", min=1)
     )
     update_epochs: int = field(default=4, metadata=_doc("Passes over each rollout.", "Schulman et al. 2017", min=1))
     num_minibatches: int = field(default=8, metadata=_doc("Minibatches per epoch.", "Schulman et al. 2017", min=1))
-    gamma: float = field(default=0.99, metadata=_doc("Discount factor.", "Schulman et al. 2017", min=0.0, max=1.0))
+    gamma: float = field(default=0.99, metadata=_traced("Discount factor.", "Schulman et al. 2017", min=0.0, max=1.0))
     gae_lambda: float = field(
-        default=0.95, metadata=_doc("GAE lambda.", "Schulman et al. 2016 (GAE)", min=0.0, max=1.0)
+        default=0.95, metadata=_traced("GAE lambda.", "Schulman et al. 2016 (GAE)", min=0.0, max=1.0)
     )
     clip_eps: float = field(
-        default=0.2, metadata=_doc("Ratio clip range of the surrogate.", "Schulman et al. 2017", gt=0.0)
+        default=0.2, metadata=_traced("Ratio clip range of the surrogate.", "Schulman et al. 2017", gt=0.0)
     )
     clip_policy: bool = field(
         default=True,
@@ -62,24 +79,25 @@ class PPOConfig:
     )
     dual_clip: float = field(
         default=0.0,
-        metadata=_doc("Dual-clip constant c > 1: for negative advantages the surrogate is bounded below by c*A. "
-                      "0 turns it off.", "Ye et al. 2020 (dual-clip PPO)", min=0.0),
+        metadata=_traced("Dual-clip constant c > 1: for negative advantages the surrogate is bounded below by c*A. "
+                      "0 turns it off.", "Ye et al. 2020 (dual-clip PPO)", min=0.0, switch=True),
     )
     kl_coef: float = field(
         default=0.0,
-        metadata=_doc("Initial coefficient beta of the adaptive KL penalty beta*KL; 0 turns the penalty off.",
-                      "Schulman et al. 2017, sec. 4", min=0.0),
+        metadata=_traced("Initial coefficient beta of the adaptive KL penalty beta*KL; 0 turns the penalty off.",
+                      "Schulman et al. 2017, sec. 4", min=0.0, switch=True),
     )
     kl_target: float = field(
         default=0.01,
-        metadata=_doc("KL target of the adaptive penalty: after each update beta doubles when KL > 1.5 target "
-                      "and halves when KL < target / 1.5.", "Schulman et al. 2017, sec. 4", gt=0.0),
+        metadata=_traced("KL target of the adaptive penalty: after each update beta doubles when KL > 1.5 target "
+                      "and halves when KL < target / 1.5.", "Schulman et al. 2017, sec. 4", gt=0.0,
+                         inert_when=(lambda c: c.kl_coef == 0, "the adaptive KL penalty is off (kl_coef 0)")),
     )
     target_kl: float = field(
         default=0.0,
-        metadata=_doc("KL early stopping: once a minibatch's approximate KL (before its step) exceeds "
+        metadata=_traced("KL early stopping: once a minibatch's approximate KL (before its step) exceeds "
                       "1.5 x target_kl, the update's remaining minibatch steps are skipped. 0 turns it off.",
-                      "OpenAI Spinning Up; Stable-Baselines3", min=0.0),
+                      "OpenAI Spinning Up; Stable-Baselines3", min=0.0, switch=True),
     )
     kl_estimator: str = field(
         default="k3",
@@ -93,28 +111,31 @@ class PPOConfig:
                       "Schulman et al. 2017 (baselines); Andrychowicz et al. 2021"),
     )
     value_clip_eps: float = field(
-        default=0.2, metadata=_doc("The e of clip_value.", "OpenAI baselines", gt=0.0)
+        default=0.2, metadata=_traced("The e of clip_value.", "OpenAI baselines", gt=0.0,
+                          inert_when=(lambda c: not c.clip_value, "clip_value is off"))
     )
-    vf_coef: float = field(default=0.5, metadata=_doc("Value-loss coefficient.", "Schulman et al. 2017", min=0.0))
-    ent_coef: float = field(default=0.01, metadata=_doc("Entropy-bonus coefficient.", "Schulman et al. 2017", min=0.0))
+    vf_coef: float = field(default=0.5, metadata=_traced("Value-loss coefficient.", "Schulman et al. 2017", min=0.0))
+    ent_coef: float = field(default=0.01, metadata=_traced("Entropy-bonus coefficient.", "Schulman et al. 2017", min=0.0))
     ent_schedule: str = field(
         default="constant",
         metadata=_doc("Schedule of the entropy coefficient over updates, from ent_coef to ent_coef_final.",
                       choices=("constant", "linear", "cosine")),
     )
     ent_coef_final: float = field(
-        default=0.0, metadata=_doc("Final entropy coefficient of the linear and cosine schedules.", min=0.0)
+        default=0.0, metadata=_traced("Final entropy coefficient of the linear and cosine schedules.", min=0.0,
+                          inert_when=(lambda c: c.ent_schedule == "constant", "ent_schedule is constant"))
     )
     max_grad_norm: float = field(
-        default=0.5, metadata=_doc("Global gradient-norm clip.", "Andrychowicz et al. 2021", gt=0.0)
+        default=0.5, metadata=_traced("Global gradient-norm clip.", "Andrychowicz et al. 2021", gt=0.0)
     )
-    lr: float = field(default=2e-3, metadata=_doc("Adam learning rate (the peak, with a schedule).", gt=0.0))
+    lr: float = field(default=2e-3, metadata=_traced("Adam learning rate (the peak, with a schedule).", gt=0.0))
     lr_schedule: str = field(
         default="linear", metadata=_doc("Learning-rate schedule over all minibatch steps.", choices=LR_SCHEDULES)
     )
     lr_end: float = field(
         default=0.0,
-        metadata=_doc("Final learning rate of the linear, cosine and warmup_cosine schedules.", min=0.0),
+        metadata=_traced("Final learning rate of the linear, cosine and warmup_cosine schedules.", min=0.0,
+                         inert_when=(lambda c: c.lr_schedule == "constant", "lr_schedule is constant")),
     )
     lr_warmup_fraction: float = field(
         default=0.0,
@@ -162,7 +183,7 @@ class PPOConfig:
         metadata=_doc("Clip observations (after normalisation, when on) to [-c, c]; 0 turns it off.",
                       "Andrychowicz et al. 2021 (c = 10 with normalisation)", min=0.0),
     )
-    reward_scale: float = field(default=1.0, metadata=_doc("Constant factor on rewards for learning.", gt=0.0))
+    reward_scale: float = field(default=1.0, metadata=_traced("Constant factor on rewards for learning.", gt=0.0))
     normalize_reward: bool = field(
         default=False,
         metadata=_doc("Divide rewards by the running std of each env's discounted return (statistics in the "
@@ -184,25 +205,25 @@ class PPOConfig:
     seed: int = field(default=0, metadata=_doc("PRNG seed (a sweep's seed i is seed + i).", min=0, max=MAX_SEED))
     log_every: int = field(
         default=0,
-        metadata=_doc("Updates per compiled chunk between progress reports; 0 picks about 20 chunks.", min=0),
+        metadata=_control("Updates per compiled chunk between progress reports; 0 picks about 20 chunks.", min=0),
     )
     checkpoint_every: int = field(
         default=0,
-        metadata=_doc(
+        metadata=_control(
             "Updates between checkpoints, taken at the first chunk end at or after each multiple. 0: only at "
             "the end of the run, on SIGINT/SIGTERM, and the last good state when a run goes non-finite.",
             min=0,
         ),
     )
-    keep_checkpoints: int = field(default=3, metadata=_doc("Checkpoints kept on disk (the newest).", min=1))
+    keep_checkpoints: int = field(default=3, metadata=_control("Checkpoints kept on disk (the newest).", min=1))
     tensorboard: bool = field(
-        default=False, metadata=_doc("Also write TensorBoard event files (tensorboardX) to the run dir.")
+        default=False, metadata=_control("Also write TensorBoard event files (tensorboardX) to the run dir.")
     )
-    wandb: bool = field(default=False, metadata=_doc("Also log to Weights & Biases (needs `wandb` installed)."))
-    wandb_project: str = field(default="purejaxppo", metadata=_doc("Weights & Biases project name."))
+    wandb: bool = field(default=False, metadata=_control("Also log to Weights & Biases (needs `wandb` installed)."))
+    wandb_project: str = field(default="purejaxppo", metadata=_control("Weights & Biases project name."))
     compilation_cache: str = field(
         default="~/.cache/purejaxppo/jax",
-        metadata=_doc("Folder of JAX's persistent compilation cache, used by `train` and `sweep`: a repeat run "
+        metadata=_control("Folder of JAX's persistent compilation cache, used by `train` and `sweep`: a repeat run "
                       "of the same config loads its compiled program instead of compiling. Empty turns it off. JAX "
                       "keeps the setting of a process's first compile for the whole process."),
     )
@@ -238,11 +259,40 @@ class PPOConfig:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(PPOConfig)}
 
-# Keys that change how a run is driven and logged, not what it computes: a resumed run may change them.
-RUN_CONTROL_KEYS: frozenset[str] = frozenset(
-    {"total_timesteps", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
-     "compilation_cache"}
-)
+# Derived from the field metadata, the one place each is declared.
+TRACED: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.metadata.get("traced"))
+SWITCHES: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.metadata.get("switch"))
+RUN_CONTROL_KEYS: frozenset[str] = frozenset(n for n, f in FIELDS.items() if f.metadata.get("run_control"))
+
+
+def inert_reason(config: PPOConfig, name: str) -> str | None:
+    """Why `name` has no effect on runs of `config`, or None when it acts."""
+    rule = FIELDS[name].metadata.get("inert_when")
+    return rule[1] if rule is not None and rule[0](config) else None
+
+
+def check_sweepable(config: PPOConfig, name: str, values: list[Any]) -> None:
+    """Refuse a grid axis the compiled program of `config` cannot take as traced values, or on which
+    every point would train the same."""
+    if name not in FIELDS:
+        raise unknown_key_error(name, FIELDS)
+    if name not in TRACED:
+        raise ConfigError(
+            f"{name}: cannot be swept in one compiled call, because it changes the program's shapes or "
+            f"structure; run one sweep per value instead. Sweepable keys: {', '.join(TRACED)}"
+        )
+    if len(values) == 0:
+        raise ConfigError(f"{name}: the grid axis has no values")
+    on = getattr(config, name) != 0
+    if name in SWITCHES and not on and any(v != 0 for v in values):
+        raise ConfigError(f"{name}: it is off (0) in the config, so the program is built without it and the grid's "
+                          f"values would be ignored; set it to one of them (--set {name}=v) to switch it on")
+    if name in SWITCHES and on and any(v == 0 for v in values):
+        raise ConfigError(f"{name}: 0 switches the variant off, which changes the program; sweep the nonzero "
+                          f"values here and run the 0 point as a sweep of its own")
+    reason = inert_reason(config, name)
+    if reason:
+        raise ConfigError(f"{name}: has no effect because {reason}, so every grid point would train the same")
 
 
 def _type_of(name: str) -> Any:
@@ -387,26 +437,12 @@ def validate(config: PPOConfig) -> PPOConfig:
         raise ConfigError("dual_clip: needs clip_policy on; dual clip bounds the clipped surrogate")
     if config.ent_schedule != "constant" and config.ent_coef_final > config.ent_coef:
         raise ConfigError(f"ent_coef_final: {config.ent_coef_final} is above ent_coef {config.ent_coef}")
+    if config.state_dependent_std and config.distribution in ("categorical", "beta"):
+        raise ConfigError(f"state_dependent_std: applies to gaussian and tanh_gaussian, not {config.distribution}")
     for flag, module, extra in (("tensorboard", "tensorboardX", "tensorboard"), ("wandb", "wandb", "wandb")):
         if getattr(config, flag) and importlib.util.find_spec(module) is None:
             raise ConfigError(f"{flag}: needs the {module} package; pip install 'purejaxppo[{extra}]'")
-    from purejaxppo.envs import check_env  # envs imports this module, so import late
-
-    resolve_distribution(config, discrete=check_env(config.env, config.env_kwargs))
     return config
-
-
-def resolve_distribution(config: PPOConfig, discrete: bool) -> str:
-    """The action distribution `config` gives an env with discrete (or continuous) actions, checked to fit."""
-    kind = config.distribution
-    if kind == "auto":
-        kind = "categorical" if discrete else "gaussian"
-    if config.state_dependent_std and kind not in ("gaussian", "tanh_gaussian"):
-        raise ConfigError(f"state_dependent_std: applies to gaussian and tanh_gaussian, not {kind}")
-    if discrete != (kind == "categorical"):
-        space = "discrete" if discrete else "continuous (Box)"
-        raise ConfigError(f"distribution: {kind} does not fit the {space} actions of {config.env}")
-    return kind
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -465,12 +501,10 @@ def reference_markdown() -> str:
         "| key | type | default | meaning | source |",
         "|---|---|---|---|---|",
     ]
-    from purejaxppo.train import TRACED_HPARAMS  # train imports this module, so import late
-
     defaults = PPOConfig().to_dict()
     for name, f in FIELDS.items():
         meta = f.metadata
-        doc = meta["doc"] + (" *Traced.*" if name in TRACED_HPARAMS else "")
+        doc = meta["doc"] + (" *Traced.*" if name in TRACED else "")
         if "choices" in meta:
             doc += f" One of: {', '.join(f'`{c}`' for c in meta['choices'])}."
         default = defaults[name]

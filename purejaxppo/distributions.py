@@ -3,6 +3,10 @@
 Each works on a single state or any batch of them; the event dimension of a continuous action is the
 last axis. Every `entropy` takes an optional PRNG key so callers can treat all distributions alike;
 only those without a closed form (TanhGaussian) use it.
+
+Each also owns its action semantics: `env_action` turns a raw sample (what `log_prob` takes) into
+the action an env steps with (clipped, squashed or as it is), `deterministic_action` is the env action
+of the mode, and the continuous ones give their per-component `std`.
 """
 
 from __future__ import annotations
@@ -42,14 +46,23 @@ class Categorical:
     def mode(self) -> jax.Array:
         return jnp.argmax(self.logits, axis=-1)
 
+    def env_action(self, sample: jax.Array) -> jax.Array:
+        return sample
+
+    def deterministic_action(self) -> jax.Array:
+        return self.mode()
+
 
 @flax.struct.dataclass
 class DiagGaussian:
-    """An unbounded diagonal Gaussian. Samples may fall outside a Box's bounds: the env side clips the
-    action it steps with, while log probs stay those of the unclipped sample."""
+    """An unbounded diagonal Gaussian. Samples may fall outside a Box's bounds (`low`, `high`, when
+    given): `env_action` clips the action the env steps with, while log probs stay those of the
+    unclipped sample."""
 
     mean: jax.Array
     log_std: jax.Array
+    low: jax.Array | None = None
+    high: jax.Array | None = None
 
     def sample(self, key: jax.Array) -> jax.Array:
         return self.mean + jnp.exp(self.log_std) * jax.random.normal(key, self.mean.shape, self.mean.dtype)
@@ -65,6 +78,15 @@ class DiagGaussian:
 
     def mode(self) -> jax.Array:
         return self.mean
+
+    def env_action(self, sample: jax.Array) -> jax.Array:
+        return sample if self.low is None else jnp.clip(sample, self.low, self.high)
+
+    def deterministic_action(self) -> jax.Array:
+        return self.env_action(self.mode())
+
+    def std(self) -> jax.Array:
+        return jnp.broadcast_to(jnp.exp(self.log_std), self.mean.shape)
 
 
 def _log_one_minus_tanh_sq(u: jax.Array) -> jax.Array:
@@ -123,6 +145,16 @@ class TanhGaussian:
         """The raw mean; squash(mode()) is the deterministic action."""
         return self.mean
 
+    def env_action(self, u: jax.Array) -> jax.Array:
+        return self.squash(u)
+
+    def deterministic_action(self) -> jax.Array:
+        return self.squash(self.mean)
+
+    def std(self) -> jax.Array:
+        """The pre-squash Gaussian's std."""
+        return jnp.broadcast_to(jnp.exp(self.log_std), self.mean.shape)
+
 
 @flax.struct.dataclass
 class Beta:
@@ -172,6 +204,18 @@ class Beta:
         alpha = beta = 1 and jumps to a bound when a parameter drops below 1, whereas the mean is a smooth,
         always-interior function of the parameters."""
         return self._rescale(self.alpha / (self.alpha + self.beta))
+
+    def env_action(self, sample: jax.Array) -> jax.Array:
+        """Samples already lie in the bounds; the clip only catches rounding onto them."""
+        return jnp.clip(sample, self.low, self.high)
+
+    def deterministic_action(self) -> jax.Array:
+        return self.env_action(self.mode())
+
+    def std(self) -> jax.Array:
+        """The rescaled distribution's std."""
+        total = self.alpha + self.beta
+        return jnp.sqrt(self.alpha * self.beta / (total**2 * (total + 1.0))) * (self.high - self.low)
 
 
 Distribution = Categorical | DiagGaussian | TanhGaussian | Beta

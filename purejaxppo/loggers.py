@@ -1,6 +1,9 @@
 """Optional metric sinks besides metrics.csv: TensorBoard event files and Weights & Biases.
 
-They receive host-side scalars between chunks, one point per update at its env-step count.
+They receive host-side scalars between chunks, one point per update at its env-step count, one stream
+per run: a single run's TensorBoard files go to `RUN_DIR/tensorboard/`, a sweep's run k's to
+`RUN_DIR/tensorboard/run-k/` (TensorBoard shows them side by side); W&B gets one W&B run for the
+call, with a sweep's scalars named `run-k/<metric>`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ class Loggers:
         self._sinks = sinks
 
     @classmethod
-    def create(cls, config: PPOConfig, run_dir: Path) -> Loggers:
+    def create(cls, config: PPOConfig, run_dir: Path, num_runs: int = 1) -> Loggers:
         sinks: list[Any] = []
         if config.tensorboard:
             from tensorboardX import SummaryWriter
 
-            sinks.append(_TensorBoard(SummaryWriter(str(run_dir / "tensorboard"))))
+            folders = [run_dir / "tensorboard"] if num_runs == 1 else \
+                [run_dir / "tensorboard" / f"run-{k}" for k in range(num_runs)]
+            sinks.append(_TensorBoard([SummaryWriter(str(folder)) for folder in folders]))
         if config.wandb:
             import wandb
 
@@ -33,14 +38,20 @@ class Loggers:
         return cls(sinks)
 
     def log(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
+        """`metrics`: each `[runs, updates]`, the updates from `first_update` on."""
         if not self._sinks:
             return
-        for i in range(len(metrics["env_steps"])):
-            step = int(metrics["env_steps"][i])
-            scalars = {k: float(v[i]) for k, v in metrics.items() if k != "env_steps" and math.isfinite(float(v[i]))}
-            scalars["update"] = float(first_update + i)
+        runs, count = metrics["env_steps"].shape
+        for i in range(count):
+            step = int(metrics["env_steps"][0, i])
+            per_run = []
+            for k in range(runs):
+                scalars = {n: float(v[k, i]) for n, v in metrics.items()
+                           if n != "env_steps" and math.isfinite(float(v[k, i]))}
+                scalars["update"] = float(first_update + i)
+                per_run.append(scalars)
             for sink in self._sinks:
-                sink.log(step, scalars)
+                sink.log(step, per_run)
 
     def close(self) -> None:
         for sink in self._sinks:
@@ -48,23 +59,29 @@ class Loggers:
 
 
 class _TensorBoard:
-    def __init__(self, writer: Any):
-        self._writer = writer
+    def __init__(self, writers: list[Any]):
+        self._writers = writers
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        for name, value in scalars.items():
-            self._writer.add_scalar(f"train/{name}", value, step)
+    def log(self, step: int, per_run: list[dict[str, float]]) -> None:
+        for writer, scalars in zip(self._writers, per_run):
+            for name, value in scalars.items():
+                writer.add_scalar(f"train/{name}", value, step)
 
     def close(self) -> None:
-        self._writer.close()
+        for writer in self._writers:
+            writer.close()
 
 
 class _WandB:
     def __init__(self, run: Any):
         self._run = run
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        self._run.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
+    def log(self, step: int, per_run: list[dict[str, float]]) -> None:
+        if len(per_run) == 1:
+            self._run.log({f"train/{k}": v for k, v in per_run[0].items()}, step=step)
+        else:
+            self._run.log({f"run-{r}/{k}": v for r, scalars in enumerate(per_run) for k, v in scalars.items()},
+                          step=step)
 
     def close(self) -> None:
         self._run.finish()

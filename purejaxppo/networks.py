@@ -1,9 +1,9 @@
-"""The actor-critic network and the policy factory that turns an action space and a config into a
-distribution over actions."""
+"""The actor-critic network: MLP torsos with orthogonal init, and the actor and critic heads.
+
+It knows nothing of configs, envs or distributions; `policy.py` builds it and reads its outputs."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,9 +11,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from purejaxppo.config import PPOConfig, resolve_distribution
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian, squash
-from purejaxppo.envs import ActionSpace
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": nn.tanh,
@@ -21,7 +18,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": nn.swish,
     "gelu": nn.gelu,
 }
-MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
 
 
 def orthogonal(scale: float) -> nn.initializers.Initializer:
@@ -107,76 +103,3 @@ class ActorCritic(nn.Module):
     def value(self, obs: jax.Array) -> jax.Array:
         torso = self.actor_torso if self.shared_torso else self.critic_torso
         return self.critic_head(torso(obs))[..., 0]
-
-
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    """What the trainer needs to act: the network, how its outputs form a distribution, and how a
-    sampled action becomes the action the env receives."""
-
-    network: ActorCritic
-    action_space: ActionSpace
-    kind: str  # categorical, gaussian, tanh_gaussian or beta
-    state_dependent_std: bool = False
-
-    def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> dict:
-        return self.network.init(key, jnp.zeros(obs_shape, jnp.float32))
-
-    def distribution(self, head: jax.Array, log_std: jax.Array | None) -> Distribution:
-        if self.kind == "categorical":
-            return Categorical(head)
-        low, high = self.action_space.low, self.action_space.high
-        if self.kind == "beta":
-            x_alpha, x_beta = jnp.split(head, 2, axis=-1)
-            return Beta.from_unconstrained(x_alpha, x_beta, low, high)
-        if self.state_dependent_std:
-            head, std_input = jnp.split(head, 2, axis=-1)
-            log_std = jnp.log(nn.softplus(std_input) + MIN_STD)
-        if self.kind == "tanh_gaussian":
-            return TanhGaussian(head, log_std, low, high)
-        return DiagGaussian(head, log_std)
-
-    def __call__(self, params: dict, obs: jax.Array) -> tuple[Distribution, jax.Array]:
-        head, log_std, value = self.network.apply(params, obs)
-        return self.distribution(head, log_std), value
-
-    def value(self, params: dict, obs: jax.Array) -> jax.Array:
-        return self.network.apply(params, obs, method=ActorCritic.value)
-
-    def action_std(self, dist: Distribution) -> jax.Array:
-        """Per-component std of a continuous policy: the Gaussian's (pre-squash for tanh_gaussian), or
-        the rescaled Beta's."""
-        if isinstance(dist, Beta):
-            total = dist.alpha + dist.beta
-            return jnp.sqrt(dist.alpha * dist.beta / (total**2 * (total + 1.0))) * (dist.high - dist.low)
-        return jnp.exp(dist.log_std)
-
-    def env_action(self, action: jax.Array) -> jax.Array:
-        """The action the env receives. The log prob keeps the raw sample: a Gaussian sample is
-        clipped for the env only, and a tanh-Gaussian's pre-squash sample is squashed here."""
-        if self.kind == "categorical":
-            return action
-        low, high = self.action_space.low, self.action_space.high
-        if self.kind == "tanh_gaussian":
-            return squash(action, low, high)
-        return jnp.clip(action, low, high)
-
-
-def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
-    kind = resolve_distribution(config, action_space.discrete)
-    dim = action_space.dim
-    state_dependent = config.state_dependent_std
-    outputs = {"categorical": dim, "beta": 2 * dim}.get(kind, 2 * dim if state_dependent else dim)
-    free_log_std = dim if kind in ("gaussian", "tanh_gaussian") and not state_dependent else 0
-    network = ActorCritic(
-        actor_outputs=outputs,
-        free_log_std=free_log_std,
-        hidden_sizes=tuple(config.hidden_sizes),
-        activation=config.activation,
-        shared_torso=config.shared_torso,
-        layer_norm=config.layer_norm,
-        hidden_gain=config.hidden_gain,
-        actor_head_gain=config.actor_head_gain,
-        critic_head_gain=config.critic_head_gain,
-    )
-    return Policy(network, action_space, kind, state_dependent)

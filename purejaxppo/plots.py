@@ -1,16 +1,15 @@
 """Learning curves against env steps: one line per single run, and per sweep grid point the IQM over
-seeds with a 95% stratified-bootstrap band. Reads what runs write (metrics.csv, metrics.npz)."""
+seeds with a 95% stratified-bootstrap band. Reads what runs write (metrics.csv, runs.csv)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from purejaxppo import metrics as metrics_lib
 from purejaxppo import stats
 from purejaxppo.config import ConfigError
 
@@ -39,48 +38,35 @@ def smooth_curves(curves: np.ndarray) -> np.ndarray:
     return flat.reshape(out.shape)
 
 
-def curves_of_sweep(
-    metrics: dict[str, np.ndarray], runs: list[dict[str, Any]], keys: list[str], label: str,
-    metric: str = "episode_return",
-) -> Curves:
-    points = sorted({r["point"] for r in runs})
-    groups = [", ".join(f"{k}={runs[[r['point'] for r in runs].index(g)][k]:g}" for k in keys) or label for g in points]
-    values = np.stack([metrics[metric][[i for i, r in enumerate(runs) if r["point"] == g]] for g in points])
-    return Curves(label, groups, np.asarray(metrics["env_steps"][0], np.float64), values)
-
-
 def read_curves(run_dir: str | Path, metric: str = "episode_return") -> Curves:
-    """The curves of a finished sweep (metrics.npz), a sweep in progress (metrics_partial.npz) or a run."""
+    """The curves of a run dir's metrics.csv, finished or in progress: one line for a single run, and
+    for a sweep one group per grid point (from runs.csv), with its seeds."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run dir {run_dir} does not exist")
-    for name in ("metrics.npz", "metrics_partial.npz"):
-        if (run_dir / name).is_file():
-            with np.load(run_dir / name) as data:
-                if metric not in data.files:
-                    raise ConfigError(f"metric: {run_dir / name} has no '{metric}'; it has {', '.join(data.files)}")
-                keys = sorted(k[len("param_"):] for k in data.files if k.startswith("param_"))
-                if keys:
-                    combos = np.stack([data[f"param_{k}"] for k in keys], axis=1)
-                    _, point = np.unique(combos, axis=0, return_inverse=True)
-                    runs = [{"point": int(p), **{k: float(c) for k, c in zip(keys, row)}}
-                            for p, row in zip(point.ravel(), combos)]
-                else:
-                    runs = [{"point": 0} for _ in range(data[metric].shape[0])]
-                return curves_of_sweep({metric: data[metric], "env_steps": data["env_steps"]}, runs, keys,
-                                       run_dir.name, metric)
-    path = run_dir / "metrics.csv"
+    path = run_dir / metrics_lib.FILE
     if not path.is_file():
-        raise ConfigError(f"run dir {run_dir} has no metrics.csv or metrics.npz")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+        raise ConfigError(f"run dir {run_dir} has no {metrics_lib.FILE}")
+    data = metrics_lib.read(path)
+    if not data:
         raise ConfigError(f"{path} has no rows yet")
-    if metric not in rows[0]:
-        raise ConfigError(f"metric: {path} has no '{metric}'; it has {', '.join(k for k in rows[0] if k != 'update')}")
-    steps = np.array([float(r["env_steps"]) for r in rows])
-    values = np.array([float(r[metric]) for r in rows])[None, None]
-    return Curves(run_dir.name, [run_dir.name], steps, values)
+    if metric not in data:
+        raise ConfigError(f"metric: {path} has no '{metric}'; it has {', '.join(data)}")
+    values, steps = data[metric], data["env_steps"][0]
+    runs = metrics_lib.read_runs(run_dir)[: values.shape[0]]
+    if len(runs) != values.shape[0] or values.shape[0] == 1:
+        return Curves(run_dir.name, [run_dir.name], steps, values[None])
+    keys = [k for k in runs[0] if k not in ("run", "point", "seed", "final_return", "auc")]
+    points = sorted({int(r["point"]) for r in runs}, key=int)
+    groups, stacked = [], []
+    for g in points:
+        members = [i for i, r in enumerate(runs) if int(r["point"]) == g]
+        first = runs[members[0]]
+        groups.append(", ".join(f"{k}={float(first[k]):g}" for k in keys) or run_dir.name)
+        stacked.append(values[members])
+    if len({len(m) for m in stacked}) != 1:
+        raise ConfigError(f"{run_dir}: its grid points have unequal numbers of runs")
+    return Curves(run_dir.name, groups, steps, np.stack(stacked))
 
 
 def plot_learning_curves(

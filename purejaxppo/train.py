@@ -1,9 +1,9 @@
 """The fused PPO training program.
 
 `make_train(config)` returns a pure `train(key, hparams=None)`: an init followed by a `lax.scan` over
-`update`. `update(state) -> (state, metrics)` does one whole PPO iteration (rollout, GAE, epochs of
-minibatch steps) and is what chunked runners, sweeps and checkpoints build on. Float hyperparameters
-live in the state as traced values (`HParams`), so one compiled program can train a grid of them.
+`update`. `Trainer.update(state) -> (state, metrics)` is one whole PPO iteration, read top to bottom:
+rollout, GAE, epochs of shuffled minibatch steps, metrics. Float hyperparameters live in the state as
+traced values (`HParams`), so one compiled program trains a grid of them under `vmap`.
 """
 
 from __future__ import annotations
@@ -17,41 +17,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purejaxppo import losses
+from purejaxppo import diagnostics, losses, optim
 from purejaxppo.config import PPOConfig, validate
 from purejaxppo.envs import Env, make_env
-from purejaxppo.networks import Policy, make_policy
+from purejaxppo.hparams import HParams
 from purejaxppo.normalization import RunningStats
+from purejaxppo.policy import Carry, Policy, make_policy
 
 Metrics = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class HParams:
-    """The float hyperparameters the compiled program reads as traced values."""
-
-    lr: jax.Array
-    lr_end: jax.Array
-    clip_eps: jax.Array
-    dual_clip: jax.Array
-    kl_coef: jax.Array
-    kl_target: jax.Array
-    target_kl: jax.Array
-    value_clip_eps: jax.Array
-    vf_coef: jax.Array
-    ent_coef: jax.Array
-    ent_coef_final: jax.Array
-    max_grad_norm: jax.Array
-    gamma: jax.Array
-    gae_lambda: jax.Array
-    reward_scale: jax.Array
-
-    @classmethod
-    def from_config(cls, config: PPOConfig) -> HParams:
-        return cls(**{name: jnp.float32(getattr(config, name)) for name in TRACED_HPARAMS})
-
-
-TRACED_HPARAMS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams))
 
 
 @flax.struct.dataclass
@@ -63,12 +36,17 @@ class TrainState:
     kl_beta: jax.Array  # coefficient of the adaptive KL penalty
     env_state: Any
     obs: jax.Array
+    carry: Carry  # the policy's carried state per env; () for a feedforward policy
     discounted_return: jax.Array  # of each env's current episode, scaled, for normalize_reward
     episode_return: jax.Array  # running undiscounted return of each env's current episode
     episode_length: jax.Array
     key: jax.Array
     update_step: jax.Array
     hparams: HParams
+
+
+# TrainState fields with one entry per env: a run's envs may be split over devices along this axis.
+ENV_AXIS_FIELDS = ("env_state", "obs", "carry", "discounted_return", "episode_return", "episode_length")
 
 
 class Transition(NamedTuple):
@@ -86,7 +64,7 @@ class Transition(NamedTuple):
 
 
 class Batch(NamedTuple):
-    obs: jax.Array
+    obs: jax.Array  # raw: the loss normalises with the rollout's statistics, as the rollout did
     action: jax.Array
     log_prob: jax.Array
     value: jax.Array
@@ -94,87 +72,27 @@ class Batch(NamedTuple):
     target: jax.Array
 
 
-def lr_schedule(config: PPOConfig, hp: HParams) -> optax.Schedule:
-    """The learning rate as a function of the minibatch-step count (optax counts per `tx.update`)."""
-    total = config.num_updates * config.update_epochs * config.num_minibatches
-    if config.lr_schedule == "constant":
-        return optax.constant_schedule(hp.lr)
-    if config.lr_schedule == "linear":
-        return optax.linear_schedule(hp.lr, hp.lr_end, total)
-    if config.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(hp.lr, total, alpha=hp.lr_end / hp.lr)
-    # warmup_cosine, composed here because optax's own version branches on the (traced) peak value
-    warmup = max(1, int(round(config.lr_warmup_fraction * total)))
-    return optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, hp.lr, warmup),
-            optax.cosine_decay_schedule(hp.lr, max(1, total - warmup), alpha=hp.lr_end / hp.lr),
-        ],
-        [warmup],
-    )
-
-
-def entropy_coef(kind: str, start: jax.Array, end: jax.Array, fraction: jax.Array) -> jax.Array:
-    """The entropy coefficient after `fraction` (0..1) of the updates: constant, linear or cosine decay."""
-    if kind == "constant":
-        return start
-    if kind == "linear":
-        return start + (end - start) * fraction
-    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
-
-
-def make_optimizer(config: PPOConfig, hp: HParams) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(hp.max_grad_norm),
-        optax.adam(lr_schedule(config, hp), eps=config.adam_eps),
-    )
-
-
-def optimizer_steps(opt_state: Any) -> jax.Array:
-    """The schedule's step count: minibatch steps taken so far (skipped ones by KL early stopping don't count)."""
-    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
-    (schedule,) = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(s)]
-    return schedule.count
-
-
-def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """The pieces of one compiled PPO program for a validated config."""
+    """The pieces of one compiled PPO program: a validated config, its env and its policy."""
 
     config: PPOConfig
     env: Env
     policy: Policy
 
-    def normalize_obs(self, stats: RunningStats, obs: jax.Array) -> jax.Array:
-        """What the network sees; training, evaluation and `load_policy` all go through here."""
-        if self.config.normalize_obs:
-            obs = stats.normalize(obs)
-        return jnp.clip(obs, -self.config.obs_clip, self.config.obs_clip) if self.config.obs_clip else obs
-
     def init(self, key: jax.Array, hparams: HParams | None = None) -> TrainState:
         hp = HParams.from_config(self.config) if hparams is None else hparams
         key, k_params, k_reset = jax.random.split(key, 3)
         params = self.policy.init(k_params, self.env.observation_shape)
-        obs, env_state = jax.vmap(self.env.reset)(jax.random.split(k_reset, self.config.num_envs))
         n = self.config.num_envs
+        obs, env_state = jax.vmap(self.env.reset)(jax.random.split(k_reset, n))
+        zeros = jnp.zeros(n, jnp.float32)
         return TrainState(
-            params=params,
-            opt_state=make_optimizer(self.config, hp).init(params),
-            obs_stats=RunningStats.create(self.env.observation_shape),
-            return_stats=RunningStats.create(()),
-            kl_beta=hp.kl_coef,
-            env_state=env_state,
-            obs=obs,
-            discounted_return=jnp.zeros(n, jnp.float32),
-            episode_return=jnp.zeros(n, jnp.float32),
-            episode_length=jnp.zeros(n, jnp.int32),
-            key=key,
-            update_step=jnp.zeros((), jnp.int32),
-            hparams=hp,
+            params=params, opt_state=optim.make_optimizer(self.config, hp).init(params),
+            obs_stats=RunningStats.create(self.env.observation_shape), return_stats=RunningStats.create(()),
+            kl_beta=hp.kl_coef, env_state=env_state, obs=obs, carry=self.policy.initial_carry((n,)),
+            discounted_return=zeros, episode_return=zeros, episode_length=jnp.zeros(n, jnp.int32),
+            key=key, update_step=jnp.zeros((), jnp.int32), hparams=hp,
         )
 
     def rollout(self, state: TrainState, key: jax.Array) -> tuple[TrainState, Transition]:
@@ -182,39 +100,26 @@ class Trainer:
         env_step = jax.vmap(self.env.step)
         hp = state.hparams
 
-        def step(carry: TrainState, step_key: jax.Array) -> tuple[TrainState, Transition]:
+        def step(s: TrainState, step_key: jax.Array) -> tuple[TrainState, Transition]:
             k_act, k_env = jax.random.split(step_key)
-            dist, value = self.policy(carry.params, self.normalize_obs(carry.obs_stats, carry.obs))
+            dist, value, carry = self.policy.apply(s.params, s.obs_stats, s.obs, s.carry)
             action = dist.sample(k_act)
-            out = env_step(
-                jax.random.split(k_env, self.config.num_envs), carry.env_state, self.policy.env_action(action)
-            )
+            out = env_step(jax.random.split(k_env, self.config.num_envs), s.env_state, dist.env_action(action))
             done = out.terminated | out.truncated
             reward = out.reward * hp.reward_scale
-            discounted = carry.discounted_return * hp.gamma + reward
-            ep_return = carry.episode_return + out.reward
-            ep_length = carry.episode_length + 1
+            discounted = s.discounted_return * hp.gamma + reward
+            ep_return, ep_length = s.episode_return + out.reward, s.episode_length + 1
             transition = Transition(
-                obs=carry.obs,
-                action=action,
-                log_prob=dist.log_prob(action),
-                value=value,
-                reward=reward,
-                discounted_return=discounted,
-                terminated=out.terminated,
-                truncated=out.truncated,
-                final_obs=out.final_obs,
-                finished_return=jnp.where(done, ep_return, 0.0),
+                obs=s.obs, action=action, log_prob=dist.log_prob(action), value=value, reward=reward,
+                discounted_return=discounted, terminated=out.terminated, truncated=out.truncated,
+                final_obs=out.final_obs, finished_return=jnp.where(done, ep_return, 0.0),
                 finished_length=jnp.where(done, ep_length, 0),
             )
-            carry = carry.replace(
-                env_state=out.state,
-                obs=out.obs,
-                discounted_return=jnp.where(done, 0.0, discounted),
-                episode_return=jnp.where(done, 0.0, ep_return),
-                episode_length=jnp.where(done, 0, ep_length),
+            s = s.replace(
+                env_state=out.state, obs=out.obs, carry=carry, discounted_return=jnp.where(done, 0.0, discounted),
+                episode_return=jnp.where(done, 0.0, ep_return), episode_length=jnp.where(done, 0, ep_length),
             )
-            return carry, transition
+            return s, transition
 
         return jax.lax.scan(step, state, jax.random.split(key, self.config.num_steps))
 
@@ -231,10 +136,12 @@ class Trainer:
         return rewards, return_stats
 
     def loss(
-        self, params: Any, batch: Batch, hp: HParams, kl_beta: jax.Array, ent_coef: jax.Array, key: jax.Array
+        self, params: Any, obs_stats: RunningStats, batch: Batch, hp: HParams, kl_beta: jax.Array,
+        ent_coef: jax.Array, key: jax.Array,
     ) -> tuple[jax.Array, Metrics]:
+        """The PPO loss of one minibatch, with the variants the config switches on, and its diagnostics."""
         config = self.config
-        dist, value = self.policy(params, batch.obs)
+        dist, value, _ = self.policy.apply(params, obs_stats, batch.obs)
         log_ratio = dist.log_prob(batch.action) - batch.log_prob
         advantage = losses.normalize(batch.advantage) if config.normalize_advantages else batch.advantage
         dual_clip = hp.dual_clip if config.dual_clip else None
@@ -251,20 +158,10 @@ class Trainer:
         total = policy_loss + hp.vf_coef * value_loss - ent_coef * entropy
         if config.kl_coef:
             total = total + kl_beta * kl
-        ratio_mean, ratio_max = losses.ratio_stats(log_ratio)
-        stats = {
-            "policy_loss": policy_loss,
-            "value_loss": value_loss,
-            "entropy": entropy,
-            "approx_kl": kl,
-            "clip_fraction": losses.clip_fraction(log_ratio, hp.clip_eps),
-            "ratio_mean": ratio_mean,
-            "ratio_max": ratio_max,
-        }
-        if dual_clip is not None:
-            stats["dual_clip_fraction"] = losses.dual_clip_fraction(log_ratio, advantage, hp.clip_eps, dual_clip)
+        stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "approx_kl": kl,
+                 **diagnostics.minibatch(log_ratio, advantage, hp.clip_eps, dual_clip)}
         if not self.policy.action_space.discrete:
-            stats["policy_std"] = jnp.mean(self.policy.action_std(dist))
+            stats["policy_std"] = jnp.mean(dist.std())
         return total, stats
 
     def update(self, state: TrainState) -> tuple[TrainState, Metrics]:
@@ -272,10 +169,10 @@ class Trainer:
         config, hp = self.config, state.hparams
         key, k_rollout, k_epochs = jax.random.split(state.key, 3)
 
-        # 1. Collect a rollout with the current policy and observation statistics.
+        # 1. Collect a rollout with the current policy and observation statistics; the statistics
+        #    take in the rollout only after this update has learned from it.
         state, traj = self.rollout(state, k_rollout)
-        obs = self.normalize_obs(state.obs_stats, traj.obs)
-        next_values = self.policy.value(state.params, self.normalize_obs(state.obs_stats, traj.final_obs))
+        next_values = self.policy.value(state.params, state.obs_stats, traj.final_obs)
         obs_stats = state.obs_stats.update(traj.obs) if config.normalize_obs else state.obs_stats
 
         # 2. Rewards as learned from, then advantages, bootstrapping on truncation only.
@@ -284,20 +181,20 @@ class Trainer:
             rewards, traj.value, next_values, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
         )
         flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
-        batch = Batch(*map(flat, (obs, traj.action, traj.log_prob, traj.value, advantages, targets)))
+        batch = Batch(*map(flat, (traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)))
 
         # 3. Epochs of shuffled minibatch steps through clip_by_global_norm + adam. With target_kl, a
         #    minibatch whose KL (before its step) is past 1.5 x target_kl ends the update: it and every
         #    later step are masked out, inside the compiled program.
-        tx = make_optimizer(config, hp)
+        tx = optim.make_optimizer(config, hp)
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         fraction = state.update_step.astype(jnp.float32) / max(1, config.num_updates - 1)
-        ent_coef = entropy_coef(config.ent_schedule, hp.ent_coef, hp.ent_coef_final, fraction)
+        ent_coef = optim.entropy_coef(config.ent_schedule, hp.ent_coef, hp.ent_coef_final, fraction)
 
         def minibatch_step(carry: tuple, xs: tuple[Batch, jax.Array]) -> tuple[tuple, Metrics]:
             params, opt_state, going = carry
             minibatch, step_key = xs
-            (_, stats), grads = grad_fn(params, minibatch, hp, state.kl_beta, ent_coef, step_key)
+            (_, stats), grads = grad_fn(params, state.obs_stats, minibatch, hp, state.kl_beta, ent_coef, step_key)
             stats["grad_norm"] = optax.global_norm(grads)
             updates, new_opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
@@ -316,35 +213,23 @@ class Trainer:
             )
             return jax.lax.scan(minibatch_step, carry, (shuffled, jax.random.split(k_steps, config.num_minibatches)))
 
-        (params, opt_state, _), stats = jax.lax.scan(
+        (params, opt_state, _), steps = jax.lax.scan(
             epoch, (state.params, state.opt_state, jnp.bool_(True)), jax.random.split(k_epochs, config.update_epochs)
         )
 
         # 4. Per-update metrics: means over the minibatch steps taken and over episodes that completed.
-        taken = stats.pop("taken")
-        ratio_max = stats.pop("ratio_max")
-        finished = traj.finished_length > 0
-        count = finished.sum()
-        metrics = {name: _weighted_mean(value, taken) for name, value in stats.items()}
-        metrics.update(
-            env_steps=(state.update_step + 1) * config.batch_size,
-            episode_return=jnp.where(count > 0, traj.finished_return.sum() / count, jnp.nan),
-            episode_length=jnp.where(count > 0, traj.finished_length.sum() / count, jnp.nan),
-            episode_count=count,
-            explained_variance=losses.explained_variance(traj.value, targets),
-            value_error=jnp.mean(jnp.abs(traj.value - targets)),
-            advantage_mean=jnp.mean(advantages),
-            advantage_std=jnp.std(advantages),
-            ratio_max=jnp.max(jnp.where(taken > 0, ratio_max, 0.0)),
-            lr=lr_schedule(config, hp)(optimizer_steps(opt_state) - 1),
-        )
+        taken = steps.pop("taken")
+        metrics = diagnostics.update(steps, taken, traj.value, targets, advantages, traj.finished_return,
+                                     traj.finished_length)
+        metrics.update(env_steps=(state.update_step + 1) * config.batch_size,
+                       lr=optim.lr_schedule(config, hp)(optim.optimizer_steps(opt_state) - 1))
         if config.ent_schedule != "constant":
             metrics["ent_coef"] = ent_coef
         if config.target_kl:
             metrics["minibatch_steps"] = taken.sum()
         kl_beta = state.kl_beta
         if config.kl_coef:
-            dist, _ = self.policy(params, batch.obs)
+            dist, _, _ = self.policy.apply(params, state.obs_stats, batch.obs)
             update_kl = losses.approx_kl(dist.log_prob(batch.action) - batch.log_prob, config.kl_estimator)
             kl_beta = losses.adapt_kl_coef(kl_beta, update_kl, hp.kl_target)
             metrics.update(update_kl=update_kl, kl_beta=kl_beta)
@@ -354,48 +239,21 @@ class Trainer:
         )
         return state, metrics
 
-    def evaluate(self, state: TrainState) -> jax.Array:
-        """Mean return of `eval_episodes` deterministic episodes on separate envs. Its key is derived
-        without advancing the training key, so evaluating does not change training."""
-        from purejaxppo.acting import evaluate
-
-        returns, _ = evaluate(self.policy, self.env, state.params, lambda o: self.normalize_obs(state.obs_stats, o),
-                              jax.random.fold_in(state.key, 0x5EED), self.config.eval_episodes)
-        return returns.mean()
-
-    def run_chunk(
-        self, state: TrainState, num_active: jax.Array, first_update: jax.Array | None = None
-    ) -> tuple[TrainState, Metrics]:
-        """`chunk_size` updates in one scan; updates past `num_active` leave the state untouched and
-        report zeros (the host drops them), so one compiled chunk also serves the shorter last one.
-        With `eval_every`, the chunk ends with an evaluation when it crossed a multiple of eval_every
-        (or finished the run), reported as `eval_return` on its last active update.
-
-        `first_update` is the state's update count, for callers that vmap over runs that share it: given
-        unbatched, it keeps the evaluation a branch, where the state's own (batched) count would turn it
-        into a select that evaluates every chunk."""
-        metrics_shape = jax.eval_shape(self.update, state)[1]
-
-        def skip(s: TrainState) -> tuple[TrainState, Metrics]:
-            return s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape)
-
-        def body(s: TrainState, i: jax.Array) -> tuple[TrainState, Metrics]:
-            return jax.lax.cond(i < num_active, self.update, skip, s)
-
-        state, metrics = jax.lax.scan(body, state, jnp.arange(self.config.chunk_size))
-        if self.config.eval_every:
-            step = (state.update_step if first_update is None else first_update + num_active)
-            every = self.config.eval_every
-            due = (step // every > (step - num_active) // every) | (step == self.config.num_updates)
-            value = jax.lax.cond(due, self.evaluate, lambda s: jnp.float32(jnp.nan), state)
-            metrics["eval_return"] = jnp.full(self.config.chunk_size, jnp.nan).at[num_active - 1].set(value)
-        return state, metrics
-
 
 def make_trainer(config: PPOConfig) -> Trainer:
+    """Build the env and the policy of a validated config, checking what needs the env (its name and
+    parameters, the distribution's fit) before anything compiles. Raises ConfigError."""
     validate(config)
     env = make_env(config.env, config.env_kwargs)
     return Trainer(config, env, make_policy(config, env.action_space))
+
+
+def abstract_states(trainer: Trainer, num_runs: int) -> TrainState:
+    """Shapes and dtypes of `num_runs` training states stacked on a leading run axis."""
+    hp = HParams.from_config(trainer.config)
+    hparams = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_runs,), x.dtype), hp)
+    keys = jax.ShapeDtypeStruct((num_runs,), jax.random.key(0).dtype)
+    return jax.eval_shape(jax.vmap(trainer.init), keys, hparams)
 
 
 def make_train(config: PPOConfig) -> Callable[..., tuple[TrainState, Metrics]]:

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo import acting, runner
+from conftest import CACHE
+
+from purejaxppo import acting, population, runner
 from purejaxppo.config import PPOConfig
 from purejaxppo.train import make_trainer
 
@@ -16,7 +18,7 @@ CONFIG = PPOConfig(
     num_envs=4, num_steps=8, total_timesteps=4 * 8 * 3, num_minibatches=2, update_epochs=2,
     hidden_sizes=(16,), activation="swish", distribution="tanh_gaussian", state_dependent_std=True,
     normalize_obs=True, obs_clip=10.0, normalize_reward=True, reward_scale=10.0, clip_eps=0.3, lr=3e-4,
-    eval_every=3, eval_episodes=2,
+    eval_every=3, eval_episodes=2, compilation_cache=CACHE,
 )
 
 
@@ -26,23 +28,25 @@ def trained(tmp_path_factory):
 
 
 def test_a_few_updates_give_finite_losses_and_eval_return(trained):
-    m = trained.metrics
+    m = {name: values[0] for name, values in trained.metrics.items()}
     assert len(m["env_steps"]) == CONFIG.num_updates == 3
     for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "policy_std"):
         assert np.isfinite(m[name]).all(), name
     # one evaluation, at the end of the only chunk; inverted_pendulum pays 1 per step alive
     assert np.isnan(m["eval_return"][:-1]).all()
     trainer = make_trainer(CONFIG)
-    np.testing.assert_allclose(m["eval_return"][-1], jax.jit(trainer.evaluate)(trained.state), rtol=1e-6)
-    assert float(trained.state.obs_stats.count) == CONFIG.num_updates * CONFIG.batch_size
+    state = jax.tree.map(lambda x: x[0], trained.state)
+    evaluated = jax.jit(lambda s: population.evaluation_return(trainer, s))(state)
+    np.testing.assert_allclose(m["eval_return"][-1], evaluated, rtol=1e-6)
+    assert float(state.obs_stats.count) == CONFIG.num_updates * CONFIG.batch_size
 
 
 def test_policy_round_trips_and_squashes_into_the_bounds(trained):
     act = acting.load_policy(trained.run_dir)
     trainer = make_trainer(CONFIG)
     obs = jax.random.normal(jax.random.key(0), (6,) + trainer.env.observation_shape)
-    state = trained.state
-    dist, _ = trainer.policy(state.params, trainer.normalize_obs(state.obs_stats, obs))
+    state = jax.tree.map(lambda x: x[0], trained.state)
+    dist, _, _ = trainer.policy.apply(state.params, state.obs_stats, obs)
     np.testing.assert_allclose(act(obs), jnp.tanh(dist.mean), rtol=1e-6)
     assert (np.abs(act(obs, jax.random.key(1))) <= 1.0).all()
 

@@ -1,15 +1,17 @@
-"""Config loading, overrides and every validation error. Nothing here compiles."""
+"""Config loading, overrides, every validation error, and the one declaration of the traced keys.
+Nothing here compiles."""
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from purejaxppo import cli
+from purejaxppo import envs
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.hparams import HParams
+from purejaxppo.train import make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -22,9 +24,11 @@ def test_defaults_are_valid_and_frozen():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_load(path):
-    config = config_lib.load(path)
-    assert config.num_updates >= 1
+def test_shipped_configs_load_with_every_value_they_set(path):
+    written = yaml.safe_load(path.read_text())
+    config = config_lib.load(path).to_dict()
+    for key, value in written.items():
+        assert config[key] == (list(value) if isinstance(value, tuple) else value), key
 
 
 def test_overrides_are_parsed_to_the_field_type(tmp_path):
@@ -62,17 +66,10 @@ def test_yaml_round_trip(tmp_path):
         (["activation=sigmoid"], "activation: must be one of"),
         (["num_envs=3", "num_steps=5", "num_minibatches=4"], "num_minibatches: num_envs * num_steps = 15 is not divisible"),
         (["total_timesteps=100", "num_envs=4", "num_steps=128"], "total_timesteps: 100 is smaller than one batch"),
-        (["env=CartPole-v9"], "env: unknown environment 'CartPole-v9'; known: CartPole-v1, Pendulum-v1"),
-        (["env_kwargs={max_step: 3}"], "max_step: unknown env_kwargs parameter of CartPole-v1; did you mean"),
         (["lr_schedule=warmup_cosine"], "lr_warmup_fraction: must be > 0 with lr_schedule warmup_cosine"),
         (["lr=nan"], "lr: must be finite"),
         (["nonsense"], "nonsense: an override must look like key=value"),
-        (["env_kwargs={max_steps_in_episode: abc}"], "env_kwargs.max_steps_in_episode: expected an integer like its "
-                                                     "default 500, got 'abc'"),
-        (["env=Acrobot-v1", "env_kwargs={available_torque: 1.0}"], "env_kwargs.available_torque: expected a list of 3"),
-        (["env=MNISTBandit-bsuite"], "env: MNISTBandit-bsuite downloads its dataset"),
         (["seed=4294967296"], "seed: must be <= 4294967295"),
-        (["state_dependent_std=true"], "state_dependent_std: applies to gaussian and tanh_gaussian, not categorical"),
         (["lr=1e-3", "lr_end=2e-3"], "lr_end: 0.002 is above the peak lr 0.001"),
         (["hidden_sizes=[]"], "hidden_sizes: needs at least one entry"),
     ],
@@ -85,57 +82,81 @@ def test_validation_errors_name_the_key(overrides, message):
 
 
 @pytest.mark.parametrize(
-    "text, message",
-    [("lr: [1, 2\n", "is not valid YAML"), ("- lr\n", "must hold a mapping of keys to values")],
+    "overrides, message",
+    [
+        (["env=CartPole-v9"], "env: unknown environment 'CartPole-v9'; known: CartPole-v1, Pendulum-v1"),
+        (["env_kwargs={max_step: 3}"], "max_step: unknown env_kwargs parameter of CartPole-v1; did you mean"),
+        (["env_kwargs={max_steps_in_episode: abc}"], "env_kwargs.max_steps_in_episode: expected an integer like its "
+                                                     "default 500, got 'abc'"),
+        (["env=Acrobot-v1", "env_kwargs={available_torque: 1.0}"], "env_kwargs.available_torque: expected a list of 3"),
+        (["env=MNISTBandit-bsuite"], "env: MNISTBandit-bsuite downloads its dataset"),
+        (["state_dependent_std=true"], "state_dependent_std: applies to gaussian and tanh_gaussian, not categorical"),
+        (["distribution=beta"], "distribution: beta does not fit the discrete actions of CartPole-v1"),
+        (["env=Pendulum-v1", "distribution=categorical"], "categorical does not fit the continuous"),
+    ],
 )
-def test_a_bad_config_file_is_one_clear_error(tmp_path, text, message):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
+def test_what_needs_the_env_is_checked_when_a_trainer_is_made(overrides, message):
+    config = config_lib.load(None, overrides)  # validation builds no env, so it passes these
+    with pytest.raises(ConfigError) as err:
+        make_trainer(config)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_validation_builds_no_env(monkeypatch):
+    built = []
+    monkeypatch.setattr(envs, "make_env", lambda *a, **k: built.append(a))
+    for _ in range(3):
+        PPOConfig().replace(lr=1e-3, env="Acrobot-v1")
+    assert built == []
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("bad.yaml", "lr: [1, 2\n", "is not valid YAML"),
+        ("list.yaml", "- lr\n", "must hold a mapping of keys to values"),
+        ("typo.yaml", "gama: 0.9\n", "gama: unknown config key; did you mean 'gamma'"),
+        ("missing.yaml", None, "config: no such file"),
+    ],
+)
+def test_a_bad_config_file_is_one_clear_error(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         config_lib.load(path)
-    with pytest.raises(ConfigError, match="config: no such file"):
-        config_lib.load(tmp_path / "missing.yaml")
 
 
 def test_config_reference_is_up_to_date():
     assert (ROOT / "docs" / "config.md").read_text() == config_lib.reference_markdown()
 
 
-def test_yaml_file_errors(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("gama: 0.9\n")
-    with pytest.raises(ConfigError, match="gama: unknown config key; did you mean 'gamma'"):
-        config_lib.load(bad)
-    with pytest.raises(ConfigError, match="no such file"):
-        config_lib.load(tmp_path / "missing.yaml")
-    listed = tmp_path / "list.yaml"
-    listed.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="must hold a mapping"):
-        config_lib.load(listed)
-
-
-def test_cli_returns_2_on_config_error(capsys):
-    assert cli.main(["train", "--set", "clip_eps=-1"]) == 2
-    err = capsys.readouterr().err
-    assert err.strip() == "purejaxppo: error: clip_eps: must be > 0.0, got -1.0"
-
-
-def test_cli_process_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "purejaxppo", "train", "--set", "num_minibatches=7", "--run-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "num_minibatches:" in proc.stderr and "not divisible by num_minibatches = 7" in proc.stderr
-    assert not (tmp_path / "r").exists()  # nothing written before the config was accepted
-
-
-def test_optional_loggers_need_their_package():
+@pytest.mark.parametrize("flag, module", [("wandb", "wandb"), ("tensorboard", "tensorboardX")])
+def test_optional_loggers_need_their_package(monkeypatch, flag, module):
     import importlib.util
 
-    if importlib.util.find_spec("wandb") is None:
-        with pytest.raises(ConfigError, match=r"wandb: needs the wandb package; pip install 'purejaxppo\[wandb\]'"):
-            PPOConfig().replace(wandb=True)
-    else:
-        assert PPOConfig().replace(wandb=True).wandb
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=rf"{flag}: needs the {module} package; pip install 'purejaxppo\[{flag}\]'"):
+        PPOConfig().replace(**{flag: True})
+
+
+def test_traced_keys_are_declared_once_and_derived_everywhere():
+    declared = [name for name, f in config_lib.FIELDS.items() if f.metadata.get("traced")]
+    assert list(config_lib.TRACED) == declared
+    assert list(HParams.__dataclass_fields__) == declared  # HParams is made from the declaration
+    assert set(config_lib.SWITCHES) == {"dual_clip", "kl_coef", "target_kl"} <= set(declared)
+    assert "total_timesteps" in config_lib.RUN_CONTROL_KEYS and "lr" not in config_lib.RUN_CONTROL_KEYS
+    table = config_lib.reference_markdown()
+    for name in config_lib.FIELDS:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert ("*Traced.*" in row) == (name in declared), name
+
+
+def test_inert_keys_say_why():
+    base = PPOConfig()
+    assert config_lib.inert_reason(base.replace(lr_schedule="constant"), "lr_end") == "lr_schedule is constant"
+    assert config_lib.inert_reason(base, "lr_end") is None  # the default schedule is linear
+    assert config_lib.inert_reason(base, "value_clip_eps") == "clip_value is off"
+    assert config_lib.inert_reason(base.replace(clip_value=True), "value_clip_eps") is None
+    assert config_lib.inert_reason(base, "lr") is None

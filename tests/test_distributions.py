@@ -268,3 +268,26 @@ def test_bounded_distributions_are_pytrees_that_jit(dist, action):
     np.testing.assert_allclose(jax.jit(lambda d, a: d.log_prob(a))(dist, action), dist.log_prob(action), rtol=1e-5)
     key = jax.random.key(7)
     np.testing.assert_allclose(jax.jit(lambda d, k: d.entropy(k))(dist, key), dist.entropy(key), rtol=1e-5, atol=1e-6)
+
+
+def test_each_distribution_owns_its_env_action_and_deterministic_action():
+    low, high = jnp.array([-2.0, 0.0]), jnp.array([2.0, 1.0])
+    gaussian = DiagGaussian(jnp.array([3.0, 0.5]), jnp.log(jnp.array([1.0, 2.0])), low, high)
+    np.testing.assert_allclose(gaussian.env_action(jnp.array([-5.0, 0.25])), [-2.0, 0.25])
+    np.testing.assert_allclose(gaussian.deterministic_action(), [2.0, 0.5])
+    np.testing.assert_allclose(gaussian.std(), [1.0, 2.0], rtol=1e-6)
+    unbounded = DiagGaussian(jnp.array([3.0]), jnp.zeros(1))
+    np.testing.assert_allclose(unbounded.env_action(jnp.array([9.0])), [9.0])
+
+    tanh = TanhGaussian(jnp.array([0.3, -1.0]), jnp.zeros(2), low, high)
+    u = jnp.array([0.7, -0.2])
+    np.testing.assert_allclose(tanh.env_action(u), low + (np.tanh(u) + 1.0) * (high - low) / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(tanh.deterministic_action(), tanh.env_action(tanh.mean), rtol=1e-6)
+
+    beta = Beta(jnp.array([2.0, 3.0]), jnp.array([2.0, 1.5]), low, high)
+    np.testing.assert_allclose(beta.deterministic_action(), low + np.array([0.5, 3.0 / 4.5]) * (high - low), rtol=1e-6)
+    var01 = np.array([2.0 * 2.0 / (16.0 * 5.0), 3.0 * 1.5 / (4.5**2 * 5.5)])
+    np.testing.assert_allclose(beta.std(), np.sqrt(var01) * np.array([4.0, 1.0]), rtol=1e-6)
+
+    categorical = Categorical(jnp.log(jnp.array([0.2, 0.5, 0.3])))
+    assert int(categorical.deterministic_action()) == 1 and int(categorical.env_action(jnp.int32(2))) == 2

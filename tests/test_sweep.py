@@ -1,69 +1,48 @@
-"""Sweeps: one compile, equivalence with single runs, outputs, statistics and multi-device sharding."""
+"""Sweeps: equivalence with single runs, outputs, grid checks, statistics and sharding over devices."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import CACHE, ROOT, TINY, cli, leaves_equal
 
-from purejaxppo import cli, runner, stats
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.sweep import parse_grid, sweep, vmapped_chunk
-from purejaxppo.train import make_trainer
+from purejaxppo import acting, runner, stats
+from purejaxppo import cli as cli_lib
+from purejaxppo.config import ConfigError
+from purejaxppo.sweep import parse_grid, sweep
 
-ROOT = Path(__file__).resolve().parent.parent
-SMALL = PPOConfig(
-    env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=2,
-    update_epochs=2, hidden_sizes=(16,), log_every=4, env_kwargs={"max_steps_in_episode": 30}, seed=3,
-    eval_every=5, eval_episodes=2,  # chunks of 4 and 2 updates: the first is not due, the second is
-)
+SMALL = TINY.replace(seed=3, eval_every=5, eval_episodes=2, log_every=4)  # chunks of 4 and 4: both due to evaluate
 GRID = {"lr": [1e-3, 3e-3]}
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     # 2 grid points x 2 seeds = 4 runs, in 2 calls of 2 runs: still one compiled program
-    return sweep(SMALL, seeds=2, grid=GRID, run_dir=tmp_path_factory.mktemp("sweep"), max_runs_per_call=2)
-
-
-def test_one_trace_for_the_whole_sweep(result):
-    assert result.num_calls == 2
-    assert result.traces == 1
+    return sweep(SMALL, seeds=2, grid=GRID, run_dir=tmp_path_factory.mktemp("sweep") / "s", max_runs_per_call=2)
 
 
 def test_runs_match_single_train(result):
+    assert result.num_calls == 2
     for k in (1, 2):  # (lr 1e-3, seed 4) and (lr 3e-3, seed 3): one from each call
         run = result.runs[k]
         single = runner.train(SMALL.replace(lr=run["lr"], seed=run["seed"]))
         for name in ("episode_return", "policy_loss", "value_loss", "lr", "eval_return"):
-            np.testing.assert_allclose(result.metrics[name][k], single.metrics[name], rtol=2e-4, atol=1e-5,
+            np.testing.assert_allclose(result.metrics[name][k], single.metrics[name][0], rtol=2e-4, atol=1e-5,
                                        err_msg=name)
-        params = jax.tree.map(lambda x: x[k], result.state.params)
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single.state.params)):
-            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
-
-
-def test_the_evaluation_stays_a_branch_under_the_sweeps_vmap():
-    # vmapped with the state's own update count, the evaluation's cond would become a select that
-    # evaluates every chunk; the sweep's chunk keeps as many conds as a single run's
-    trainer = make_trainer(SMALL)
-    key = jax.random.key(0)
-    single = jax.make_jaxpr(trainer.run_chunk)(jax.eval_shape(trainer.init, key), 2)
-    stacked = jax.eval_shape(jax.vmap(trainer.init), jax.random.split(key, 2))
-    swept = jax.make_jaxpr(vmapped_chunk(trainer))(stacked, 2)
-    assert str(single).count(" cond[") == str(swept).count(" cond[") == 2
+        for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(single.state.params)):
+            np.testing.assert_allclose(a[k], b[0], rtol=2e-4, atol=1e-5)
 
 
 def test_sweep_outputs(result):
     run_dir = result.run_dir
     runs = list(csv.DictReader((run_dir / "runs.csv").open()))
-    assert [(float(r["lr"]), int(r["seed"])) for r in runs] == [(1e-3, 3), (1e-3, 4), (3e-3, 3), (3e-3, 4)]
+    assert [(float(r["lr"]), int(r["seed"]), int(r["point"])) for r in runs] == [
+        (1e-3, 3, 0), (1e-3, 4, 0), (3e-3, 3, 1), (3e-3, 4, 1)]
     np.testing.assert_allclose([float(r["final_return"]) for r in runs], result.final_returns(), rtol=1e-5)
     assert all(np.isfinite(float(r["auc"])) for r in runs)
     agg = list(csv.DictReader((run_dir / "aggregate.csv").open()))
@@ -71,11 +50,29 @@ def test_sweep_outputs(result):
     for row, finals in zip(agg, result.final_returns().reshape(2, 2)):
         np.testing.assert_allclose(float(row["mean"]), finals.mean(), rtol=1e-5)
         assert float(row["iqm_low"]) <= float(row["iqm"]) <= float(row["iqm_high"])
-    npz = np.load(run_dir / "metrics.npz")
-    assert npz["episode_return"].shape == (4, SMALL.num_updates)
-    np.testing.assert_array_equal(npz["param_lr"], [1e-3, 1e-3, 3e-3, 3e-3])
+    rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4 * SMALL.num_updates
     assert (run_dir / "curves.png").stat().st_size > 10_000
-    assert json.loads((run_dir / "sweep.json").read_text())["seeds"] == [3, 4]
+
+
+def test_sweep_stop_and_resume_is_bit_identical(result, tmp_path):
+    part = sweep(SMALL, 2, GRID, tmp_path / "part", max_runs_per_call=2, until_update=2)
+    assert part.stopped and not (tmp_path / "part" / "aggregate.csv").exists()
+    rest = sweep(SMALL, 1, None, tmp_path / "part", resume=True)  # seeds, grid and calls come from the checkpoint
+    assert rest.num_calls == 2 and rest.grid == GRID and rest.seeds == result.seeds
+    assert leaves_equal(rest.state, result.state)
+    for name in result.metrics:
+        np.testing.assert_array_equal(rest.metrics[name], result.metrics[name], err_msg=name)
+    for name in ("runs.csv", "metrics.csv", "aggregate.csv"):
+        assert (tmp_path / "part" / name).read_text() == (result.run_dir / name).read_text(), name
+
+
+def test_one_run_of_a_sweep_acts_as_its_trained_policy(result):
+    act = acting.load_policy(result.run_dir, run=3)
+    trainer = acting.make_trainer(SMALL)
+    run3 = jax.tree.map(lambda x: x[3], result.state)
+    obs = jax.random.normal(jax.random.key(0), (5, 4))
+    np.testing.assert_array_equal(act(obs), trainer.policy.act(run3.params, run3.obs_stats, obs)[0])
 
 
 def test_iqm_and_bootstrap_against_direct_numpy():
@@ -127,25 +124,27 @@ def test_seeds_and_call_sizes_out_of_range_are_refused():
 
 def test_grid_parsing_and_cli_errors(capsys):
     assert parse_grid(["lr=1e-3,3e-4", "gamma=0.9,0.99"]) == {"lr": [1e-3, 3e-4], "gamma": [0.9, 0.99]}
+    with pytest.raises(ConfigError, match="lr: the grid axis is given twice"):
+        parse_grid(["lr=1e-3", "lr=3e-4"])
     with pytest.raises(ConfigError, match="lr: expected float"):
         sweep(SMALL, grid=parse_grid(["lr=fast"]))
     # --cpu-devices 1: main sets JAX's device count for the process when JAX has not started yet
-    assert cli.main(["sweep", "--cpu-devices", "1", "--grid", "num_envs=4,8"]) == 2
+    assert cli_lib.main(["sweep", "--cpu-devices", "1", "--grid", "num_envs=4,8"]) == 2
     assert "num_envs: cannot be swept" in capsys.readouterr().err
-    assert cli.main(["sweep", "--cpu-devices", "1", "--grid", "learning_rate=1,2"]) == 2
+    assert cli_lib.main(["sweep", "--cpu-devices", "1", "--grid", "learning_rate=1,2"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
 
 
-def test_four_devices_give_the_same_results(result, tmp_path):
+def test_four_devices_give_the_same_results(tmp_path):
     script = textwrap.dedent(
         f"""
         import jax, numpy as np
         jax.config.update("jax_num_cpu_devices", 4)
-        from purejaxppo.config import PPOConfig
+        from purejaxppo.config import PPOConfig, from_dict
         from purejaxppo.sweep import sweep
         assert len(jax.local_devices()) == 4
-        r = sweep(PPOConfig(**{SMALL.to_dict()!r} | {{"hidden_sizes": tuple({list(SMALL.hidden_sizes)!r})}}),
-                  seeds=4, grid={GRID!r})
+        r = sweep(from_dict({SMALL.to_dict()!r}), seeds=4, grid={GRID!r})
+        assert r.state.obs.sharding.mesh.shape == {{"runs": 4, "envs": 1}}
         leaf = jax.tree.leaves(r.state.params)[0]
         np.savez({str(tmp_path / "multi.npz")!r}, ret=r.metrics["episode_return"], loss=r.metrics["policy_loss"],
                  leaf=np.asarray(leaf))
@@ -164,12 +163,9 @@ def test_four_devices_give_the_same_results(result, tmp_path):
 
 
 def test_cli_sweep_uses_a_cpu_device_per_core(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "purejaxppo", "sweep", "--seeds", "2", "--run-dir", str(tmp_path / "s"),
-         "--set", "total_timesteps=256", "--set", "num_envs=4", "--set", "num_steps=32", "--set", "hidden_sizes=[8]",
-         "--set", "compilation_cache="],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
+    proc = cli("sweep", "--seeds", "2", "--run-dir", str(tmp_path / "s"), "--set", "total_timesteps=256",
+               "--set", "num_envs=4", "--set", "num_steps=32", "--set", "hidden_sizes=[8]",
+               "--set", f"compilation_cache={CACHE}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"one compiled program on {min(cli.cpu_cores(), 2)} device(s)" in proc.stdout  # at most one a run
+    assert f"one compiled program on {min(cli_lib.cpu_cores(), 2)} device(s)" in proc.stdout  # at most one a run
     assert len((tmp_path / "s" / "runs.csv").read_text().strip().splitlines()) == 3  # header and 2 runs

@@ -1,10 +1,8 @@
-"""The PPO variants inside the compiled program: KL early stopping, the adaptive KL penalty, the
-entropy schedule, value and dual clipping, network options, the continuous distributions, reward and
-observation handling. The formulas themselves are tested on plain arrays in test_losses.py and
-test_distributions.py. Here the options whose effect shows in the metrics or the state (early
-stopping, the KL penalty's coefficient, the entropy schedule, the network options, the distributions)
-are checked against their rules in training; value and dual clipping, reward and observation
-clipping and normalisation are checked to train with finite values, all switched on at once."""
+"""The PPO variants whose rules play out over training, checked against those rules in the metrics
+and the state: KL early stopping, the adaptive KL coefficient, the entropy schedules, and the
+continuous distributions. Every switch on at once still trains with finite values. How each variant
+enters the loss and the rewards is checked on a fixed batch in test_train.py; the formulas on plain
+arrays in test_losses.py and test_distributions.py."""
 
 import math
 
@@ -13,14 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CACHE, PENDULUM
+
 from purejaxppo import losses
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.distributions import Beta, TanhGaussian
-from purejaxppo.train import make_train, make_trainer
+from purejaxppo.optim import entropy_coef
+from purejaxppo.train import make_train
 
 BASE = PPOConfig(
     env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=4,
-    update_epochs=3, hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 30},
+    update_epochs=3, hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 30}, compilation_cache=CACHE,
 )
 STEPS = BASE.update_epochs * BASE.num_minibatches
 
@@ -87,69 +87,12 @@ def test_kl_penalty_without_clipping_trains():
     assert np.isfinite(m["policy_loss"]).all() and np.isfinite(m["kl_beta"]).all()
 
 
-def test_shared_torso_and_layer_norm_change_the_network(many):
-    _, state, _ = many
-    params = state.params["params"]
-    assert "critic_torso" not in params and "LayerNorm_0" in params["actor_torso"]
-    separate = make_trainer(BASE).policy.init(jax.random.key(0), (4,))["params"]
-    assert "critic_torso" in separate and "LayerNorm_0" not in separate["actor_torso"]
-
-
-def test_orthogonal_gains_set_the_layer_scales():
-    config = BASE.replace(hidden_gain=1.5, actor_head_gain=0.3, critic_head_gain=2.0, hidden_sizes=(8,))
-    params = make_trainer(config).policy.init(jax.random.key(0), (4,))["params"]
-    singular = lambda w: np.linalg.svd(np.asarray(w), compute_uv=False)  # noqa: E731
-    np.testing.assert_allclose(singular(params["actor_torso"]["Dense_0"]["kernel"]), 1.5, rtol=1e-5)
-    np.testing.assert_allclose(singular(params["actor_head"]["kernel"]), 0.3, rtol=1e-5)
-    np.testing.assert_allclose(singular(params["critic_head"]["kernel"]), 2.0, rtol=1e-5)
-
-
-def test_observation_and_reward_clipping():
-    trainer = make_trainer(BASE.replace(obs_clip=0.5))
-    stats = trainer.init(jax.random.key(0)).obs_stats
-    np.testing.assert_allclose(trainer.normalize_obs(stats, jnp.array([3.0, -2.0, 0.1, 0.6])),
-                               [0.5, -0.5, 0.1, 0.5], rtol=1e-6)
-    rewards = jnp.array([[3.0, -0.1], [-2.0, 0.2]])
-    returns = jnp.array([[3.0, -0.1], [1.0, 0.1]])
-    trainer = make_trainer(BASE.replace(reward_clip=0.5))
-    clipped, _ = trainer.learning_rewards(rewards, returns, trainer.init(jax.random.key(0)).return_stats)
-    np.testing.assert_allclose(clipped, [[0.5, -0.1], [-0.5, 0.2]], rtol=1e-6)
-
-
-def test_reward_normalisation_divides_by_the_return_std():
-    trainer = make_trainer(BASE.replace(normalize_reward=True))
-    stats = trainer.init(jax.random.key(0)).return_stats
-    rewards = jnp.array([[1.0, 2.0], [0.5, -1.0]])
-    returns = jnp.array([[1.0, 2.0], [1.5, 1.0]])
-    scaled, stats = trainer.learning_rewards(rewards, returns, stats)
-    assert float(stats.count) == 4
-    np.testing.assert_allclose(stats.var, np.var([1.0, 2.0, 1.5, 1.0]), rtol=1e-6)
-    np.testing.assert_allclose(scaled, np.asarray(rewards) / np.sqrt(np.var([1.0, 2.0, 1.5, 1.0]) + 1e-8), rtol=1e-6)
-
-
-PENDULUM = PPOConfig(env="Pendulum-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 3, num_minibatches=2,
-                     update_epochs=2, hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 16})
-
-
 @pytest.mark.parametrize("distribution,state_dependent", [("tanh_gaussian", True), ("beta", False)])
-def test_continuous_distributions_train_and_respect_the_bounds(distribution, state_dependent):
+def test_continuous_distributions_train(distribution, state_dependent):
     config = PENDULUM.replace(distribution=distribution, state_dependent_std=state_dependent)
-    trainer = make_trainer(config)
-    kind = {"tanh_gaussian": TanhGaussian, "beta": Beta}[distribution]
-    params = trainer.policy.init(jax.random.key(0), (3,))
-    dist, _ = trainer.policy(params, jnp.ones((5, 3)))
-    assert isinstance(dist, kind)
-    actions = trainer.policy.env_action(dist.sample(jax.random.key(1)) * 10.0)
-    assert ((actions >= -2.0) & (actions <= 2.0)).all()
     _, m = run(config)
     for name in ("policy_loss", "value_loss", "entropy", "policy_std"):
         assert np.isfinite(m[name]).all(), name
-
-
-def test_tanh_gaussian_env_action_is_the_squashed_sample():
-    trainer = make_trainer(PENDULUM.replace(distribution="tanh_gaussian"))
-    u = jnp.array([[-3.0], [0.0], [0.4]])
-    np.testing.assert_allclose(trainer.policy.env_action(u)[:, 0], 2.0 * np.tanh([-3.0, 0.0, 0.4]), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -179,16 +122,7 @@ def test_new_keys_are_validated(changes, message):
         BASE.replace(**changes)
 
 
-def test_distribution_must_fit_the_action_space():
-    with pytest.raises(ConfigError, match="distribution: beta does not fit the discrete actions of CartPole-v1"):
-        make_trainer(BASE.replace(distribution="beta"))
-    with pytest.raises(ConfigError, match="categorical does not fit the continuous"):
-        make_trainer(PENDULUM.replace(distribution="categorical"))
-
-
 def test_cosine_entropy_schedule_endpoints():
-    from purejaxppo.train import entropy_coef
-
     start, end = jnp.float32(0.1), jnp.float32(0.01)
     assert float(entropy_coef("cosine", start, end, jnp.float32(0.0))) == pytest.approx(0.1)
     assert float(entropy_coef("cosine", start, end, jnp.float32(0.5))) == pytest.approx(0.055)

@@ -1,0 +1,58 @@
+"""The diagnostics of an update, computed inside the compiled program: per minibatch step from the
+log ratios, and per update from the rollout and the steps taken. Pure functions of arrays."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from purejaxppo import losses
+
+Metrics = dict[str, jax.Array]
+
+
+def minibatch(log_ratio: jax.Array, advantage: jax.Array, clip_eps: jax.Array,
+              dual_clip: jax.Array | None) -> Metrics:
+    """The ratio diagnostics of one minibatch step (the advantages as the loss used them)."""
+    ratio_mean, ratio_max = losses.ratio_stats(log_ratio)
+    out = {
+        "clip_fraction": losses.clip_fraction(log_ratio, clip_eps),
+        "ratio_mean": ratio_mean,
+        "ratio_max": ratio_max,
+    }
+    if dual_clip is not None:
+        out["dual_clip_fraction"] = losses.dual_clip_fraction(log_ratio, advantage, clip_eps, dual_clip)
+    return out
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def update(
+    steps: Metrics,
+    taken: jax.Array,
+    values: jax.Array,
+    targets: jax.Array,
+    advantages: jax.Array,
+    finished_return: jax.Array,
+    finished_length: jax.Array,
+) -> Metrics:
+    """One update's metrics: the minibatch `steps` (stacked [epochs, minibatches]) averaged over the
+    steps `taken` (ratio_max: their maximum), the episodes that completed in the rollout (NaN when none
+    did), and the value fit and advantages before normalisation."""
+    steps = dict(steps)
+    ratio_max = steps.pop("ratio_max")
+    out = {name: weighted_mean(value, taken) for name, value in steps.items()}
+    count = (finished_length > 0).sum()
+    out.update(
+        episode_return=jnp.where(count > 0, finished_return.sum() / count, jnp.nan),
+        episode_length=jnp.where(count > 0, finished_length.sum() / count, jnp.nan),
+        episode_count=count,
+        explained_variance=losses.explained_variance(values, targets),
+        value_error=jnp.mean(jnp.abs(values - targets)),
+        advantage_mean=jnp.mean(advantages),
+        advantage_std=jnp.std(advantages),
+        ratio_max=jnp.max(jnp.where(taken > 0, ratio_max, 0.0)),
+    )
+    return out

@@ -1,0 +1,170 @@
+"""The one metrics store of runs and sweeps: `metrics.csv`, one row per run and update.
+
+Columns: `run`, `update`, then every metric. Floats are written with 9 significant digits, which
+round-trips float32 exactly. Rows are appended and flushed after each chunk, so a crashed run keeps
+them; a resume keeps the rows before its checkpoint and drops the rest, and a row torn by a crash is
+ignored. Everything that reads metrics (a resume, `plot`, the result of a call) reads this file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FILE = "metrics.csv"
+
+# The metrics every run reports, in this order; variants add their own after these.
+METRIC_NAMES: tuple[str, ...] = (
+    "env_steps", "episode_return", "episode_length", "episode_count", "policy_loss", "value_loss", "entropy",
+    "approx_kl", "clip_fraction", "explained_variance", "value_error", "advantage_mean", "advantage_std",
+    "ratio_mean", "ratio_max", "grad_norm", "lr",
+)
+# A non-finite value in one of these stops a guarded run (episode metrics are NaN by design when none ended).
+GUARDED_METRICS: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")
+
+
+class NonFiniteError(RuntimeError):
+    """A run produced a non-finite loss, gradient norm or parameter and was stopped."""
+
+
+def metric_names(metrics: dict[str, Any]) -> list[str]:
+    return [n for n in METRIC_NAMES if n in metrics] + sorted(n for n in metrics if n not in METRIC_NAMES)
+
+
+def _fmt(value: Any) -> str:
+    """Integers exactly (a float read back from the file may hold one), other floats to 9 digits."""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)
+    return str(value) if isinstance(value, int) else f"{value:.9g}"
+
+
+def read(path: str | Path, before: int | None = None) -> dict[str, np.ndarray]:
+    """Every metric of a store as `[runs, updates]` arrays (updates below `before` only, when given).
+    Rows that do not parse, such as one torn by a crash, are skipped."""
+    rows: dict[tuple[int, int], list[float]] = {}
+    names: list[str] = []
+    with Path(path).open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or header[:2] != ["run", "update"]:
+            return {}
+        names = header[2:]
+        for row in reader:
+            if len(row) != len(header):
+                continue
+            try:
+                run, update = int(row[0]), int(row[1])
+                values = [float(v) for v in row[2:]]
+            except ValueError:
+                continue
+            if before is None or update < before:
+                rows[(run, update)] = values
+    if not rows:
+        return {}
+    runs = 1 + max(r for r, _ in rows)
+    updates = sorted({u for _, u in rows})
+    if len(rows) != runs * len(updates) or updates != list(range(updates[0], updates[0] + len(updates))):
+        updates = [u for u in updates if all((r, u) in rows for r in range(runs))]  # whole updates only
+    table = np.array([[rows[(r, u)] for u in updates] for r in range(runs)], np.float64)
+    return {name: table[..., i] for i, name in enumerate(names)}
+
+
+class MetricsStore:
+    """Appends the rows of each chunk to `RUN_DIR/metrics.csv`; on resume, keeps the rows before the
+    restored update (`resume_from`) in `previous`, as `[runs, updates]` arrays."""
+
+    def __init__(self, run_dir: Path, resume_from: int | None = None) -> None:
+        path = run_dir / FILE
+        self.previous = read(path, before=resume_from) if resume_from is not None and path.is_file() else {}
+        self._names: list[str] | None = list(self.previous) or None
+        self._file = path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        if self._names is not None:
+            self._writer.writerow(["run", "update", *self._names])
+            self._write_rows(0, self.previous)
+
+    def _write_rows(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
+        columns = [metrics[n] for n in self._names]
+        runs, count = columns[0].shape
+        self._writer.writerows(
+            [k, first_update + i, *(_fmt(c[k, i]) for c in columns)] for k in range(runs) for i in range(count)
+        )
+        self._file.flush()
+
+    def write(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
+        """`metrics`: each `[runs, updates]`, the updates from `first_update` on."""
+        if self._names is None:
+            self._names = metric_names(metrics)
+            self._writer.writerow(["run", "update", *self._names])
+        self._write_rows(first_update, metrics)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def final_return(returns: np.ndarray) -> float:
+    """The mean episode return over the last 10% of updates (at least one), ignoring updates in which
+    no episode completed."""
+    returns = np.asarray(returns, np.float64)
+    tail = returns[..., -max(1, returns.shape[-1] // 10):]
+    with np.errstate(all="ignore"):
+        return float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
+
+
+def first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, str] | None:
+    """(index along the update axis, metric name) of the first non-finite guarded metric of any run."""
+    found = []
+    for order, name in enumerate(GUARDED_METRICS):
+        if name in metrics:
+            bad = ~np.isfinite(metrics[name])
+            bad = bad.reshape(-1, bad.shape[-1]).any(axis=0)
+            if bad.any():
+                found.append((int(np.argmax(bad)), order, name))
+    return (min(found)[0], min(found)[2]) if found else None
+
+
+def area_under_curve(env_steps: np.ndarray, returns: np.ndarray) -> float:
+    """Trapezoidal area under the return curve over env steps, normalised by the steps covered, so it
+    reads as the average return over training. Updates with no completed episode are skipped."""
+    ok = np.isfinite(returns)
+    if ok.sum() < 2:
+        return float(returns[ok][0]) if ok.any() else float("nan")
+    x, y = env_steps[ok], np.asarray(returns, np.float64)[ok]
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
+
+
+def last_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if finite.size else math.nan
+
+
+RUNS_FILE = "runs.csv"
+
+
+def write_runs(run_dir: Path, members: list[dict[str, Any]], metrics: dict[str, np.ndarray] | None = None) -> None:
+    """`runs.csv`: per run its index, grid point, seed and the values it changes; with `metrics`, also its
+    final return and the area under its return curve."""
+    keys = list(dict.fromkeys(k for m in members for k in m["values"]))
+    with (run_dir / RUNS_FILE).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "point", "seed", *keys, *(["final_return", "auc"] if metrics else [])])
+        for k, m in enumerate(members):
+            finals = []
+            if metrics:
+                returns, steps = metrics["episode_return"][k], metrics["env_steps"][k].astype(np.float64)
+                finals = [f"{final_return(returns):.6g}", f"{area_under_curve(steps, returns):.6g}"]
+            writer.writerow([k, m["point"], m["seed"], *(m["values"].get(key, "") for key in keys), *finals])
+
+
+def read_runs(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of `runs.csv`, or none when the run dir has no such file."""
+    path = run_dir / RUNS_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,115 @@
+"""The policy: what an agent sees and what it emits, in one place.
+
+`Policy.apply(params, obs_stats, obs, carry)` normalises and clips the observation with the run's
+statistics, runs the network and returns the action distribution, the value and the carried state.
+Training, in-program evaluation, `eval`, `render` and `load_policy` all act through it, so the
+observation statistics travel with the policy to whoever acts. The carry is the seam for recurrent
+policies: a feedforward policy's carry is the empty tuple, which holds no arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian
+from purejaxppo.envs import ActionSpace
+from purejaxppo.networks import ActorCritic
+from purejaxppo.normalization import RunningStats
+
+MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
+Carry = Any  # a policy's state carried from step to step; () for a feedforward policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The network, how its outputs form a distribution over the env's actions, and what it sees."""
+
+    network: ActorCritic
+    action_space: ActionSpace
+    kind: str  # categorical, gaussian, tanh_gaussian or beta
+    state_dependent_std: bool = False
+    normalize_obs: bool = False
+    obs_clip: float = 0.0
+
+    def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> Any:
+        return self.network.init(key, jnp.zeros(obs_shape, jnp.float32))
+
+    def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> Carry:
+        return ()
+
+    def observe(self, obs_stats: RunningStats, obs: jax.Array) -> jax.Array:
+        """The network's input: the observation normalised by the run's statistics, then clipped."""
+        if self.normalize_obs:
+            obs = obs_stats.normalize(obs)
+        return jnp.clip(obs, -self.obs_clip, self.obs_clip) if self.obs_clip else obs
+
+    def distribution(self, head: jax.Array, log_std: jax.Array | None) -> Distribution:
+        if self.kind == "categorical":
+            return Categorical(head)
+        low, high = self.action_space.low, self.action_space.high
+        if self.kind == "beta":
+            x_alpha, x_beta = jnp.split(head, 2, axis=-1)
+            return Beta.from_unconstrained(x_alpha, x_beta, low, high)
+        if self.state_dependent_std:
+            head, std_input = jnp.split(head, 2, axis=-1)
+            log_std = jnp.log(nn.softplus(std_input) + MIN_STD)
+        if self.kind == "tanh_gaussian":
+            return TanhGaussian(head, log_std, low, high)
+        return DiagGaussian(head, log_std, low, high)
+
+    def apply(
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()
+    ) -> tuple[Distribution, jax.Array, Carry]:
+        head, log_std, value = self.network.apply(params, self.observe(obs_stats, obs))
+        return self.distribution(head, log_std), value, carry
+
+    def value(self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()) -> jax.Array:
+        return self.network.apply(params, self.observe(obs_stats, obs), method=ActorCritic.value)
+
+    def act(
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, key: jax.Array | None = None, carry: Carry = ()
+    ) -> tuple[jax.Array, Carry]:
+        """The env action: the distribution's deterministic action without a key, a sample with one."""
+        dist, _, carry = self.apply(params, obs_stats, obs, carry)
+        action = dist.deterministic_action() if key is None else dist.env_action(dist.sample(key))
+        return action, carry
+
+
+def resolve_distribution(config: PPOConfig, discrete: bool) -> str:
+    """The action distribution `config` gives an env with discrete (or continuous) actions, checked to fit."""
+    kind = config.distribution
+    if kind == "auto":
+        kind = "categorical" if discrete else "gaussian"
+    if config.state_dependent_std and kind not in ("gaussian", "tanh_gaussian"):
+        raise ConfigError(f"state_dependent_std: applies to gaussian and tanh_gaussian, not {kind}")
+    if discrete != (kind == "categorical"):
+        space = "discrete" if discrete else "continuous (Box)"
+        raise ConfigError(f"distribution: {kind} does not fit the {space} actions of {config.env}")
+    return kind
+
+
+def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
+    """The policy `config` describes for an env with `action_space`; raises ConfigError when they do not fit."""
+    kind = resolve_distribution(config, action_space.discrete)
+    dim = action_space.dim
+    state_dependent = config.state_dependent_std
+    outputs = {"categorical": dim, "beta": 2 * dim}.get(kind, 2 * dim if state_dependent else dim)
+    free_log_std = dim if kind in ("gaussian", "tanh_gaussian") and not state_dependent else 0
+    network = ActorCritic(
+        actor_outputs=outputs,
+        free_log_std=free_log_std,
+        hidden_sizes=tuple(config.hidden_sizes),
+        activation=config.activation,
+        shared_torso=config.shared_torso,
+        layer_norm=config.layer_norm,
+        hidden_gain=config.hidden_gain,
+        actor_head_gain=config.actor_head_gain,
+        critic_head_gain=config.critic_head_gain,
+    )
+    return Policy(network, action_space, kind, state_dependent, config.normalize_obs, config.obs_clip)

@@ -1,0 +1,215 @@
+"""A population: the runs that one compiled program trains side by side, and how they are laid out.
+
+A single run is a population of one. Each member has a seed and the traced hyperparameter values it
+changes from the config. The members' training states are stacked on a leading run axis and advance
+together, `chunk_size` updates per call of one compiled chunk program. The program is laid out on a
+device mesh with a "runs" and an "envs" axis: several runs are split over the devices along the run
+axis (padded to a multiple of the device count, in calls of equal size when they do not fit in one),
+and a single run's envs are split along the env axis, over the devices of every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from purejaxppo import acting
+from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.hparams import HParams
+from purejaxppo.train import ENV_AXIS_FIELDS, Trainer, TrainState, abstract_states
+
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    seed: int
+    values: Mapping[str, float] = dataclasses.field(default_factory=dict)  # traced keys that differ from the config
+    point: int = 0  # the grid point it belongs to, for grouping seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class Population:
+    config: PPOConfig
+    members: tuple[Member, ...]
+
+    @classmethod
+    def single(cls, config: PPOConfig) -> Population:
+        return cls(config, (Member(config.seed),))
+
+    @classmethod
+    def from_meta(cls, config: PPOConfig, members: Sequence[Mapping[str, Any]]) -> Population:
+        return cls(config, tuple(Member(int(m["seed"]), dict(m["values"]), int(m["point"])) for m in members))
+
+    def to_meta(self) -> list[dict[str, Any]]:
+        return [{"seed": m.seed, "values": dict(m.values), "point": m.point} for m in self.members]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def inputs(self, members: Sequence[Member]) -> tuple[jax.Array, HParams]:
+        """The PRNG keys and hyperparameters of `members`, stacked on the run axis."""
+        keys = jax.vmap(jax.random.key)(jnp.array([m.seed for m in members], jnp.uint32))
+        hps = [HParams.from_config(self.config.replace(**m.values)) for m in members]
+        return keys, jax.tree.map(lambda *xs: jnp.stack(xs), *hps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a population's runs go into calls and onto devices."""
+
+    per_call: int  # stacked runs per call (filler runs past the population are dropped by the host)
+    num_calls: int
+    mesh: Mesh | None  # None: one device, no sharding
+
+    @property
+    def stacked_runs(self) -> int:
+        return self.per_call * self.num_calls
+
+    @property
+    def runs_sharding(self) -> NamedSharding | None:
+        return NamedSharding(self.mesh, PartitionSpec("runs")) if self.mesh is not None else None
+
+    def state_shardings(self, abstract: TrainState) -> Any:
+        """Per-env fields split along runs and envs, everything else along runs; None on one device."""
+        if self.mesh is None:
+            return None
+        env_split = NamedSharding(self.mesh, PartitionSpec("runs", "envs"))
+        shardings = jax.tree.map(lambda _: self.runs_sharding, abstract)
+        return shardings.replace(**{
+            name: jax.tree.map(lambda _: env_split, getattr(abstract, name)) for name in ENV_AXIS_FIELDS
+        })
+
+    @property
+    def devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.devices.size
+
+
+def layout(config: PPOConfig, num_runs: int, max_runs_per_call: int | None = None) -> Layout:
+    """Several runs: split over this process's devices along the run axis. One run: its envs split over
+    every device of every process (under `jax.distributed`), when num_envs divides evenly."""
+    if max_runs_per_call is not None and max_runs_per_call < 1:
+        raise ConfigError(f"max_runs_per_call: must be >= 1, got {max_runs_per_call}")
+    if num_runs > 1:
+        if jax.process_count() > 1:
+            raise ConfigError("sweep: runs on the devices of one process; under jax.distributed, start one sweep per "
+                              "host with its own seeds (config seed) instead")
+        devices = jax.local_devices()
+        per_call = num_runs if max_runs_per_call is None else min(max_runs_per_call, num_runs)
+        per_call = math.ceil(per_call / len(devices)) * len(devices)  # equal shards on every device
+        mesh = Mesh(np.array(devices).reshape(-1, 1), ("runs", "envs")) if len(devices) > 1 else None
+        return Layout(per_call, math.ceil(num_runs / per_call), mesh)
+    devices = jax.devices()
+    if len(devices) > 1 and config.num_envs % len(devices) == 0:
+        return Layout(1, 1, Mesh(np.array(devices).reshape(1, -1), ("runs", "envs")))
+    if len(devices) > 1 and jax.process_count() > 1:
+        raise ConfigError(f"num_envs: {config.num_envs} envs do not split evenly over the {len(devices)} devices "
+                          f"of {jax.process_count()} processes; use a multiple of {len(devices)}")
+    return Layout(1, 1, None)
+
+
+def chunk_program(trainer: Trainer) -> Any:
+    """`chunk(states, first_update, num_active) -> (states, metrics, params_finite)` over stacked runs.
+
+    `chunk_size` updates in one scan; updates past `num_active` leave a state untouched and report zeros
+    (the host drops them), so one compiled chunk also serves the shorter last one. With `eval_every`,
+    the chunk ends with deterministic evaluation episodes when it crossed a multiple of eval_every (or
+    finished the run), reported as `eval_return` on its last active update. The update counts are the
+    host's, shared by every run, so the evaluation stays a branch under the run axis's vmap rather
+    than a select that would evaluate every chunk. `params_finite` (per run) feeds the NaN guard.
+    """
+    config = trainer.config
+
+    def one_run(state: TrainState, first_update: jax.Array, num_active: jax.Array) -> tuple[TrainState, Metrics, Any]:
+        metrics_shape = jax.eval_shape(trainer.update, state)[1]
+
+        def skip(s: TrainState) -> tuple[TrainState, Metrics]:
+            return s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape)
+
+        def body(s: TrainState, i: jax.Array) -> tuple[TrainState, Metrics]:
+            return jax.lax.cond(i < num_active, trainer.update, skip, s)
+
+        state, metrics = jax.lax.scan(body, state, jnp.arange(config.chunk_size))
+        if config.eval_every:
+            done, every = first_update + num_active, config.eval_every
+            due = (done // every > first_update // every) | (done == config.num_updates)
+            value = jax.lax.cond(due, lambda s: evaluation_return(trainer, s), lambda s: jnp.float32(jnp.nan), state)
+            metrics["eval_return"] = jnp.full(config.chunk_size, jnp.nan).at[num_active - 1].set(value)
+        finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)]
+        return state, metrics, jnp.stack(finite).all()
+
+    return jax.vmap(one_run, in_axes=(0, None, None))
+
+
+def evaluation_return(trainer: Trainer, state: TrainState) -> jax.Array:
+    """Mean return of `eval_episodes` deterministic episodes on separate envs. Its key is derived
+    without advancing the training key, so evaluating does not change training."""
+    returns, _ = acting.evaluate(trainer.policy, trainer.env, state.params, state.obs_stats,
+                                 jax.random.fold_in(state.key, 0x5EED), trainer.config.eval_episodes)
+    return returns.mean()
+
+
+@dataclasses.dataclass
+class Program:
+    """A population's layout, the shapes of its stacked state, and (once compiled) its init and chunk
+    programs, each compiled once."""
+
+    trainer: Trainer
+    population: Population
+    layout: Layout
+    abstract: TrainState  # all stacked runs of every call, unsharded: what a checkpoint holds
+    init: Any = None
+    chunk: Any = None
+
+    def compile(self) -> None:
+        lay = self.layout
+        call_abstract = abstract_states(self.trainer, lay.per_call)
+        shardings = lay.state_shardings(call_abstract)
+        if shardings is not None:
+            call_abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                         call_abstract, shardings)
+        out = (shardings, lay.runs_sharding, lay.runs_sharding) if shardings is not None else None
+        self.chunk = jax.jit(chunk_program(self.trainer), out_shardings=out).lower(call_abstract, 0, 0).compile()
+        inputs = self.call_inputs(list(self.population.members[:1]) * lay.per_call)
+        self.init = jax.jit(jax.vmap(self.trainer.init), out_shardings=shardings).lower(*inputs).compile()
+
+    def initial_states(self) -> list[TrainState]:
+        members = list(self.population.members)
+        padded = members + [members[-1]] * (self.layout.stacked_runs - len(members))  # filler runs
+        n = self.layout.per_call
+        return [self.init(*self.call_inputs(padded[c * n:(c + 1) * n])) for c in range(self.layout.num_calls)]
+
+    def call_inputs(self, members: Sequence[Member]) -> tuple[jax.Array, HParams]:
+        inputs = self.population.inputs(members)
+        sharding = self.layout.runs_sharding
+        # one run's inputs stay uncommitted, so that jit places them on every process's devices
+        return jax.device_put(inputs, sharding) if sharding is not None and len(self.population) > 1 else inputs
+
+    def split(self, stacked: TrainState) -> list[TrainState]:
+        """A restored whole state, split into the calls' states on their devices."""
+        if self.layout.num_calls == 1:
+            return [stacked]
+        n = self.layout.per_call
+        parts = [jax.tree.map(lambda x: x[c * n:(c + 1) * n], stacked) for c in range(self.layout.num_calls)]
+        shardings = self.layout.state_shardings(parts[0])
+        return [jax.device_put(p, shardings) if shardings is not None else p for p in parts]
+
+    def restore_target(self) -> TrainState:
+        """What to restore a checkpoint onto: sharded as the calls run when there is one call."""
+        if self.layout.num_calls > 1 or self.layout.mesh is None:
+            return self.abstract
+        shardings = self.layout.state_shardings(self.abstract)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, shardings)
+
+
+def plan(trainer: Trainer, population: Population, max_runs_per_call: int | None = None) -> Program:
+    """The population's layout and state shapes, before anything compiles."""
+    lay = layout(trainer.config, len(population), max_runs_per_call)
+    return Program(trainer, population, lay, abstract_states(trainer, lay.stacked_runs))

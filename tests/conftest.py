@@ -1,0 +1,74 @@
+"""Shared configs, helpers and compiled fixtures.
+
+Every test process shares one JAX compilation cache folder (`CACHE`), and the tiny configs name it, so
+a program compiled once in a session (in this process or a CLI subprocess) is read back, not compiled
+again. Fixtures that train are session-scoped: each is trained once and read by several modules.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from purejaxppo import runner
+from purejaxppo.config import PPOConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = tempfile.mkdtemp(prefix="purejaxppo-test-cache-")
+
+# 8 updates in chunks of 3, 3 and 2: every run through the host loop meets a shorter last chunk.
+TINY = PPOConfig(
+    env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 8, num_minibatches=2,
+    update_epochs=2, hidden_sizes=(16,), log_every=3, normalize_obs=True, env_kwargs={"max_steps_in_episode": 20},
+    compilation_cache=CACHE,
+)
+PENDULUM = PPOConfig(
+    env="Pendulum-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 3, num_minibatches=2, update_epochs=2,
+    hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 16}, compilation_cache=CACHE,
+)
+# the CLI flags that give TINY's program from the default config (so a CLI run reads TINY's compiled program)
+TINY_FLAGS = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2", "--set", "update_epochs=2",
+              "--set", "hidden_sizes=[16]", "--set", "normalize_obs=true",
+              "--set", "env_kwargs={max_steps_in_episode: 20}", "--set", f"compilation_cache={CACHE}"]
+
+
+def leaves_equal(a, b) -> bool:
+    """Whether two pytrees hold bit-identical arrays (typed PRNG keys compared by their data)."""
+    unwrap = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x  # noqa: E731
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(unwrap(x), unwrap(y)) for x, y in zip(la, lb))
+
+
+def cli(*args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m purejaxppo ARGS` in a fresh process, from the repo root."""
+    return subprocess.run([sys.executable, "-m", "purejaxppo", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, **kwargs)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single `purejaxppo: error:` line a refused command prints, checked to be all it printed to stderr."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("purejaxppo: error: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory) -> runner.RunResult:
+    """TINY trained straight through, in a run dir with its checkpoint."""
+    return runner.train(TINY, tmp_path_factory.mktemp("straight") / "run")
+
+
+@pytest.fixture(scope="session")
+def resumed(tmp_path_factory) -> tuple[runner.RunResult, runner.RunResult]:
+    """TINY stopped at the first chunk end at or after update 4 (update 6), then resumed to the end."""
+    run_dir = tmp_path_factory.mktemp("resumed") / "run"
+    first = runner.train(TINY, run_dir, until_update=4)
+    return first, runner.train(TINY, run_dir, resume=True)

@@ -1,0 +1,72 @@
+"""The command line, in fresh processes as a user runs it: what it prints, what it writes, and its
+exit status (2 for anything a user got wrong, one line and no traceback; 3 for a non-finite run)."""
+
+import jax
+import numpy as np
+import yaml
+from conftest import TINY_FLAGS, cli, one_error_line
+
+from purejaxppo import acting, checkpoint, metrics
+from purejaxppo import cli as cli_lib
+
+
+def test_train_writes_the_run_dir_and_a_summary(tmp_path):
+    run_dir = tmp_path / "cli"
+    proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=512", "--set", "log_every=2")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith(f"training CartPole-v1 for 512 env steps (8 updates); writing {run_dir}")
+    assert "update 2/8" in out and "update 8/8" in out  # progress while training, not only at the end
+    for field in ("final return", "env steps    512", "compile time", "run time", "env steps/s"):
+        assert field in out, field
+    assert metrics.read(run_dir / "metrics.csv")["env_steps"].shape == (1, 8)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["total_timesteps"] == 512
+
+
+def test_eval_and_plot(straight, tmp_path):
+    proc = cli("eval", str(straight.run_dir), "--episodes", "4")
+    assert proc.returncode == 0, proc.stderr
+    # the checkpoint's policy, evaluated as `acting.evaluate` does with the CLI's default seed 0
+    trainer, params, obs_stats, _ = acting.restore_policy(straight.run_dir)
+    returns, _ = acting.evaluate(trainer.policy, trainer.env, params, obs_stats, jax.random.key(0), 4)
+    assert f"4 deterministic episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f}" in proc.stdout
+    out = tmp_path / "curves.png"
+    proc = cli("plot", str(straight.run_dir), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 10_000
+    assert "does not exist" in one_error_line(cli("eval", str(tmp_path / "none")))
+
+
+def test_config_errors_exit_2_before_anything_is_written(tmp_path):
+    line = one_error_line(cli("train", "--set", "num_minibatches=7", "--run-dir", str(tmp_path / "r")))
+    assert "num_minibatches:" in line and "not divisible by num_minibatches = 7" in line
+    line = one_error_line(cli("train", "--set", "env=CartPole-v9", "--run-dir", str(tmp_path / "r")))
+    assert "env: unknown environment 'CartPole-v9'" in line
+    assert not (tmp_path / "r").exists()  # nothing written before the config was accepted
+
+
+def test_main_returns_2_on_a_config_error(capsys):
+    assert cli_lib.main(["train", "--set", "clip_eps=-1"]) == 2
+    assert capsys.readouterr().err.strip() == "purejaxppo: error: clip_eps: must be > 0.0, got -1.0"
+
+
+def test_a_non_finite_run_exits_3_with_the_report(tmp_path):
+    run_dir = tmp_path / "nan"
+    proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "reward_scale=3e38",
+               "--set", "total_timesteps=512")
+    assert proc.returncode == cli_lib.EXIT_NON_FINITE, proc.stderr
+    assert "training stopped at update 0" in proc.stderr and "is not finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert checkpoint.available_steps(run_dir) == [0]
+
+
+def test_distributed_without_a_cluster_is_one_clear_error():
+    line = one_error_line(cli("train", "--distributed"))
+    assert line.startswith("purejaxppo: error: --distributed: jax.distributed.initialize failed:")
+    assert "coordinator" in line  # JAX's own reason: no coordinator address was given or detected
+
+
+def test_cpu_devices_that_do_not_split_the_envs_are_refused(tmp_path):
+    proc = cli("train", "--cpu-devices", "3", "--set", "num_envs=4", "--run-dir", str(tmp_path / "r"))
+    assert one_error_line(proc) == "purejaxppo: error: --cpu-devices: num_envs = 4 does not split evenly over 3 devices"
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,21 @@
+"""The gymnax adapter: flags, final observations, flattened observations. (Brax: test_brax_env.py.)"""
+
+import jax
+import numpy as np
+
+from purejaxppo.envs import make_env
+
+
+def test_gymnax_adapter_reports_truncation_and_final_obs():
+    env = make_env("CartPole-v1", {"max_steps_in_episode": 3})
+    obs, state = env.reset(jax.random.key(0))
+    assert obs.shape == env.observation_shape == (4,)
+    flags = []
+    for i in range(3):
+        out = env.step(jax.random.key(i + 1), state, 0 if i % 2 else 1)
+        flags.append((bool(out.terminated), bool(out.truncated)))
+        state = out.state
+    assert flags == [(False, False), (False, False), (False, True)]
+    assert not np.allclose(out.obs, out.final_obs)  # the returned obs starts a new episode
+    flat = make_env("Breakout-MinAtar")
+    assert flat.observation_shape == (400,) and flat.action_space.discrete

@@ -1,0 +1,368 @@
+"""The one host loop: chunks against a single scan, what a run dir holds, exact resume, refusals,
+the NaN guard, stop signals, the compilation cache, memory, sharding over devices and processes,
+and the loggers. Runs here train TINY, whose program compiles once per session (see conftest)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal
+
+from purejaxppo import checkpoint, metrics, population, runner
+from purejaxppo import config as config_lib
+from purejaxppo.checkpoint import CheckpointError
+from purejaxppo.config import PPOConfig
+from purejaxppo.sweep import sweep
+from purejaxppo.train import abstract_states, make_train, make_trainer
+
+
+def test_chunks_match_the_single_scan_and_the_run_dir_holds_the_run(straight):
+    state, scanned = jax.jit(make_train(TINY))(jax.random.key(TINY.seed))
+    for name, values in jax.device_get(scanned).items():  # 8 updates in chunks of 3, 3 and 2
+        np.testing.assert_allclose(straight.metrics[name][0], values, rtol=1e-5, atol=1e-6, err_msg=name)
+    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+    run_dir = straight.run_dir
+    stored = metrics.read(run_dir / "metrics.csv")
+    for name, values in straight.metrics.items():
+        # 9 significant digits round-trip float32 exactly
+        np.testing.assert_array_equal(stored[name].astype(np.float32), values.astype(np.float32), err_msg=name)
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == ["run", "update", *metrics.METRIC_NAMES]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config_lib.from_dict(saved) == TINY
+    assert checkpoint.available_steps(run_dir) == [TINY.num_updates]
+    assert (run_dir / "runs.csv").read_text().splitlines()[0] == "run,point,seed,final_return,auc"
+
+
+def test_stop_and_resume_is_bit_identical(straight, resumed):
+    first, second = resumed
+    assert first.stopped and first.env_steps == 6 * TINY.batch_size  # the chunk end at or after update 4
+    assert checkpoint.available_steps(first.run_dir)[-1] == TINY.num_updates
+    assert second.first_update == 6 and not second.stopped
+    assert leaves_equal(second.state, straight.state)  # params, Adam moments, obs stats, env states, keys
+    assert (second.run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
+    for name in straight.metrics:
+        np.testing.assert_array_equal(second.metrics[name][:, 6:], straight.metrics[name][:, 6:], err_msg=name)
+
+
+def test_resume_from_an_earlier_step_moves_the_later_checkpoints_aside(straight, resumed, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(resumed[1].run_dir, run_dir)
+    old_metrics = (run_dir / "metrics.csv").read_text()
+    again = runner.train(TINY, run_dir, resume=True, step=6)
+    assert again.first_update == 6
+    # the old future is kept, not overwritten: checkpoint 8 and the metrics as they stood
+    assert again.superseded is not None and again.superseded.parent == run_dir / "superseded"
+    assert checkpoint.available_steps(again.superseded) == [8]
+    assert (again.superseded / "metrics.csv").read_text() == old_metrics
+    # and the resumed run wrote its own checkpoint 8 (orbax would have skipped a step at or below its newest)
+    assert checkpoint.available_steps(run_dir) == [6, 8]
+    assert leaves_equal(again.state, straight.state)
+    assert (run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
+    with pytest.raises(CheckpointError, match=r"step 5: no checkpoint .* available: \[6, 8\]"):
+        runner.train(TINY, run_dir, resume=True, step=5)
+
+
+def test_a_resume_keeps_the_rows_before_it_even_after_a_torn_row(resumed, straight, tmp_path):
+    run_dir = tmp_path / "torn"
+    shutil.copytree(resumed[1].run_dir, run_dir)
+    text = (run_dir / "metrics.csv").read_text()
+    (run_dir / "metrics.csv").write_text(text + "0,8,8192,12.5,3")  # a crash mid-row
+    runner.train(TINY, run_dir, resume=True, step=6)
+    assert (run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
+
+
+def test_a_new_run_refuses_a_run_dir_that_holds_a_run(straight):
+    with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv, runs.csv\)"):
+        runner.train(TINY, straight.run_dir)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        sweep(TINY, 2, None, straight.run_dir)
+
+
+def test_resume_refuses_a_length_that_would_change_the_schedules(straight):
+    with pytest.raises(CheckpointError, match="total_timesteps: .* the lr_schedule linear schedules span the run"):
+        runner.train(TINY.replace(total_timesteps=2 * TINY.total_timesteps), straight.run_dir, resume=True)
+    with pytest.raises(CheckpointError, match="make 4 updates, fewer than the 8 that checkpoint 8"):
+        runner.train(TINY.replace(total_timesteps=4 * TINY.batch_size), straight.run_dir, resume=True)
+    with pytest.raises(CheckpointError, match="holds a run, not a sweep; resume it with train --resume"):
+        sweep(TINY, resume=True, run_dir=straight.run_dir)
+
+
+def test_mismatched_config_is_refused_with_the_difference(straight):
+    with pytest.raises(CheckpointError, match=r"hidden_sizes: checkpoint has \[16\], config has \[32\]"):
+        runner.train(TINY.replace(hidden_sizes=(32,)), straight.run_dir, resume=True)
+    with pytest.raises(CheckpointError, match="env: checkpoint has 'CartPole-v1', config has 'Acrobot-v1'"):
+        runner.train(TINY.replace(env="Acrobot-v1", env_kwargs={}), straight.run_dir, resume=True)
+
+
+def test_nan_guard_reports_the_first_bad_update_and_keeps_the_last_good_state(monkeypatch, tmp_path):
+    bad_update = 4
+    real = population.chunk_program
+
+    def poisoned(trainer):
+        chunk = real(trainer)
+
+        def wrapped(states, first_update, num_active):
+            states, out, finite = chunk(states, first_update, num_active)
+            updates = first_update + jnp.arange(TINY.chunk_size)
+            out["policy_loss"] = jnp.where(updates >= bad_update, jnp.nan, out["policy_loss"])
+            return states, out, finite
+
+        return wrapped
+
+    monkeypatch.setattr(population, "chunk_program", poisoned)
+    config = TINY.replace(checkpoint_every=3)
+    with pytest.raises(runner.NonFiniteError) as err:
+        runner.train(config, tmp_path / "nan")
+    assert (f"training stopped at update {bad_update} (env steps {(bad_update + 1) * TINY.batch_size:,}): policy_loss "
+            f"is not finite; the last good state is checkpoint 3") in str(err.value)
+    assert checkpoint.available_steps(tmp_path / "nan") == [3]
+    monkeypatch.setattr(population, "chunk_program", real)
+    good = runner.train(config, tmp_path / "good", until_update=3)
+    program = population.plan(make_trainer(config), population.Population.single(config))
+    _, restored, _ = checkpoint.restore(tmp_path / "nan", program.abstract, 3)
+    assert leaves_equal(restored, good.state)
+    # the rows up to the bad chunk are kept, the bad chunk's too, for the post-mortem
+    assert metrics.read(tmp_path / "nan" / "metrics.csv")["policy_loss"].shape == (1, 6)
+
+
+def _resume_for_more_updates(run_dir, step: int, more: int) -> None:
+    """`train --resume` from checkpoint `step` of a 64-steps-an-update run, for `more` updates: it ends there."""
+    total = (step + more) * 64
+    proc = cli("train", "--resume", str(run_dir), "--set", f"total_timesteps={total}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"env steps    {total:,}" in proc.stdout
+    assert checkpoint.available_steps(run_dir)[-1] == step + more
+
+
+def _train_until(run_dir, line: str, sig: signal.Signals, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir), *TINY_FLAGS,
+         "--set", "total_timesteps=10000000", "--set", "log_every=1", "--set", "lr_schedule=constant", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        for out in proc.stdout:  # wait until training is under way
+            if out.startswith(line):
+                break
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    return proc
+
+
+def test_sigint_finishes_the_chunk_checkpoints_and_resumes(tmp_path):
+    # a constant learning rate, so the resume may shorten the run (a schedule spans the run's length)
+    run_dir = tmp_path / "sig"
+    proc = _train_until(run_dir, "update 5/", signal.SIGINT)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, proc.stderr.read()
+    assert f"purejaxppo train --resume {run_dir}" in out
+    step = checkpoint.available_steps(run_dir)[-1]
+    assert step >= 5
+    _, meta = checkpoint.read_meta(run_dir)
+    assert meta["update"] == step
+    _resume_for_more_updates(run_dir, step, 3)
+
+
+def test_kill_9_during_saves_leaves_the_last_completed_checkpoint_restorable(tmp_path):
+    # a checkpoint after every update, so saves are under way most of the time when SIGKILL lands
+    run_dir = tmp_path / "killed"
+    proc = _train_until(run_dir, "update 8/", signal.SIGKILL, "--set", "checkpoint_every=1",
+                        "--set", "keep_checkpoints=2")
+    assert proc.returncode == -signal.SIGKILL
+    step = checkpoint.available_steps(run_dir)[-1]
+    assert step >= 6
+    _resume_for_more_updates(run_dir, step, 2)
+
+
+def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
+    # in fresh processes, so no in-memory cache can answer: the second finds the first's entries
+    script = (
+        "import sys, jax; from purejaxppo import runner; from purejaxppo.config import PPOConfig\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(lambda e, **k: hits.append(e) if 'cache_hits' in e else None)\n"
+        "config = PPOConfig(env='CartPole-v1', num_envs=4, num_steps=8, total_timesteps=64, num_minibatches=2,"
+        " hidden_sizes=(8,), compilation_cache=sys.argv[1])\n"
+        "result = runner.train(config)\n"
+        "print('HITS', len(hits), 'COMPILE', result.compile_time)\n"
+    )
+    cache = tmp_path / "cache"
+    outputs = []
+    for folder in (cache, cache, ""):  # the third: the cache off, though the environment names the same folder
+        env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}
+        proc = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(int(proc.stdout.split("HITS")[1].split()[0]))
+    assert any(cache.iterdir())
+    assert outputs[0] == 0 and outputs[1] >= 1 and outputs[2] == 0
+
+
+def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
+    script = (
+        "import jax, numpy as np\n"
+        "jax.config.update('jax_num_cpu_devices', 4)\n"
+        "from purejaxppo import runner\n"
+        "from purejaxppo.config import PPOConfig\n"
+        "from purejaxppo.train import make_train\n"
+        "c = PPOConfig(env='CartPole-v1', num_envs=8, num_steps=16, total_timesteps=8 * 16 * 6, num_minibatches=4,"
+        f" update_epochs=2, hidden_sizes=(16,), normalize_obs=True, log_every=3, compilation_cache={CACHE!r})\n"
+        f"r = runner.train(c, {str(tmp_path / 'run')!r})\n"
+        "assert r.state.obs.sharding.spec == jax.sharding.PartitionSpec('runs', 'envs'), r.state.obs.sharding\n"
+        "assert r.state.obs.sharding.mesh.shape == {'runs': 1, 'envs': 4}\n"
+        "with jax.default_device(jax.local_devices()[0]):\n"
+        "    state, m = jax.jit(make_train(c))(jax.random.key(c.seed))\n"
+        "assert len(state.obs.devices()) == 1\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, sharded_loss=r.metrics['policy_loss'][0], loss=m['policy_loss'],"
+        " sharded_mean=r.state.obs_stats.mean[0], mean=state.obs_stats.mean,"
+        " sharded_leaf=jax.tree.leaves(r.state.params)[0][0], leaf=jax.tree.leaves(state.params)[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["sharded_loss"], out["loss"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["sharded_mean"], out["mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["sharded_leaf"], out["leaf"], rtol=1e-4, atol=1e-6)
+    # its checkpoint, written from four devices, restores in this process of one
+    from purejaxppo import acting
+
+    _, params, _, _ = acting.restore_policy(tmp_path / "run")
+    np.testing.assert_array_equal(jax.tree.leaves(params)[0], out["sharded_leaf"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_run_over_two_processes_matches_one_device(tmp_path):
+    # jax.distributed on this machine: two processes of two CPU devices each, one run over all four
+    run_dir, port = tmp_path / "dist", _free_port()
+    overrides = ["num_envs=8", "num_steps=16", "total_timesteps=768", "num_minibatches=4", "update_epochs=2",
+                 "hidden_sizes=[16]", "normalize_obs=true", "log_every=3", "checkpoint_every=3",
+                 f"compilation_cache={CACHE}"]
+    script = "import sys\nfrom purejaxppo.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    args = ["train", "--run-dir", str(run_dir), "--cpu-devices", "2", "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", *[a for o in overrides for a in ("--set", o)]]
+    logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+    procs = []
+    try:
+        for i, (out, err) in enumerate(logs):
+            with out.open("w") as o, err.open("w") as e:  # files, not pipes: neither child can block on output
+                procs.append(subprocess.Popen([sys.executable, "-c", script, *args, "--process-id", str(i)], cwd=ROOT,
+                                              stdout=o, stderr=e))
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:  # one that failed leaves the other waiting for it
+            p.kill()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "on 4 devices" in outputs[0][0]
+    assert "update 3/6" in outputs[0][0] and "update 3/6" not in outputs[1][0]  # only process 0 reports progress
+    config = config_lib.load(ROOT / "configs" / "cartpole.yaml", overrides)
+    single = runner.train(config)
+    stored = metrics.read(run_dir / "metrics.csv")
+    assert stored["env_steps"].shape == (1, config.num_updates)
+    for name in ("policy_loss", "value_loss", "approx_kl", "episode_return"):
+        np.testing.assert_allclose(stored[name], single.metrics[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["3", "6"]
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_updates():
+    # In one fresh process, 2000 updates in 1000 chunks: the memory after the first 200 updates against that at
+    # the end (10x the updates). Peak RSS differs by tens of MB between processes (the compile's peak), not
+    # within one, so the run is compared with its own start.
+    script = (
+        "import os, resource\n"
+        "from purejaxppo import runner\n"
+        "from purejaxppo.config import PPOConfig\n"
+        "page = os.sysconf('SC_PAGE_SIZE')\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * page // 1024\n"
+        "seen = {}\n"
+        "def probe(p):\n"
+        "    if p.update in (200, 2000):\n"
+        "        seen[p.update] = (rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "c = PPOConfig(env='CartPole-v1', num_envs=4, num_steps=8, total_timesteps=32 * 2000, num_minibatches=2,"
+        f" update_epochs=1, hidden_sizes=(8,), log_every=2, compilation_cache={CACHE!r})\n"
+        "runner.train(c, on_progress=probe)\n"
+        "print('KIB', *seen[200], *seen[2000])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rss_200, peak_200, rss_2000, peak_2000 = map(int, proc.stdout.split("KIB")[1].split())
+    # What may grow: the per-update metrics kept for the result, ~2 KB a chunk here. Keeping each chunk's device
+    # buffers alive (views instead of copies) grew ~27 KB a chunk: +24 MB over these 900 chunks.
+    assert rss_2000 - rss_200 <= 5 * 1024, (rss_200, rss_2000)
+    assert peak_2000 <= peak_200 * 1.01, (peak_200, peak_2000)
+
+
+def _tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Read an event file's scalars back: TFRecord framing (length, its CRC, data, its CRC) around Event protos."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 8], "little")
+        event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+        at += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_gets_every_update_at_its_env_steps(tmp_path):
+    result = runner.train(TINY.replace(tensorboard=True), tmp_path / "tb")
+    (events,) = (tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*")
+    steps, losses = zip(*_tensorboard_scalars(events)["train/policy_loss"])
+    assert list(steps) == [int(s) for s in result.metrics["env_steps"][0]]
+    np.testing.assert_allclose(losses, result.metrics["policy_loss"][0], rtol=1e-6)
+
+
+def test_a_sweep_writes_one_tensorboard_stream_per_run(tmp_path):
+    result = sweep(TINY.replace(tensorboard=True), 2, {"lr": [1e-3, 3e-3]}, tmp_path / "tb")
+    for k in range(4):
+        (events,) = (tmp_path / "tb" / "tensorboard" / f"run-{k}").glob("events.out.tfevents.*")
+        steps, losses = zip(*_tensorboard_scalars(events)["train/policy_loss"])
+        assert list(steps) == [int(s) for s in result.metrics["env_steps"][k]]
+        np.testing.assert_allclose(losses, result.metrics["policy_loss"][k], rtol=1e-6)
+
+
+def test_progress_is_one_record_for_runs_and_sweeps(tmp_path):
+    seen: list[runner.Progress] = []
+    sweep(TINY, 2, None, on_progress=seen.append)
+    assert [p.update for p in seen] == [3, 6, 8] and all(p.num_runs == 2 for p in seen)
+    assert seen[-1].env_steps == seen[-1].total_env_steps == TINY.num_updates * TINY.batch_size
+    assert all(np.isfinite(p.episode_return) and p.steps_per_second > 0 for p in seen)
+
+
+def test_the_evaluation_stays_a_branch_under_the_run_axis():
+    # with the host's shared update count the evaluation's cond stays a cond under the run axis's vmap;
+    # with a batched count it would become a select that evaluates every chunk
+    trainer = make_trainer(TINY.replace(eval_every=5, eval_episodes=2))
+    jaxpr = str(jax.make_jaxpr(population.chunk_program(trainer))(abstract_states(trainer, 2), 0, 2))
+    assert jaxpr.count(" cond[") == 2  # update-or-skip, and the evaluation
+
+
+def test_one_compile_whatever_the_number_of_calls(monkeypatch):
+    traced = []
+    real = population.chunk_program
+    monkeypatch.setattr(population, "chunk_program", lambda trainer: traced.append(1) or real(trainer))
+    result = sweep(TINY, 3, None, max_runs_per_call=1)
+    assert result.num_calls == 3 and len(traced) == 1
