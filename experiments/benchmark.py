@@ -140,22 +140,6 @@ def ceiling(config: Any, seeds: int) -> dict[str, float]:
     return {"ceiling_compile": compile_time, "ceiling_seconds": seconds, "ceiling_sps": steps / seconds}
 
 
-def compile_breakdown(config: Any) -> dict[str, float]:
-    """Seconds to trace and lower the run's chunk program to StableHLO, and in XLA's compiler, measured on
-    a separate copy of the program before the timed run."""
-    import jax
-
-    from purejaxppo.train import make_trainer
-
-    trainer = make_trainer(config)
-    abstract = jax.eval_shape(trainer.init, jax.random.key(config.seed))
-    start = time.perf_counter()
-    lowered = jax.jit(trainer.run_chunk).lower(abstract, 0)
-    lowered_at = time.perf_counter()
-    lowered.compile()
-    return {"trace_lower": lowered_at - start, "xla_compile": time.perf_counter() - lowered_at}
-
-
 def device_peak_bytes() -> float | None:
     import jax
 
@@ -163,23 +147,32 @@ def device_peak_bytes() -> float | None:
     return float(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
 
 
-def measure(case_key: str, cache: str, with_ceiling: bool) -> dict[str, Any]:
-    """Train the case once in this process and measure it."""
+def measure(case_key: str, cache: str, with_ceiling: bool, spawned: float) -> dict[str, Any]:
+    """Train the case once in this process and measure it; `spawned` is when the parent started the process."""
     import jax
 
     from purejaxppo import runner
     from purejaxppo.cli import cpu_cores
     from purejaxppo.sweep import sweep
 
+    imported = time.time()
     case = CASES[case_key]
     jax.config.update("jax_num_cpu_devices", case.cpu_devices or cpu_cores())
     config = case_config(case, cache)
+    loaded = time.time()
+    loop: dict[str, float] = {}
+
+    def on_progress(p: Any) -> None:  # the loop's clock started at its first update
+        loop.setdefault("start", time.time() - p.seconds)
+
     if case.seeds == 1:
-        result = runner.train(config)
-        finals = [result.final_return]
+        result = runner.train(config, on_progress=on_progress)
     else:
-        result = sweep(config, seeds=case.seeds)
-        finals = [float(f) for f in result.final_returns()]
+        result = sweep(config, seeds=case.seeds, on_progress=on_progress)
+    finals = [float(f) for f in result.final_returns()]
+    startup = loop["start"] - spawned
+    parts = {"python_and_imports": imported - spawned, "config": loaded - imported, **result.timings}
+    parts["other"] = startup - sum(parts.values())
     steps = case.seeds * config.num_updates * config.batch_size
     out: dict[str, Any] = {
         "case": case_key, "env": config.env, "seeds": case.seeds, "num_envs": config.num_envs,
@@ -190,22 +183,21 @@ def measure(case_key: str, cache: str, with_ceiling: bool) -> dict[str, Any]:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mib": (lambda b: None if b is None else b / 2**20)(device_peak_bytes()),
         "backend": jax.default_backend(), "device": jax.local_devices()[0].device_kind,
-        "devices": jax.device_count(),
+        "devices": jax.device_count(), "startup": startup, "startup_parts": parts,
     }
     if case.seeds == 1 and "eval_return" in result.metrics:  # (env steps, deterministic eval return)
-        out["eval_curve"] = [[int(n), float(r)] for n, r in zip(result.metrics["env_steps"], result.metrics["eval_return"])
-                             if math.isfinite(r)]
+        out["eval_curve"] = [[int(n), float(r)] for n, r in
+                             zip(result.metrics["env_steps"][0], result.metrics["eval_return"][0]) if math.isfinite(r)]
     if with_ceiling:
         out.update(ceiling(config, case.seeds))
         out["of_ceiling"] = out["sps"] / out["ceiling_sps"]
-        if case.seeds == 1:  # after the timed run, so that it cannot warm anything the run compiles
-            out.update(compile_breakdown(config))
     return out
 
 
 def run_child(case_key: str, cache: str = "", with_ceiling: bool = True, timeout: float = 1800) -> dict[str, Any]:
     """`measure` in a fresh process; an error or a hang comes back as {"error": ...}."""
-    cmd = [sys.executable, __file__, "--child", case_key, "--cache", cache] + ([] if with_ceiling else ["--no-ceiling"])
+    cmd = [sys.executable, __file__, "--child", case_key, "--cache", cache, "--spawned", repr(time.time())] + (
+        [] if with_ceiling else ["--no-ceiling"])
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -309,9 +301,11 @@ def report(results: list[dict[str, Any]], warm: dict[str, Any] | None, sb3: dict
                          f"{single['run']:.2f} s): {total:.1f} s against {sequential:.1f} s, **{total / sequential:.0%}** "
                          f"of the sequential cost.")
     for r in results:
-        if "trace_lower" in r:
-            lines.append(f"- {CASES[r['case']].name}: of the chunk program's compile (timed on a copy), "
-                         f"trace + lower to StableHLO {r['trace_lower']:.2f} s, XLA compile {r['xla_compile']:.2f} s.")
+        if "startup" in r:
+            parts = ", ".join(f"{STAGES.get(k, k)} {v:.2f}" for k, v in r["startup_parts"].items())
+            lines.append(f"- {CASES[r['case']].name}: from process start to the first update **{r['startup']:.2f} s** "
+                         f"({parts}), against {r['run']:.2f} s of training "
+                         f"({r['startup'] / r['run']:.2f}x).")
     if sb3 is not None and single is not None and "error" not in single:
         if "error" in sb3:
             lines.append(f"- Stable-Baselines3: FAILED ({sb3['error']})")
@@ -346,6 +340,10 @@ def report(results: list[dict[str, Any]], warm: dict[str, Any] | None, sb3: dict
     return "\n".join(lines) + "\n"
 
 
+STAGES = {"python_and_imports": "Python and imports", "config": "config", "build": "env and policy",
+          "trace_lower": "trace and lower", "xla_compile": "XLA compile", "init": "init", "other": "other"}
+
+
 def write_report(path: Path, body: str) -> None:
     text = path.read_text() if path.is_file() else f"# Performance\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
@@ -368,6 +366,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
     parser.add_argument("--no-ceiling", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spawned", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.cases if c not in CASES]
@@ -379,7 +378,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        print(RESULT_PREFIX + json.dumps(measure(args.child, args.cache, not args.no_ceiling)), flush=True)
+        print(RESULT_PREFIX + json.dumps(measure(args.child, args.cache, not args.no_ceiling, args.spawned)), flush=True)
         return
     command = "python experiments/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     results = []

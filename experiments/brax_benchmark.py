@@ -129,7 +129,7 @@ def last_finite(values: np.ndarray) -> float:
 
 
 def run_ours(env: str, config: Any, seeds: int) -> Side:
-    from purejaxppo.runner import first_non_finite
+    from purejaxppo.metrics import first_non_finite
     from purejaxppo.sweep import sweep
 
     with CompileTimer() as timer:

@@ -71,7 +71,8 @@ def main() -> None:
         for seed in range(args.seeds):
             result = runner.train(base.replace(seed=seed))
             finals.append(result.final_return)
-            reach.append(first_step_reaching(result.metrics["env_steps"], result.metrics["episode_return"], CASES[name]))
+            reach.append(first_step_reaching(result.metrics["env_steps"][0], result.metrics["episode_return"][0],
+                                             CASES[name]))
             walls.append(result.compile_time + result.run_time)
             compiles.append(result.compile_time)
             print(f"{base.env} seed {seed}: final {result.final_return:.1f}, reached {CASES[name]} at {reach[-1]:,.0f} "

@@ -25,13 +25,15 @@ def compile_once(parallel: bool) -> None:
     import jax
 
     from purejaxppo.config import PPOConfig
-    from purejaxppo.train import make_trainer
+    from purejaxppo.population import Population, chunk_program, init_program
+    from purejaxppo.train import abstract_states, make_trainer
 
-    trainer = make_trainer(PPOConfig(compilation_cache=""))
-    key = jax.random.key(0)
+    config = PPOConfig(compilation_cache="")
+    trainer = make_trainer(config)
     start = time.perf_counter()
-    chunk = jax.jit(trainer.run_chunk).lower(jax.eval_shape(trainer.init, key), 0)
-    init = jax.jit(trainer.init).lower(key)
+    chunk = jax.jit(chunk_program(trainer, 1)).lower(abstract_states(trainer, 1), 0, 0)
+    single = Population.single(config)
+    init = jax.jit(init_program(trainer, 1)).lower(*single.inputs(single.members))
     lowered = time.perf_counter()
     if parallel:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:

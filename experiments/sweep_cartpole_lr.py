@@ -4,15 +4,17 @@
 
 Equivalent CLI: purejaxppo sweep configs/cartpole.yaml --seeds 16 --grid lr=3e-4,1e-3,2e-3,5e-3
     --set total_timesteps=200000
-Writes config.yaml, sweep.json, runs.csv, aggregate.csv, curves.png and metrics.npz, and README.md
-with the command, machine and date; the repo keeps all but metrics.npz. Like `purejaxppo sweep`, it
-gives JAX one CPU device per core.
+Trains in a temporary run dir, then copies config.yaml, runs.csv, aggregate.csv and curves.png into
+--out, with a README.md of the command, machine and date (metrics.csv, every run's every update, is
+left out of the repo). Like `purejaxppo sweep`, it gives JAX one CPU device per core.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import jax  # noqa: E402
 
 from purejaxppo import config as config_lib  # noqa: E402
 from purejaxppo.cli import cpu_cores  # noqa: E402
-from purejaxppo.sweep import sweep, write_results  # noqa: E402
+from purejaxppo.sweep import sweep  # noqa: E402
 from experiments.benchmark import machine  # noqa: E402
 
 
@@ -38,14 +40,18 @@ def main() -> None:
 
     config = config_lib.load(ROOT / "configs" / "cartpole.yaml", [f"total_timesteps={args.total_timesteps}"])
     grid = {"lr": [float(x) for x in args.lrs.split(",")]}
-    # no run dir: a run dir is for one run and its checkpoints; this script refreshes the results folder in place
-    result = sweep(config, seeds=args.seeds, grid=grid)
-    write_results(result, Path(args.out))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the run dir's checkpoints are not results
+        result = sweep(config, seeds=args.seeds, grid=grid, run_dir=Path(tmp) / "run")
+        for name in ("config.yaml", "runs.csv", "aggregate.csv", "curves.png"):
+            shutil.copy2(Path(tmp) / "run" / name, out / name)
+    (out / "sweep.json").unlink(missing_ok=True)  # written by earlier versions; runs.csv holds the grid and seeds
     runs = len(result.runs)
     lines = [
         f"{runs} runs of {config.num_updates * config.batch_size:,} env steps: compile {result.compile_time:.1f} s, "
         f"run {result.run_time:.1f} s ({runs * config.num_updates * config.batch_size / result.run_time:,.0f} "
-        f"env steps/s), traced {result.traces}x",
+        f"env steps/s), {result.num_calls} call(s) of one compiled program",
         *(f"lr {row['lr']:<8g} IQM {row['iqm']:7.1f} [{row['iqm_low']:.1f}, {row['iqm_high']:.1f}]  "
           f"mean {row['mean']:7.1f} [{row['mean_low']:.1f}, {row['mean_high']:.1f}]" for row in result.aggregate()),
     ]

@@ -143,6 +143,9 @@ def read_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[s
         raise CheckpointError(
             f"checkpoint {step} in {run_dir} is corrupt: its metadata cannot be read ({type(err).__name__}: {err})"
         ) from None
+    if "stacked_runs" not in meta:
+        raise CheckpointError(f"checkpoint {step} in {run_dir} was written by an earlier purejaxppo, whose single runs "
+                              f"were not yet stacked as populations; this version cannot restore it")
     return step, meta
 
 

@@ -206,12 +206,10 @@ def _sweep(args: argparse.Namespace) -> int:
     config = _load(args)
     grid = parse_grid(args.grid)
     if args.resume:
-        from purejaxppo import checkpoint
-
         if args.grid or args.run_dir:
             raise ConfigError("--resume: a resumed sweep keeps its grid and run dir; drop --grid and --run-dir")
-        _, meta = checkpoint.read_meta(args.resume, args.step)
-        grid, args.seeds = meta.get("grid", {}), int(meta.get("num_seeds", args.seeds))
+        _, meta = runner.resume_point(args.resume, args.step, "sweep", config)
+        grid, args.seeds = meta["grid"], int(meta["num_seeds"])
     points = check_grid(config, grid)
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-sweep"))
     print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "

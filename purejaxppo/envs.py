@@ -7,7 +7,10 @@ separately, with the last observation of a finished episode, so GAE can bootstra
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import sys
+import types
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -51,11 +54,31 @@ class Env(Protocol):
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep: ...
 
 
+class _Deferred(types.ModuleType):
+    """Stands in sys.modules for a module until one of its attributes is used, then imports it."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _import_gymnax() -> Any:
+    """gymnax, with the plotting modules that its renderers import at the top (seaborn and pyplot: over a
+    second of a cold start on 2 cores) imported only when something uses them."""
+    for name in ("seaborn", "matplotlib.pyplot"):
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            sys.modules[name] = _Deferred(name)
+    import gymnax
+
+    return gymnax
+
+
 class GymnaxEnv:
     """gymnax 1.x behind the adapter interface. Observations are flattened to float32 vectors."""
 
     def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None) -> None:
-        import gymnax
+        gymnax = _import_gymnax()
 
         self.name = name
         self._env, params = gymnax.make(name)
@@ -254,8 +277,7 @@ DOWNLOADING_ENVS = ("MNISTBandit-bsuite",)
 
 
 def _gymnax_names() -> list[str]:
-    import gymnax
-
+    gymnax = _import_gymnax()
     return [n for n in gymnax.registered_envs if n not in DOWNLOADING_ENVS]
 
 

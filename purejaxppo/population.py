@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purejaxppo import acting
-from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.config import TRACED, ConfigError, PPOConfig
 from purejaxppo.hparams import HParams
 from purejaxppo.train import ENV_AXIS_FIELDS, Trainer, TrainState, abstract_states
 
@@ -54,11 +55,12 @@ class Population:
     def __len__(self) -> int:
         return len(self.members)
 
-    def inputs(self, members: Sequence[Member]) -> tuple[jax.Array, HParams]:
-        """The PRNG keys and hyperparameters of `members`, stacked on the run axis."""
-        keys = jax.vmap(jax.random.key)(jnp.array([m.seed for m in members], jnp.uint32))
-        hps = [HParams.from_config(self.config.replace(**m.values)) for m in members]
-        return keys, jax.tree.map(lambda *xs: jnp.stack(xs), *hps)
+    def inputs(self, members: Sequence[Member]) -> tuple[np.ndarray, HParams]:
+        """The seeds and hyperparameters of `members`, stacked on the run axis: host arrays, so making them
+        compiles nothing."""
+        configs = [self.config.replace(**m.values) if m.values else self.config for m in members]
+        hparams = HParams(**{n: np.array([getattr(c, n) for c in configs], np.float32) for n in TRACED})
+        return np.array([m.seed for m in members], np.uint32), hparams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +117,25 @@ def layout(config: PPOConfig, num_runs: int, max_runs_per_call: int | None = Non
     return Layout(1, 1, None)
 
 
-def chunk_program(trainer: Trainer) -> Any:
+def over_runs(fn: Any, num_runs: int, in_axes: tuple = (0,)) -> Any:
+    """`fn` mapped over the leading run axis of the arguments `in_axes` marks 0. One run is sliced out and
+    back in rather than vmapped, so a single run compiles to the program of one unbatched run."""
+    if num_runs > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def single(*args: Any) -> Any:
+        args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return single
+
+
+def init_program(trainer: Trainer, num_runs: int) -> Any:
+    """`init(seeds, hparams) -> states` over stacked runs."""
+    return over_runs(lambda seed, hp: trainer.init(jax.random.key(seed), hp), num_runs, (0, 0))
+
+
+def chunk_program(trainer: Trainer, num_runs: int = 2) -> Any:
     """`chunk(states, first_update, num_active) -> (states, metrics, params_finite)` over stacked runs.
 
     `chunk_size` updates in one scan; updates past `num_active` leave a state untouched and report zeros
@@ -145,7 +165,7 @@ def chunk_program(trainer: Trainer) -> Any:
         finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)]
         return state, metrics, jnp.stack(finite).all()
 
-    return jax.vmap(one_run, in_axes=(0, None, None))
+    return over_runs(one_run, num_runs, (0, None, None))
 
 
 def evaluation_return(trainer: Trainer, state: TrainState) -> jax.Array:
@@ -167,6 +187,7 @@ class Program:
     abstract: TrainState  # all stacked runs of every call, unsharded: what a checkpoint holds
     init: Any = None
     chunk: Any = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of each compile stage
 
     def compile(self) -> None:
         lay = self.layout
@@ -176,9 +197,14 @@ class Program:
             call_abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                          call_abstract, shardings)
         out = (shardings, lay.runs_sharding, lay.runs_sharding) if shardings is not None else None
-        self.chunk = jax.jit(chunk_program(self.trainer), out_shardings=out).lower(call_abstract, 0, 0).compile()
         inputs = self.call_inputs(list(self.population.members[:1]) * lay.per_call)
-        self.init = jax.jit(jax.vmap(self.trainer.init), out_shardings=shardings).lower(*inputs).compile()
+        clock = time.perf_counter()
+        lowered = jax.jit(chunk_program(self.trainer, lay.per_call), out_shardings=out).lower(call_abstract, 0, 0)
+        lowered_init = jax.jit(init_program(self.trainer, lay.per_call), out_shardings=shardings).lower(*inputs)
+        self.timings["trace_lower"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        self.chunk, self.init = lowered.compile(), lowered_init.compile()
+        self.timings["xla_compile"] = time.perf_counter() - clock
 
     def initial_states(self) -> list[TrainState]:
         members = list(self.population.members)
@@ -186,7 +212,7 @@ class Program:
         n = self.layout.per_call
         return [self.init(*self.call_inputs(padded[c * n:(c + 1) * n])) for c in range(self.layout.num_calls)]
 
-    def call_inputs(self, members: Sequence[Member]) -> tuple[jax.Array, HParams]:
+    def call_inputs(self, members: Sequence[Member]) -> tuple[Any, HParams]:
         inputs = self.population.inputs(members)
         sharding = self.layout.runs_sharding
         # one run's inputs stay uncommitted, so that jit places them on every process's devices

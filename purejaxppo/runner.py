@@ -56,6 +56,7 @@ class RunResult:
     run_time: float
     run_dir: Path | None
     layout: Layout
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds before the first update, by stage
     first_update: int = 0  # where this call started: > 0 when resumed
     stopped: bool = False  # stopped early by a signal or `until_update`, with a checkpoint to resume from
     superseded: Path | None = None  # where the checkpoints after the resumed one were moved
@@ -175,9 +176,11 @@ def run(
     each checkpoint, beside what the loop itself needs to resume.
     """
     config = population.config
+    clock = time.perf_counter()
     trainer = make_trainer(config)
     use_compilation_cache(config)
     program = plan(trainer, population, max_runs_per_call)
+    timings = {"build": time.perf_counter() - clock}
     lay = program.layout
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume_step is not None:  # every check before anything compiles
@@ -193,11 +196,14 @@ def run(
 
     start = time.perf_counter()
     program.compile()
+    timings.update(program.timings)
+    clock = time.perf_counter()
     if resume_step is not None:
         first, restored, _ = checkpoint.restore(run_dir, program.restore_target(), resume_step)
         states = program.split(restored)
     else:
-        first, states = 0, program.initial_states()
+        first, states = 0, jax.block_until_ready(program.initial_states())
+    timings["init" if resume_step is None else "restore"] = time.perf_counter() - clock
     compile_time = time.perf_counter() - start
     superseded = None
     if resume_step is not None:
@@ -287,8 +293,8 @@ def run(
     state = jax.tree.map(lambda x: x[:n], state) if lay.stacked_runs != n else state
     if run_dir is not None and is_primary() and not stopped:
         metrics_lib.write_runs(run_dir, population.to_meta(), stacked)
-    return RunResult(config, population, state, stacked, compile_time, run_time, run_dir, lay, first, stopped,
-                     superseded)
+    return RunResult(config, population, state, stacked, compile_time, run_time, run_dir, lay, timings, first,
+                     stopped, superseded)
 
 
 def train(

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from purejaxppo import diagnostics, losses, optim
-from purejaxppo.config import PPOConfig, validate
+from purejaxppo.config import TRACED, PPOConfig, validate
 from purejaxppo.envs import Env, make_env
 from purejaxppo.hparams import HParams
 from purejaxppo.normalization import RunningStats
@@ -250,10 +250,9 @@ def make_trainer(config: PPOConfig) -> Trainer:
 
 def abstract_states(trainer: Trainer, num_runs: int) -> TrainState:
     """Shapes and dtypes of `num_runs` training states stacked on a leading run axis."""
-    hp = HParams.from_config(trainer.config)
-    hparams = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_runs,), x.dtype), hp)
-    keys = jax.ShapeDtypeStruct((num_runs,), jax.random.key(0).dtype)
-    return jax.eval_shape(jax.vmap(trainer.init), keys, hparams)
+    hparams = HParams(**{name: jax.ShapeDtypeStruct((num_runs,), jnp.float32) for name in TRACED})
+    seeds = jax.ShapeDtypeStruct((num_runs,), jnp.uint32)
+    return jax.eval_shape(jax.vmap(lambda seed, hp: trainer.init(jax.random.key(seed), hp)), seeds, hparams)
 
 
 def make_train(config: PPOConfig) -> Callable[..., tuple[TrainState, Metrics]]:

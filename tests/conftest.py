@@ -1,15 +1,15 @@
 """Shared configs, helpers and compiled fixtures.
 
-Every test process shares one JAX compilation cache folder (`CACHE`), and the tiny configs name it, so
-a program compiled once in a session (in this process or a CLI subprocess) is read back, not compiled
-again. Fixtures that train are session-scoped: each is trained once and read by several modules.
+Every test process shares one JAX compilation cache folder (`CACHE`, under the repo's ignored
+.pytest_cache), and the tiny configs name it, so a program compiled once (in this process, a CLI
+subprocess or an earlier run of the suite) is read back, not compiled again. Fixtures that train are
+session-scoped: each is trained once and read by several modules.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -21,7 +21,7 @@ from purejaxppo import runner
 from purejaxppo.config import PPOConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = tempfile.mkdtemp(prefix="purejaxppo-test-cache-")
+CACHE = str(ROOT / ".pytest_cache" / "jax-compilation-cache")
 
 # 8 updates in chunks of 3, 3 and 2: every run through the host loop meets a shorter last chunk.
 TINY = PPOConfig(
@@ -33,6 +33,8 @@ PENDULUM = PPOConfig(
     env="Pendulum-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 3, num_minibatches=2, update_epochs=2,
     hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 16}, compilation_cache=CACHE,
 )
+runner.use_compilation_cache(TINY)  # for every compile in this process, runs or not
+
 # the CLI flags that give TINY's program from the default config (so a CLI run reads TINY's compiled program)
 TINY_FLAGS = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2", "--set", "update_epochs=2",
               "--set", "hidden_sizes=[16]", "--set", "normalize_obs=true",

@@ -74,3 +74,17 @@ def test_superseded_checkpoints_keep_their_metrics(straight, tmp_path):
     assert checkpoint.available_steps(moved) == [TINY.num_updates]
     assert (moved / "metrics.csv").read_text() == (run_dir / "metrics.csv").read_text()
     np.testing.assert_array_equal(checkpoint.available_steps(run_dir), [])
+
+
+def test_a_checkpoint_of_the_earlier_format_is_refused_with_the_reason(straight, tmp_path):
+    import json
+
+    old = tmp_path / "old"
+    shutil.copytree(straight.run_dir, old)
+    path = checkpoint.checkpoint_dir(old) / str(TINY.num_updates) / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    for key in ("members", "num_runs", "stacked_runs", "devices"):
+        meta.pop(key)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="written by an earlier purejaxppo"):
+        acting.load_policy(old)

@@ -108,8 +108,8 @@ def test_nan_guard_reports_the_first_bad_update_and_keeps_the_last_good_state(mo
     bad_update = 4
     real = population.chunk_program
 
-    def poisoned(trainer):
-        chunk = real(trainer)
+    def poisoned(*args):
+        chunk = real(*args)
 
         def wrapped(states, first_update, num_active):
             states, out, finite = chunk(states, first_update, num_active)
@@ -356,13 +356,13 @@ def test_the_evaluation_stays_a_branch_under_the_run_axis():
     # with the host's shared update count the evaluation's cond stays a cond under the run axis's vmap;
     # with a batched count it would become a select that evaluates every chunk
     trainer = make_trainer(TINY.replace(eval_every=5, eval_episodes=2))
-    jaxpr = str(jax.make_jaxpr(population.chunk_program(trainer))(abstract_states(trainer, 2), 0, 2))
+    jaxpr = str(jax.make_jaxpr(population.chunk_program(trainer, 2))(abstract_states(trainer, 2), 0, 2))
     assert jaxpr.count(" cond[") == 2  # update-or-skip, and the evaluation
 
 
 def test_one_compile_whatever_the_number_of_calls(monkeypatch):
     traced = []
     real = population.chunk_program
-    monkeypatch.setattr(population, "chunk_program", lambda trainer: traced.append(1) or real(trainer))
+    monkeypatch.setattr(population, "chunk_program", lambda *args: traced.append(1) or real(*args))
     result = sweep(TINY, 3, None, max_runs_per_call=1)
     assert result.num_calls == 3 and len(traced) == 1
