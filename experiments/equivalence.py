@@ -12,7 +12,8 @@ CartPole-v1 (configs/cartpole.yaml, shortened to --steps) it reports, per pair o
 - the final return (mean over the last 10% of updates) of each, and their gap.
 Sweep: seeds x lr in {1e-3, 2e-3} in one call, each run against `runner.train` with its seed and lr.
 Devices: one run on 2 CPU devices (its envs split) against the same run on 1, per seed, each side in
-a fresh process with JAX's CPU device count set.
+a fresh process with JAX's CPU device count set; with the shipped config (32 envs), and with 8 envs
+and observation normalisation (whose statistics are a cross-device reduction too).
 """
 
 from __future__ import annotations
@@ -105,14 +106,18 @@ def main() -> None:
         sweep_rows.append(text)
         sweep_gaps.append(gap)
         sweep_big.append(big)
-    one, two = devices_runs(1, args.seeds, overrides), devices_runs(2, args.seeds, overrides)
-    assert all(two[s]["devices"] == 2 and one[s]["devices"] == 1 for s in one)
-    dev_rows, dev_gaps, dev_big = [], [], []
-    for seed in sorted(one):
-        text, gap, big = row(f"seed {seed}", two[seed], one[seed])
-        dev_rows.append(text)
-        dev_gaps.append(gap)
-        dev_big.append(big)
+    device_sections = []
+    for label, extra in (("32 envs (the shipped config)", []), ("8 envs, normalize_obs", ["num_envs=8",
+                                                                                          "normalize_obs=true"])):
+        one, two = devices_runs(1, args.seeds, overrides + extra), devices_runs(2, args.seeds, overrides + extra)
+        assert all(two[s]["devices"] == 2 and one[s]["devices"] == 1 for s in one)
+        rows, gaps, bigs = [], [], []
+        for seed in sorted(one):
+            text, gap, big = row(f"seed {seed}", two[seed], one[seed])
+            rows.append(text)
+            gaps.append(gap)
+            bigs.append(big)
+        device_sections.append((label, rows, gaps, bigs))
 
     def summary(gaps: list[float], bigs: list[int | None]) -> str:
         firsts = [b for b in bigs if b is not None]
@@ -136,11 +141,10 @@ def main() -> None:
         "",
         header, "|---|---|---|---|---|---|", *sweep_rows,
         "",
-        f"## One run on 2 devices (A) against 1 device (B): {summary(dev_gaps, dev_big)}",
-        "",
-        header, "|---|---|---|---|---|---|", *dev_rows,
-        "",
     ]
+    for label, rows, gaps, bigs in device_sections:
+        body += [f"## One run on 2 devices (A) against 1 device (B), {label}: {summary(gaps, bigs)}", "",
+                 header, "|---|---|---|---|---|---|", *rows, ""]
     args.out.write_text("\n".join(body))
     print("\n".join(body))
 

@@ -9,10 +9,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
+from purejaxppo.console import ProgressPrinter
 from purejaxppo.metrics import NonFiniteError
 
 EXIT_NON_FINITE = 3
@@ -95,40 +95,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Progress:
-    """A rich progress bar on a terminal; one plain line per chunk elsewhere (logs, CI, pipes). The same
-    for a run and a sweep: env steps are per run, steps/s over all runs, the return a mean over runs."""
-
-    def __init__(self, total_steps: int, show: bool = True):
-        from rich.console import Console
-
-        self.console = Console()
-        self._bar = None
-        if show and self.console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
-                TextColumn("{task.fields[sps]:,.0f} steps/s"), TextColumn("return {task.fields[ret]}"),
-                TimeRemainingColumn(), console=self.console,
-            )
-            self._task = self._bar.add_task("train", total=total_steps, sps=0, ret="-")
-            self._bar.start()
-
-    def __call__(self, p: Any) -> None:
-        ret = "-" if math.isnan(p.episode_return) else f"{p.episode_return:.1f}"
-        if self._bar is not None:
-            self._bar.update(self._task, completed=p.env_steps, sps=p.steps_per_second, ret=ret)
-        else:
-            runs = f" per run ({p.num_runs} runs)" if p.num_runs > 1 else ""
-            print(f"update {p.update}/{p.num_updates}  env steps {p.env_steps:,}{runs}  "
-                  f"{p.steps_per_second:,.0f} steps/s  return {ret}  {p.seconds:.1f} s", flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
     if getattr(args, "resume", None):
         # the checkpoint's own config, unless another is given; overrides apply on top of either
@@ -169,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
     primary = runner.is_primary()
     say = print if primary else (lambda *_, **__: None)  # the other processes of a multi-host run stay quiet
-    progress = _Progress(config.num_updates * config.batch_size, show=primary)
+    progress = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
     verb = "resuming" if args.resume else "training"
     where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
     say(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
@@ -217,7 +183,7 @@ def _sweep(args: argparse.Namespace) -> int:
           f"{len(jax.local_devices())} device(s); writing {run_dir}",
           flush=True)
 
-    progress = _Progress(config.num_updates * config.batch_size, show=False)
+    progress = ProgressPrinter(config.num_updates * config.batch_size)
     result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_progress=progress,
                    resume=bool(args.resume), step=args.step)
     if result.superseded is not None:

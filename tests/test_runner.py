@@ -19,7 +19,6 @@ from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal
 from purejaxppo import checkpoint, metrics, population, runner
 from purejaxppo import config as config_lib
 from purejaxppo.checkpoint import CheckpointError
-from purejaxppo.config import PPOConfig
 from purejaxppo.sweep import sweep
 from purejaxppo.train import abstract_states, make_train, make_trainer
 
