@@ -20,6 +20,7 @@ from purejaxppo.policy import Policy
 from purejaxppo.train import Trainer, abstract_states, make_trainer
 
 MAX_EVAL_STEPS = 100_000  # a bound for envs without a time limit; every shipped env ends far sooner
+MAX_TRIES = 5  # reads of a live run's newest checkpoint, which the run may delete as it saves the next
 
 
 def evaluate(
@@ -66,14 +67,26 @@ def restore_policy(
 ) -> tuple[Trainer, Any, RunningStats, int]:
     """(trainer, params, observation statistics, step) of run `run` of a run dir's checkpoint (its
     index in a sweep's runs.csv; 0 for a single run)."""
-    step, meta = checkpoint.read_meta(run_dir, step)
-    num_runs = int(meta["num_runs"])
-    if not 0 <= run < num_runs:
-        raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds runs 0..{num_runs - 1}")
-    trainer = make_trainer(checkpoint.config_of(meta))
-    abstract = abstract_states(trainer, int(meta["stacked_runs"]))
-    _, state, _ = checkpoint.restore(run_dir, abstract, step)
-    return trainer, jax.tree.map(lambda x: x[run], state.params), jax.tree.map(lambda x: x[run], state.obs_stats), step
+    for _ in range(MAX_TRIES):
+        before = checkpoint.available_steps(run_dir)
+        try:
+            chosen, meta = checkpoint.read_meta(run_dir, step)
+            num_runs = int(meta["num_runs"])
+            if not 0 <= run < num_runs:
+                raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds runs 0..{num_runs - 1}")
+            trainer = make_trainer(checkpoint.config_of(meta))
+            abstract = abstract_states(trainer, int(meta["stacked_runs"]))
+            _, state, _ = checkpoint.restore(run_dir, abstract, chosen)
+            break
+        except checkpoint.CheckpointError:
+            # a live run deletes its oldest checkpoint as it saves a new one: take its newest again
+            if step is not None or checkpoint.available_steps(run_dir) == before:
+                raise
+    else:
+        raise checkpoint.CheckpointError(f"{run_dir}: its newest checkpoint was replaced {MAX_TRIES} times while "
+                                         f"being read; read a given --step")
+    pick = lambda x: x[run]  # noqa: E731
+    return trainer, jax.tree.map(pick, state.params), jax.tree.map(pick, state.obs_stats), chosen
 
 
 def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> Callable[..., jax.Array]:
@@ -98,7 +111,8 @@ def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1
     trainer, params, obs_stats, _ = restore_policy(run_dir, step)
     env, policy = trainer.env, trainer.policy
     if not isinstance(env, BraxEnv):
-        raise checkpoint.CheckpointError(f"render: {trainer.config.env} is not a Brax env; render draws Brax scenes only")
+        raise checkpoint.CheckpointError(
+            f"render: {trainer.config.env} is not a Brax env; render draws Brax scenes only")
 
     @jax.jit
     def episode(key: jax.Array) -> tuple[Any, jax.Array]:

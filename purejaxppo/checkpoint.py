@@ -68,17 +68,26 @@ class Checkpointer:
 RUN_FILES = ("metrics.csv", "runs.csv")  # what a run or sweep writes besides checkpoints
 
 
-def check_fresh(run_dir: str | Path) -> None:
-    """Refuse to start a new run in a run dir that already holds one, whose files it would overwrite."""
+def check_fresh(run_dir: str | Path, move: bool = True) -> Path | None:
+    """Refuse to start a new run in a run dir that holds a run with a checkpoint, whose files it would
+    overwrite. A run that ended before its first checkpoint (a kill, an out-of-memory error) has nothing
+    to resume: its files are moved (by the one process that `move`s) into
+    `RUN_DIR/superseded/no-checkpoint-<time>/`, which is returned."""
     run_dir = Path(run_dir)
     steps = available_steps(run_dir) if checkpoint_dir(run_dir).is_dir() else []
-    held = [f"checkpoints {steps}"] if steps else []
-    held += [name for name in RUN_FILES if (run_dir / name).is_file()]
-    if held:
+    held = [name for name in (*RUN_FILES, "config.yaml", "tensorboard") if (run_dir / name).exists()]
+    if steps:
         raise CheckpointError(
-            f"run dir {run_dir} already holds a run ({', '.join(held)}); resume it with --resume {run_dir}, "
-            f"or choose another run dir"
+            f"run dir {run_dir} already holds a run (checkpoints {steps}, {', '.join(held)}); resume it with "
+            f"--resume {run_dir}, or choose another run dir"
         )
+    if not held or not move:
+        return None
+    target = run_dir / "superseded" / f"no-checkpoint-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    target.mkdir(parents=True)
+    for name in held:
+        (run_dir / name).rename(target / name)
+    return target
 
 
 def supersede_later(run_dir: str | Path, step: int) -> Path | None:
@@ -106,14 +115,22 @@ def available_steps(run_dir: str | Path) -> list[int]:
         raise CheckpointError(f"run dir {run_dir} does not exist")
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
-        raise CheckpointError(f"run dir {run_dir} has no checkpoints (no {CHECKPOINT_DIR}/ folder)")
+        raise CheckpointError(f"run dir {run_dir} has no checkpoints (no {CHECKPOINT_DIR}/ folder){_again(run_dir)}")
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _again(run_dir: Path) -> str:
+    """For a run dir whose run ended before its first checkpoint: how to train it again."""
+    if not any((run_dir / name).exists() for name in RUN_FILES):
+        return ""
+    return (f"; its run ended before its first checkpoint, so there is nothing to resume or load: train it again "
+            f"with purejaxppo train --run-dir {run_dir} (its files are moved aside)")
 
 
 def _pick_step(run_dir: Path, step: int | None) -> int:
     steps = available_steps(run_dir)
     if not steps:
-        raise CheckpointError(f"run dir {run_dir} has no completed checkpoint")
+        raise CheckpointError(f"run dir {run_dir} has no completed checkpoint{_again(run_dir)}")
     if step is None:
         return steps[-1]
     if step not in steps:

@@ -16,6 +16,8 @@ from purejaxppo.console import ProgressPrinter
 from purejaxppo.metrics import NonFiniteError
 
 EXIT_NON_FINITE = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+_PROGRESS: ProgressPrinter | None = None  # the running command's progress, for what an interrupt reports
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole.yaml"  # the repo checkout
 
@@ -103,11 +105,7 @@ def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
         if args.config:
             return config_lib.load(args.config, args.overrides)
         _, meta = checkpoint.read_meta(args.resume, args.step)
-        values = dict(meta["config"])
-        for text in args.overrides:
-            key, value = config_lib.parse_override(text)
-            values[key] = value
-        return config_lib.from_dict(values)
+        return config_lib.from_dict(config_lib.apply_overrides(meta["config"], args.overrides))
     if getattr(args, "step", None) is not None:
         raise ConfigError("--step: only with --resume")
     # PPOConfig's defaults are configs/cartpole.yaml's values, for installs without the repo's configs/
@@ -135,7 +133,8 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
     primary = runner.is_primary()
     say = print if primary else (lambda *_, **__: None)  # the other processes of a multi-host run stay quiet
-    progress = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
+    global _PROGRESS
+    progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
     verb = "resuming" if args.resume else "training"
     where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
     say(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
@@ -144,8 +143,11 @@ def _train(args: argparse.Namespace) -> int:
         result = runner.train(config, run_dir, on_progress=progress, resume=bool(args.resume), step=args.step)
     finally:
         progress.close()
-    if result.superseded is not None:
+    if result.superseded is not None and args.resume:
         say(f"the checkpoints after update {result.first_update}, and the metrics as they were, are in "
+            f"{result.superseded}", flush=True)
+    elif result.superseded is not None:
+        say(f"the files of the earlier run in {run_dir}, which ended before its first checkpoint, are in "
             f"{result.superseded}", flush=True)
     if result.stopped:
         if primary:
@@ -183,11 +185,12 @@ def _sweep(args: argparse.Namespace) -> int:
           f"{len(jax.local_devices())} device(s); writing {run_dir}",
           flush=True)
 
-    progress = ProgressPrinter(config.num_updates * config.batch_size)
+    global _PROGRESS
+    progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size)
     result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_progress=progress,
                    resume=bool(args.resume), step=args.step)
     if result.superseded is not None:
-        print(f"the checkpoints after the resumed one, and the metrics as they were, are in {result.superseded}")
+        print(f"the earlier files that this sweep replaces are in {result.superseded}")
     if result.stopped:
         _resume_hint("sweep", run_dir)
         return 0
@@ -332,6 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except OSError as err:  # a path the user gave that cannot be read or written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"purejaxppo: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # once training runs, Ctrl-C is a stop request (a checkpoint, then exit 0); this one came before any
+        # chunk was reported, so before any checkpoint or metrics row, or was a second Ctrl-C during a stop
+        started = _PROGRESS.reported if _PROGRESS is not None else False
+        print("purejaxppo: interrupted" + ("; the last checkpoint written is where a resume starts" if started
+                                           else " before training started; nothing was written"), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -478,10 +478,20 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PPOCo
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config: {path} must hold a mapping of keys to values")
         values.update(loaded)
+    return from_dict(apply_overrides(values, overrides))
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """`values` with each `key=value` override applied; a key given twice is refused, not silently
+    resolved in favour of the last."""
+    out, given = dict(values), {}
     for text in overrides:
         key, value = parse_override(text)
-        values[key] = value
-    return from_dict(values)
+        if key in given:
+            raise ConfigError(f"{key}: given twice ({given[key]!r} and {text!r}); give each key once")
+        given[key] = text
+        out[key] = value
+    return out
 
 
 def save(config: PPOConfig, path: str | Path) -> None:

@@ -145,7 +145,13 @@ def _like(name: str, value: Any, default: Any) -> Any:
         if default.ndim:
             expected = f"a list of {default.size} values, each {expected}"
         raise ConfigError(f"{name}: expected {expected} like its default {default.tolist()!r}, got {value!r}")
+    if kind in "iu" and default.ndim == 0 and default > 0 and value < 1 and any(w in name for w in LENGTH_WORDS):
+        raise ConfigError(f"{name}: a length, count or limit, so it must be >= 1; got {value!r}")
     return jnp.asarray(value, default.dtype) if default.ndim else value
+
+
+# Words in an env parameter's name that make it a length, count or limit, which must be positive.
+LENGTH_WORDS = ("step", "length", "size", "num", "count", "limit", "max", "horizon")
 
 
 BRAX_PREFIX = "brax/"

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo import checkpoint, metrics as metrics_lib
+from purejaxppo import checkpoint, rundir
+from purejaxppo import metrics as metrics_lib
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.loggers import Loggers
 from purejaxppo.metrics import NonFiniteError
-from purejaxppo.population import Layout, Population, plan
+from purejaxppo.population import Layout, Population, Program, plan
 from purejaxppo.train import TrainState, make_trainer
 
 
@@ -59,7 +60,7 @@ class RunResult:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds before the first update, by stage
     first_update: int = 0  # where this call started: > 0 when resumed
     stopped: bool = False  # stopped early by a signal or `until_update`, with a checkpoint to resume from
-    superseded: Path | None = None  # where the checkpoints after the resumed one were moved
+    superseded: Path | None = None  # where the checkpoints after the resumed one, or a stranded run's files, went
 
     @property
     def env_steps(self) -> int:
@@ -88,10 +89,15 @@ def default_run_dir(config: PPOConfig, root: str | Path = "runs", suffix: str = 
 
 
 class StopSignal:
-    """Turns SIGINT/SIGTERM into a request to stop after the current chunk; a second signal interrupts."""
+    """Turns SIGINT/SIGTERM into a request to stop after the current chunk; a second signal interrupts.
 
-    def __init__(self) -> None:
+    With `interrupt`, for the time before training starts, the first signal raises KeyboardInterrupt at
+    once, and is recorded as well: Python drops an exception raised inside a garbage-collection
+    callback, and the caller then raises it itself."""
+
+    def __init__(self, interrupt: bool = False) -> None:
         self.requested: str | None = None
+        self.interrupt = interrupt
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopSignal]:
@@ -104,6 +110,8 @@ class StopSignal:
             self.requested = signal.Signals(signum).name
             for sig, old in previous.items():  # a second signal acts as usual
                 signal.signal(sig, old)
+            if self.interrupt:
+                raise KeyboardInterrupt
 
         for sig in previous:
             signal.signal(sig, handler)
@@ -155,6 +163,52 @@ def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config
     return checkpoint.resume_point(run_dir, step, kind, config)
 
 
+Started = tuple[Program, list[TrainState], int, "Path | None", dict[str, float], float]
+
+
+def _start(
+    population: Population, run_dir: Path | None, resume_step: int | None, max_runs_per_call: int | None
+) -> Started:
+    """Everything before the first update: build, check, compile, then init or restore. Returns the
+    program, the calls' states, the first update, where earlier files went, the timings by stage and the
+    compile time."""
+    config = population.config
+    clock = time.perf_counter()
+    trainer = make_trainer(config)
+    use_compilation_cache(config)
+    program = plan(trainer, population, max_runs_per_call)
+    timings = {"build": time.perf_counter() - clock}
+    lay = program.layout
+    superseded = None  # where earlier files of the run dir went
+    if resume_step is not None:  # every check before anything compiles
+        _, saved = checkpoint.read_meta(run_dir, resume_step)
+        if int(saved.get("stacked_runs", -1)) != lay.stacked_runs:
+            raise checkpoint.CheckpointError(
+                f"{run_dir}: the checkpoint holds {saved.get('stacked_runs')} stacked runs, but {lay.devices} "
+                f"device(s) give {lay.stacked_runs} here; resume on as many devices as it ran on "
+                f"(--cpu-devices N)")
+        checkpoint.check_arrays(run_dir, resume_step, program.abstract)
+    elif run_dir is not None:
+        superseded = checkpoint.check_fresh(run_dir, move=is_primary())
+
+    start = time.perf_counter()
+    program.compile()
+    timings.update(program.timings)
+    clock = time.perf_counter()
+    if resume_step is not None:
+        first, restored, _ = checkpoint.restore(run_dir, program.restore_target(), resume_step)
+        states = program.split(restored)
+    else:
+        first, states = 0, jax.block_until_ready(program.initial_states())
+    timings["init" if resume_step is None else "restore"] = time.perf_counter() - clock
+    compile_time = time.perf_counter() - start
+    if resume_step is not None:
+        superseded = checkpoint.supersede_later(run_dir, first) if is_primary() else None
+        _sync("purejaxppo: later checkpoints moved aside")
+
+    return program, states, first, superseded, timings, compile_time
+
+
 def run(
     population: Population,
     run_dir: str | Path | None = None,
@@ -169,46 +223,21 @@ def run(
 ) -> RunResult:
     """Train every run of `population` from its init, or from checkpoint `resume_step` of `run_dir`.
 
-    With a run dir: `config.yaml`, `metrics.csv` (every run), the optional loggers and checkpoints of
-    the whole stacked state, every `checkpoint_every` updates, at the end, and on a stop (SIGINT,
-    SIGTERM, or `until_update`). With `guard`, a non-finite loss, gradient norm or parameter in any run
-    stops the call with NonFiniteError, after checkpointing the last good state. `meta` is stored with
-    each checkpoint, beside what the loop itself needs to resume.
+    The caller holds the run dir (`rundir.claimed`). With a run dir: `config.yaml`, `metrics.csv` (every
+    run), the optional loggers, and checkpoints of the whole stacked state every `checkpoint_every`
+    updates, at the end, and on a stop (SIGINT, SIGTERM, or `until_update`). With `guard`, a non-finite
+    loss, gradient norm or parameter in any run stops the call with NonFiniteError, after checkpointing
+    the last good state. `meta` is stored with each checkpoint, beside what the loop itself needs.
     """
     config = population.config
-    clock = time.perf_counter()
-    trainer = make_trainer(config)
-    use_compilation_cache(config)
-    program = plan(trainer, population, max_runs_per_call)
-    timings = {"build": time.perf_counter() - clock}
-    lay = program.layout
     run_dir = Path(run_dir) if run_dir is not None else None
-    if resume_step is not None:  # every check before anything compiles
-        _, saved = checkpoint.read_meta(run_dir, resume_step)
-        if int(saved.get("stacked_runs", -1)) != lay.stacked_runs:
-            raise checkpoint.CheckpointError(
-                f"{run_dir}: the checkpoint holds {saved.get('stacked_runs')} stacked runs, but {lay.devices} "
-                f"device(s) give {lay.stacked_runs} here; resume on as many devices as it ran on "
-                f"(--cpu-devices N)")
-        checkpoint.check_arrays(run_dir, resume_step, program.abstract)
-    elif run_dir is not None:
-        checkpoint.check_fresh(run_dir)
-
-    start = time.perf_counter()
-    program.compile()
-    timings.update(program.timings)
-    clock = time.perf_counter()
-    if resume_step is not None:
-        first, restored, _ = checkpoint.restore(run_dir, program.restore_target(), resume_step)
-        states = program.split(restored)
-    else:
-        first, states = 0, jax.block_until_ready(program.initial_states())
-    timings["init" if resume_step is None else "restore"] = time.perf_counter() - clock
-    compile_time = time.perf_counter() - start
-    superseded = None
-    if resume_step is not None:
-        superseded = checkpoint.supersede_later(run_dir, first) if is_primary() else None
-        _sync("purejaxppo: later checkpoints moved aside")
+    early = StopSignal(interrupt=True)
+    with early.installed():
+        program, states, first, superseded, timings, compile_time = _start(
+            population, run_dir, resume_step, max_runs_per_call)
+    if early.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
+        raise KeyboardInterrupt
+    lay = program.layout
 
     store = loggers = ckpt = None
     if run_dir is not None:
@@ -245,7 +274,8 @@ def run(
                     params_ok = all(bool(np.asarray(jax.device_get(o[2]))[:n].all()) for o in outputs)
                     if bad is not None or not params_ok:
                         where = (f"update {done + bad[0]} (env steps {(done + bad[0] + 1) * config.batch_size:,}): "
-                                 f"{bad[1]} is not finite") if bad else f"the params of updates {done}-{done + active - 1}"
+                                 f"{bad[1]} is not finite") if bad else \
+                            f"the params of updates {done}-{done + active - 1}"
                         if store is not None:
                             store.write(done, chunk_metrics)
                         save(done, states)
@@ -312,6 +342,8 @@ def train(
     bit-identical to an uninterrupted run. `until_update` stops, with a checkpoint, at the first chunk
     end at or after it. The result's state and metrics keep the run axis, of size 1.
     """
-    resume_step = resume_point(run_dir, step, "run", config)[0] if resume else None
-    return run(Population.single(config), run_dir, kind="run", resume_step=resume_step,
-               until_update=until_update, on_progress=on_progress)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    with rundir.claimed(run_dir, create=not resume, primary=is_primary()):
+        resume_step = resume_point(run_dir, step, "run", config)[0] if resume else None
+        return run(Population.single(config), run_dir, kind="run", resume_step=resume_step,
+                   until_update=until_update, on_progress=on_progress)

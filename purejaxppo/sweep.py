@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from purejaxppo import config as config_lib
-from purejaxppo import plots, runner, stats
+from purejaxppo import plots, rundir, runner, stats
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.population import Member, Population
 
@@ -93,20 +93,22 @@ def sweep(
     `max_runs_per_call` asks). `resume`, `step` and `until_update` work as in `runner.train`; a
     resumed sweep takes its seeds, grid and call size from the checkpoint. A sweep has no NaN guard:
     one diverging run among many is a finding of the sweep, not a failure of it."""
-    resume_step = None
-    if resume:
-        resume_step, meta = runner.resume_point(run_dir, step, "sweep", config)
-        seeds, grid, max_runs_per_call = int(meta["num_seeds"]), meta["grid"], meta["max_runs_per_call"]
-    grid = {k: list(v) for k, v in (grid or {}).items()}
-    points = check_grid(config, grid)
-    population = population_of(config, seeds, points)
-    result = runner.run(population, run_dir, kind="sweep", meta={"num_seeds": seeds, "grid": grid},
-                        max_runs_per_call=max_runs_per_call, resume_step=resume_step, until_update=until_update,
-                        guard=False, on_progress=on_progress)
-    out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)},
-                      grid=grid, points=points, seeds=[config.seed + i for i in range(seeds)])
-    if out.run_dir is not None and not out.stopped:
-        write_results(out, out.run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    with rundir.claimed(run_dir, create=not resume, primary=runner.is_primary()):
+        resume_step = None
+        if resume:
+            resume_step, meta = runner.resume_point(run_dir, step, "sweep", config)
+            seeds, grid, max_runs_per_call = int(meta["num_seeds"]), meta["grid"], meta["max_runs_per_call"]
+        grid = {k: list(v) for k, v in (grid or {}).items()}
+        points = check_grid(config, grid)
+        population = population_of(config, seeds, points)
+        result = runner.run(population, run_dir, kind="sweep", meta={"num_seeds": seeds, "grid": grid},
+                            max_runs_per_call=max_runs_per_call, resume_step=resume_step,
+                            until_update=until_update, guard=False, on_progress=on_progress)
+        out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)},
+                          grid=grid, points=points, seeds=[config.seed + i for i in range(seeds)])
+        if out.run_dir is not None and not out.stopped:
+            write_results(out, out.run_dir)
     return out
 
 

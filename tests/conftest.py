@@ -36,9 +36,10 @@ PENDULUM = PPOConfig(
 runner.use_compilation_cache(TINY)  # for every compile in this process, runs or not
 
 # the CLI flags that give TINY's program from the default config (so a CLI run reads TINY's compiled program)
-TINY_FLAGS = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2", "--set", "update_epochs=2",
+TINY_SHAPE = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2", "--set", "update_epochs=2",
               "--set", "hidden_sizes=[16]", "--set", "normalize_obs=true",
-              "--set", "env_kwargs={max_steps_in_episode: 20}", "--set", f"compilation_cache={CACHE}"]
+              "--set", "env_kwargs={max_steps_in_episode: 20}"]
+TINY_FLAGS = [*TINY_SHAPE, "--set", f"compilation_cache={CACHE}"]
 
 
 def leaves_equal(a, b) -> bool:

@@ -15,7 +15,8 @@ def imports_of(tree: ast.AST) -> list[tuple[str, bool]]:
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("purejaxppo"):
-                names = [child.module] if child.module != "purejaxppo" else [f"purejaxppo.{a.name}" for a in child.names]
+                names = [child.module] if child.module != "purejaxppo" else \
+                    [f"purejaxppo.{a.name}" for a in child.names]
                 found.extend((name, inside) for name in names)
             elif isinstance(child, ast.Import):
                 found.extend((a.name, inside) for a in child.names if a.name.startswith("purejaxppo"))

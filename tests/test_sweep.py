@@ -169,3 +169,13 @@ def test_cli_sweep_uses_a_cpu_device_per_core(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"one compiled program on {min(cli_lib.cpu_cores(), 2)} device(s)" in proc.stdout  # at most one a run
     assert len((tmp_path / "s" / "runs.csv").read_text().strip().splitlines()) == 3  # header and 2 runs
+
+
+def test_a_sweep_builds_its_env_once(monkeypatch):
+    from purejaxppo import train
+
+    built = []
+    real = train.make_env
+    monkeypatch.setattr(train, "make_env", lambda *a, **k: built.append(a) or real(*a, **k))
+    sweep(SMALL, seeds=2, grid=GRID)
+    assert len(built) == 1

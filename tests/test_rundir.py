@@ -1,0 +1,126 @@
+"""The run dir: made and proven writable before anything compiles, one writer at a time, and every
+failure one line. The lock and interrupt tests run real `purejaxppo` processes."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY_FLAGS, TINY_SHAPE, cli, one_error_line
+
+from purejaxppo import checkpoint, rundir
+from purejaxppo.rundir import RunDirError
+
+
+def test_a_run_dir_that_is_a_file_or_under_one_is_refused_before_compiling(tmp_path):
+    cache = tmp_path / "cache"  # a cache of its own: it stays empty if nothing compiled
+    cache.mkdir()
+    taken = tmp_path / "file"
+    taken.write_text("not a folder")
+    cases = ((taken, "exists and is not a folder"), (taken / "run", "a part of its path is a file, not a folder"))
+    for run_dir, problem in cases:
+        proc = cli("train", "--run-dir", str(run_dir), *TINY_SHAPE, "--set", f"compilation_cache={cache}")
+        line = one_error_line(proc)
+        assert line == f"purejaxppo: error: run dir {run_dir}: {problem}"
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("fails, problem", [("mkdir", "cannot create it (Permission denied)"),
+                                            ("write_bytes", "cannot write there (No space left on device)")])
+def test_an_unwritable_run_dir_is_one_line_naming_it(monkeypatch, tmp_path, fails, problem):
+    # the process runs as root here, so permissions cannot be taken away: the OSError is injected
+    errors = {"mkdir": PermissionError(13, "Permission denied"), "write_bytes": OSError(28, "No space left on device")}
+
+    def fail(*args, **kwargs):
+        raise errors[fails]
+
+    monkeypatch.setattr(Path, fails, fail)
+    with pytest.raises(RunDirError) as err:
+        rundir.prepare(tmp_path / "run")
+    assert str(err.value) == f"run dir {tmp_path / 'run'}: {problem}"
+
+
+def test_other_paths_a_user_gives_fail_in_one_line(straight, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_error_line(cli("plot", str(straight.run_dir), "--out", str(blocker / "curves.png")))
+    assert line == f"purejaxppo: error: {blocker / 'curves.png'}: Not a directory"
+
+
+def _wait_for(proc: subprocess.Popen, prefix: str) -> None:
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the process ended before printing {prefix!r}: {proc.stderr.read()[-2000:]}")
+
+
+def test_a_second_writer_is_refused_and_readers_keep_working(tmp_path):
+    run_dir = tmp_path / "live"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir), *TINY_FLAGS,
+         "--set", "total_timesteps=10000000", "--set", "log_every=1", "--set", "checkpoint_every=1",
+         "--set", "lr_schedule=constant"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        _wait_for(writer, "update 3/")
+        holder = f"process {writer.pid} on "
+        for args in (["train", "--run-dir", str(run_dir), *TINY_FLAGS], ["train", "--resume", str(run_dir)],
+                     ["sweep", "--seeds", "2", "--run-dir", str(run_dir), "--cpu-devices", "1", *TINY_FLAGS]):
+            line = one_error_line(cli(*args))
+            assert line.startswith(f"purejaxppo: error: run dir {run_dir} is being written by {holder}"), line
+        reader = cli("eval", str(run_dir), "--episodes", "2")  # reads the latest checkpoint of the live run
+        assert reader.returncode == 0 and "2 deterministic episodes" in reader.stdout, reader.stderr[-2000:]
+        writer.send_signal(signal.SIGINT)
+        assert writer.wait(timeout=120) == 0
+    finally:
+        writer.kill()
+    # the lock went with the process: the run resumes
+    step = checkpoint.available_steps(run_dir)[-1]
+    resumed = cli("train", "--resume", str(run_dir), "--set", f"total_timesteps={(step + 1) * 64}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_ctrl_c_before_training_is_one_line_and_exit_130(tmp_path):
+    run_dir = tmp_path / "early"
+    proc = subprocess.Popen(  # the cache off, so the compile takes seconds: the signal lands in it
+        [sys.executable, "-m", "purejaxppo", "train", "--run-dir", str(run_dir), *TINY_SHAPE,
+         "--set", "compilation_cache="], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        _wait_for(proc, "training CartPole-v1")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip() == "purejaxppo: interrupted before training started; nothing was written"
+    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_a_key_given_twice_is_refused():
+    line = one_error_line(cli("train", "--set", "lr=1e-3", "--set", "lr=2e-3"))
+    assert line == "purejaxppo: error: lr: given twice ('lr=1e-3' and 'lr=2e-3'); give each key once"
+
+
+def test_env_lengths_and_limits_must_be_positive():
+    line = one_error_line(cli("train", "--set", "env_kwargs={max_steps_in_episode: 0}"))
+    assert line == ("purejaxppo: error: env_kwargs.max_steps_in_episode: a length, count or limit, so it must be >= 1; "
+                    "got 0")
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_not_stranded(straight, tmp_path):
+    run_dir = tmp_path / "died"
+    run_dir.mkdir()
+    for name in ("metrics.csv", "runs.csv", "config.yaml"):  # what a run has written before a kill -9
+        (run_dir / name).write_text((straight.run_dir / name).read_text())
+    line = one_error_line(cli("train", "--resume", str(run_dir)))
+    assert line.endswith(f"its run ended before its first checkpoint, so there is nothing to resume or load: train it "
+                         f"again with purejaxppo train --run-dir {run_dir} (its files are moved aside)")
+    proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=256")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (moved,) = (run_dir / "superseded").iterdir()
+    assert f"ended before its first checkpoint, are in {moved}" in proc.stdout
+    assert (moved / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
+    assert checkpoint.available_steps(run_dir) == [4]
