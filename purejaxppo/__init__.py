@@ -4,12 +4,12 @@ from purejaxppo.acting import load_policy
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.hparams import HParams
 from purejaxppo.population import Member, Population
-from purejaxppo.runner import RunResult, train
+from purejaxppo.runner import RunResult
 from purejaxppo.sweep import SweepResult, sweep
 from purejaxppo.train import TrainState, make_train, make_trainer
 
 __all__ = [
     "ConfigError", "HParams", "Member", "PPOConfig", "Population", "RunResult", "SweepResult", "TrainState",
-    "load_policy", "make_train", "make_trainer", "sweep", "train",
+    "load_policy", "make_train", "make_trainer", "sweep",
 ]
 __version__ = "0.1.0"

@@ -51,6 +51,7 @@ def claimed(run_dir: Path | None, create: bool = True, primary: bool = True) -> 
     if run_dir is None or not primary or (not create and not run_dir.is_dir()):
         yield  # a resume of a missing run dir is reported by the resume's own checks
         return
+    created = create and not run_dir.exists()
     if create:
         prepare(run_dir)
     try:
@@ -68,6 +69,12 @@ def claimed(run_dir: Path | None, create: bool = True, primary: bool = True) -> 
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])})".encode(), 0)
         yield
+    except BaseException:
+        if created:  # a run refused (a config error) or stopped before it wrote anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                (run_dir / LOCK_FILE).unlink()
+                run_dir.rmdir()
+        raise
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -81,7 +81,7 @@ def test_a_resume_keeps_the_rows_before_it_even_after_a_torn_row(resumed, straig
 
 
 def test_a_new_run_refuses_a_run_dir_that_holds_a_run(straight):
-    with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv, runs.csv\)"):
+    with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv, runs.csv, config"):
         runner.train(TINY, straight.run_dir)
     with pytest.raises(CheckpointError, match="already holds a run"):
         sweep(TINY, 2, None, straight.run_dir)

@@ -172,8 +172,9 @@ def test_cli_sweep_uses_a_cpu_device_per_core(tmp_path):
 
 
 def test_a_sweep_builds_its_env_once(monkeypatch):
-    from purejaxppo import train
+    import importlib
 
+    train = importlib.import_module("purejaxppo.train")
     built = []
     real = train.make_env
     monkeypatch.setattr(train, "make_env", lambda *a, **k: built.append(a) or real(*a, **k))
