@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.errors import CheckpointSaveError
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -37,6 +39,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: str | Path, keep: int) -> None:
         self._dir = checkpoint_dir(run_dir)
+        self._pending: int | None = None  # the step of the save under way
         self._manager = ocp.CheckpointManager(
             self._dir,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
@@ -45,10 +48,15 @@ class Checkpointer:
     def save(self, update: int, state: Any, meta: dict[str, Any]) -> None:
         if update in self._manager.all_steps():  # already saved (a stop right after a periodic save)
             return
+        self.wait()  # the previous save's failure is reported as its own (orbax would wait here anyway)
+        self._pending = update
         # orbax declines, returning False, to save a step at or below its newest one
-        saved = self._manager.save(
-            update, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
+        try:
+            saved = self._manager.save(
+                update, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
+        except Exception as err:  # orbax and tensorstore raise many types
+            raise self._failed(err) from None
         if not saved:
             raise CheckpointError(
                 f"checkpoint {update} was not written: {self._dir} already holds later "
@@ -59,7 +67,19 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # orbax and tensorstore raise many types
+            raise self._failed(err) from None
+
+    def _failed(self, err: Exception) -> CheckpointSaveError:
+        text = str(err)
+        found = re.search(r"\[Errno \d+\] ([^\]\"\n]+)|(No space left on device)", text)
+        reason = (found.group(1) or found.group(2)) if found else (text.strip().splitlines() or [type(err).__name__])[0]
+        steps = [p.name for p in self._dir.iterdir() if p.name.isdigit()] if self._dir.is_dir() else []
+        last = f"checkpoint {max(map(int, steps))}" if steps else "none (no checkpoint was completed)"
+        return CheckpointSaveError(f"checkpoint {self._pending} could not be written to {self._dir}: {reason[:200]}; "
+                                   f"the last good one is {last}")
 
     def close(self) -> None:
         self._manager.close()

@@ -9,13 +9,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
 from purejaxppo.console import ProgressPrinter
-from purejaxppo.metrics import NonFiniteError
+from purejaxppo.errors import CheckpointSaveError, NonFiniteError
 
 EXIT_NON_FINITE = 3
+EXIT_SAVE_FAILED = 4
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 _PROGRESS: ProgressPrinter | None = None  # the running command's progress, for what an interrupt reports
 
@@ -318,23 +320,41 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
         raise ConfigError(f"--distributed: jax.distributed.initialize failed: {message}") from None
 
 
+# What orbax's writer threads and asyncio's loops report again, as exceptions nobody can catch, during
+# and after a failed save or read, and at exit. The one `purejaxppo: error:` line has said it all.
+SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "tensorstore")
+
+
+def _quiet_library_noise() -> None:
+    logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
+    default = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not any(n in f"{unraisable.exc_value} {unraisable.object!r}" for n in SHUTDOWN_NOISE):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status. It may set JAX's CPU device count for the process
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
+    _quiet_library_noise()
     commands = {"train": _train, "sweep": _sweep, "eval": _eval, "render": _render, "plot": _plot, "envs": _envs}
     try:
         _set_cpu_devices(args)
         _initialize_distributed(args)
         return commands[args.command](args)
     except ConfigError as err:
-        # a failed checkpoint read leaves orbax's pending reads to be logged at exit; the message says it all
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except CheckpointSaveError as err:
+        print(f"purejaxppo: error: {err}", file=sys.stderr)
+        return EXIT_SAVE_FAILED
     except OSError as err:  # a path the user gave that cannot be read or written
         where = f"{err.filename}: " if err.filename else ""
         print(f"purejaxppo: error: {where}{err.strerror or err}", file=sys.stderr)

@@ -47,6 +47,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
 DISTRIBUTIONS = ("auto", "categorical", "gaussian", "tanh_gaussian", "beta")
 MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits; a larger seed would alias a smaller one
+MAX_COUNT = 2**31 - 1  # the compiled program counts env steps and optimizer steps in int32
 
 
 @dataclass(frozen=True)
@@ -420,6 +421,12 @@ def validate(config: PPOConfig) -> PPOConfig:
             f"num_minibatches: num_envs * num_steps = {config.batch_size} is not divisible by "
             f"num_minibatches = {config.num_minibatches}"
         )
+    if config.num_updates * config.batch_size > MAX_COUNT:
+        raise ConfigError(f"total_timesteps: {config.num_updates * config.batch_size:,} env steps overflow the "
+                          f"program's int32 step counters; at most {MAX_COUNT:,} per run")
+    if config.num_updates * config.update_epochs * config.num_minibatches > MAX_COUNT:
+        raise ConfigError(f"update_epochs: {config.num_updates} updates x {config.update_epochs} epochs x "
+                          f"{config.num_minibatches} minibatches overflow the optimizer's int32 step count")
     if config.total_timesteps < config.batch_size:
         raise ConfigError(
             f"total_timesteps: {config.total_timesteps} is smaller than one batch "

@@ -27,10 +27,6 @@ METRIC_NAMES: tuple[str, ...] = (
 GUARDED_METRICS: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")
 
 
-class NonFiniteError(RuntimeError):
-    """A run produced a non-finite loss, gradient norm or parameter and was stopped."""
-
-
 def metric_names(metrics: dict[str, Any]) -> list[str]:
     return [n for n in METRIC_NAMES if n in metrics] + sorted(n for n in metrics if n not in METRIC_NAMES)
 

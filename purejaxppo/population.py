@@ -227,12 +227,49 @@ class Program:
         shardings = self.layout.state_shardings(parts[0])
         return [jax.device_put(p, shardings) if shardings is not None else p for p in parts]
 
+    def memory_estimate(self) -> int:
+        """Bytes one call plainly needs: its stacked states, and its rollout held three times over (the
+        trajectory, the flattened batch, an epoch's shuffled copy). A floor, not a forecast."""
+        trainer, lay = self.trainer, self.layout
+        size = lambda x: x.size * (8 if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
+                                   else x.dtype.itemsize)
+        state = sum(size(x) for x in jax.tree.leaves(self.abstract)) * lay.per_call // lay.stacked_runs
+        space = trainer.policy.action_space
+        per_step = 4 * (2 * math.prod(trainer.env.observation_shape) + (1 if space.discrete else space.dim) + 10)
+        return state + 3 * lay.per_call * trainer.config.num_steps * trainer.config.num_envs * per_step
+
     def restore_target(self) -> TrainState:
         """What to restore a checkpoint onto: sharded as the calls run when there is one call."""
         if self.layout.num_calls > 1 or self.layout.mesh is None:
             return self.abstract
         shardings = self.layout.state_shardings(self.abstract)
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, shardings)
+
+
+def device_memory() -> int | None:
+    """Bytes a program may use: a GPU's limit, or on a CPU the host memory available now; None if unknown."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) * len(jax.local_devices())
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(program: Program) -> None:
+    """Refuse, before compiling, a program that plainly cannot fit the devices' memory."""
+    need, have = program.memory_estimate(), device_memory()
+    if have is None or need <= have:
+        return
+    config = program.trainer.config
+    fewer = " or --max-runs-per-call," if len(program.population) > 1 else ""
+    raise ConfigError(f"num_envs: {program.layout.per_call} run(s) of {config.num_envs} envs x {config.num_steps} "
+                      f"steps need at least {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available; "
+                      f"use fewer envs or steps{fewer} or a larger device")
 
 
 def plan(trainer: Trainer, population: Population, max_runs_per_call: int | None = None) -> Program:

@@ -25,8 +25,8 @@ from purejaxppo import metrics as metrics_lib
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.loggers import Loggers
-from purejaxppo.metrics import NonFiniteError
-from purejaxppo.population import Layout, Population, Program, plan
+from purejaxppo.errors import NonFiniteError
+from purejaxppo.population import Layout, Population, Program, check_fits, plan
 from purejaxppo.train import TrainState, make_trainer
 
 
@@ -177,6 +177,7 @@ def _start(
     trainer = make_trainer(config)
     use_compilation_cache(config)
     program = plan(trainer, population, max_runs_per_call)
+    check_fits(program)
     timings = {"build": time.perf_counter() - clock}
     lay = program.layout
     superseded = None  # where earlier files of the run dir went
@@ -312,8 +313,11 @@ def run(
             if closing is not None:
                 closing.close()
         if ckpt is not None:
-            ckpt.wait()
-            ckpt.close()
+            try:
+                ckpt.wait()
+            finally:
+                with contextlib.suppress(Exception):  # after a failed save orbax's close fails the same way
+                    ckpt.close()
     states = jax.block_until_ready(states)
     run_time = time.perf_counter() - start
     names = metrics_lib.metric_names(collected[-1]) if collected else []

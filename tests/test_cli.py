@@ -70,3 +70,14 @@ def test_cpu_devices_that_do_not_split_the_envs_are_refused(tmp_path):
     proc = cli("train", "--cpu-devices", "3", "--set", "num_envs=4", "--run-dir", str(tmp_path / "r"))
     assert one_error_line(proc) == "purejaxppo: error: --cpu-devices: num_envs = 4 does not split evenly over 3 devices"
     assert not (tmp_path / "r").exists()
+
+
+def test_sizes_that_cannot_work_are_refused_before_compiling(tmp_path):
+    line = one_error_line(cli("train", "--set", "total_timesteps=3000000000", "--run-dir", str(tmp_path / "a")))
+    assert line == ("purejaxppo: error: total_timesteps: 2,999,999,488 env steps overflow the program's int32 step "
+                    "counters; at most 2,147,483,647 per run")
+    line = one_error_line(cli("train", "--set", "num_envs=1000000", "--set", "num_steps=1000",
+                              "--set", "total_timesteps=1000000000", "--run-dir", str(tmp_path / "b")))
+    assert line.startswith("purejaxppo: error: num_envs: 1 run(s) of 1000000 envs x 1000 steps need at least ")
+    assert "GiB available; use fewer envs or steps or a larger device" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,6 +1,7 @@
 """The run dir: made and proven writable before anything compiles, one writer at a time, and every
 failure one line. The lock and interrupt tests run real `purejaxppo` processes."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_FLAGS, TINY_SHAPE, cli, one_error_line
+from conftest import CACHE, ROOT, TINY_FLAGS, TINY_SHAPE, cli, one_error_line
 
 from purejaxppo import checkpoint, rundir
 from purejaxppo.rundir import RunDirError
@@ -124,3 +125,55 @@ def test_a_run_that_died_before_its_first_checkpoint_is_not_stranded(straight, t
     assert f"ended before its first checkpoint, are in {moved}" in proc.stdout
     assert (moved / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
     assert checkpoint.available_steps(run_dir) == [4]
+
+
+FULL_DISK = ["--set", "total_timesteps=20480", "--set", "checkpoint_every=5", "--set", "hidden_sizes=[256,256]",
+             "--set", "log_every=5", "--set", f"compilation_cache={CACHE}"]
+# checkpoint 5 of that config takes 1.6 MB: a 2.6 MB disk holds it, and not checkpoint 10 beside it
+INJECTED = """
+import sys
+import orbax.checkpoint as ocp
+from purejaxppo.cli import main
+real, saves = ocp.CheckpointManager.save, []
+def save(self, step, *args, **kwargs):
+    saves.append(step)
+    if len(saves) == 2:
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing in OCDBT database: [Errno 28] No space left on device")
+    return real(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0
+    run_dir, args = disk / "run", ["train", "--run-dir", str(disk / "run"), *FULL_DISK]
+    try:
+        if mounted:  # a real full disk, with orbax's writer threads failing as they do
+            proc = cli(*args)
+        else:  # where the machine allows no mount: the same failure, injected into the second save
+            proc = subprocess.run([sys.executable, "-c", INJECTED, *args], capture_output=True, text=True, cwd=ROOT,
+                                  timeout=300)
+        line = one_error_line_of(proc, 4)
+        assert line == (f"purejaxppo: error: checkpoint 10 could not be written to {run_dir / 'checkpoints'}: "
+                        f"No space left on device; the last good one is checkpoint 5")
+        kept = tmp_path / "kept"
+        shutil.copytree(run_dir, kept)  # the space freed: the run moves to a disk with room
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+    assert checkpoint.available_steps(kept) == [5]
+    resumed = cli("train", "--resume", str(kept))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = cli("train", "--run-dir", str(tmp_path / "straight"), *FULL_DISK)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert (kept / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()
+
+
+def one_error_line_of(proc: subprocess.CompletedProcess, status: int) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == status and len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
