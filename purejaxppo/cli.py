@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
@@ -39,8 +39,34 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+class _Once(argparse.Action):
+    """Store an option's value, refusing a second one instead of silently keeping the last."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given and option_string:
+            parser.error(f"{option_string}: given twice; give it once")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with every usage error as one `purejaxppo: error:` line (exit 2), and every single-valued
+    option refused when given twice."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"purejaxppo: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="purejaxppo", description="Fused, jit-compiled PPO in JAX.")
+    parser = _Parser(prog="purejaxppo", description="Fused, jit-compiled PPO in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one agent")

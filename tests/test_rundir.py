@@ -100,9 +100,46 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tmp_path):
     assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
 
 
-def test_a_key_given_twice_is_refused():
+def test_anything_given_twice_is_refused():
     line = one_error_line(cli("train", "--set", "lr=1e-3", "--set", "lr=2e-3"))
     assert line == "purejaxppo: error: lr: given twice ('lr=1e-3' and 'lr=2e-3'); give each key once"
+    line = one_error_line(cli("train", "--run-dir", "a", "--run-dir", "b"))
+    assert line == "purejaxppo: error: --run-dir: given twice; give it once"
+    line = one_error_line(cli("sweep", "--cpu-devices", "1", "--grid", "lr=1e-3", "--grid", "lr=2e-3,3e-3"))
+    assert line == "purejaxppo: error: lr: the grid axis is given twice; give each key once, with all its values"
+    assert one_error_line(cli("train", "--nope")) == "purejaxppo: error: unrecognized arguments: --nope"
+
+
+def test_a_read_only_run_dir_is_one_line_for_new_and_existing_runs_and_resumes(straight, tmp_path, monkeypatch):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        # where the machine allows no mount: the file system's refusal, injected
+        (disk / "old").mkdir()
+        read_only = OSError(30, "Read-only file system")
+        monkeypatch.setattr(Path, "mkdir", lambda *a, **k: (_ for _ in ()).throw(read_only))
+        with pytest.raises(RunDirError, match=r"new: cannot create it \(Read-only file system\)$"):
+            rundir.prepare(disk / "new")
+        monkeypatch.setattr(rundir.os, "open", lambda *a, **k: (_ for _ in ()).throw(read_only))
+        with pytest.raises(RunDirError, match=r"old: cannot write there \(Read-only file system\)$"):
+            with rundir.claimed(disk / "old", create=False):
+                pass
+        return
+    try:
+        shutil.copytree(straight.run_dir, disk / "old", ignore=shutil.ignore_patterns(".lock"))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for args, run_dir, problem in (
+            (["train", "--run-dir", str(disk / "new"), *TINY_FLAGS], disk / "new", "cannot create it"),
+            (["train", "--run-dir", str(disk / "old"), *TINY_FLAGS], disk / "old", "cannot write there"),
+            (["train", "--resume", str(disk / "old")], disk / "old", "cannot write there"),
+        ):
+            line = one_error_line(cli(*args))
+            assert line == f"purejaxppo: error: run dir {run_dir}: {problem} (Read-only file system)", line
+        line = one_error_line(cli("plot", str(disk / "old"), "--out", str(disk / "curves.png")))
+        assert line == f"purejaxppo: error: {disk / 'curves.png'}: Read-only file system"
+        assert cli("eval", str(disk / "old"), "--episodes", "1").returncode == 0  # reading needs no write
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_env_lengths_and_limits_must_be_positive():
