@@ -76,8 +76,8 @@ class Checkpointer:
         text = str(err)
         found = re.search(r"\[Errno \d+\] ([^\]\"\n]+)|(No space left on device)", text)
         reason = (found.group(1) or found.group(2)) if found else (text.strip().splitlines() or [type(err).__name__])[0]
-        steps = [p.name for p in self._dir.iterdir() if p.name.isdigit()] if self._dir.is_dir() else []
-        last = f"checkpoint {max(map(int, steps))}" if steps else "none (no checkpoint was completed)"
+        steps = _completed(self._dir)
+        last = f"checkpoint {steps[-1]}" if steps else "none (no checkpoint was completed)"
         return CheckpointSaveError(f"checkpoint {self._pending} could not be written to {self._dir}: {reason[:200]}; "
                                    f"the last good one is {last}")
 
@@ -136,6 +136,14 @@ def available_steps(run_dir: str | Path) -> list[int]:
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
         raise CheckpointError(f"run dir {run_dir} has no checkpoints (no {CHECKPOINT_DIR}/ folder){_again(run_dir)}")
+    return _completed(directory)
+
+
+def _completed(directory: Path) -> list[int]:
+    """The completed checkpoints in a checkpoints folder (orbax renames a save into place only once it is
+    whole, so a digit-named folder is a finished one)."""
+    if not directory.is_dir():
+        return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 

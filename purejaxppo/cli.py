@@ -204,7 +204,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume:
         if args.grid or args.run_dir:
             raise ConfigError("--resume: a resumed sweep keeps its grid and run dir; drop --grid and --run-dir")
-        _, meta = runner.resume_point(args.resume, args.step, "sweep", config)
+        from purejaxppo import checkpoint
+
+        _, meta = checkpoint.resume_point(args.resume, args.step, "sweep", config)
         grid, args.seeds = meta["grid"], int(meta["num_seeds"])
     points = check_grid(config, grid)
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-sweep"))
@@ -354,11 +356,14 @@ SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "ten
 def _quiet_library_noise() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
     default = sys.unraisablehook
+    if getattr(default, "quiets_library_noise", False):  # main called again in this process
+        return
 
     def hook(unraisable: Any) -> None:
         if not any(n in f"{unraisable.exc_value} {unraisable.object!r}" for n in SHUTDOWN_NOISE):
             default(unraisable)
 
+    hook.quiets_library_noise = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
 
 

@@ -45,10 +45,6 @@ class Population:
     def single(cls, config: PPOConfig) -> Population:
         return cls(config, (Member(config.seed),))
 
-    @classmethod
-    def from_meta(cls, config: PPOConfig, members: Sequence[Mapping[str, Any]]) -> Population:
-        return cls(config, tuple(Member(int(m["seed"]), dict(m["values"]), int(m["point"])) for m in members))
-
     def to_meta(self) -> list[dict[str, Any]]:
         return [{"seed": m.seed, "values": dict(m.values), "point": m.point} for m in self.members]
 
@@ -193,9 +189,7 @@ class Program:
         lay = self.layout
         call_abstract = abstract_states(self.trainer, lay.per_call)
         shardings = lay.state_shardings(call_abstract)
-        if shardings is not None:
-            call_abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                         call_abstract, shardings)
+        call_abstract = _placed(call_abstract, shardings)
         out = (shardings, lay.runs_sharding, lay.runs_sharding) if shardings is not None else None
         inputs = self.call_inputs(list(self.population.members[:1]) * lay.per_call)
         clock = time.perf_counter()
@@ -240,10 +234,16 @@ class Program:
 
     def restore_target(self) -> TrainState:
         """What to restore a checkpoint onto: sharded as the calls run when there is one call."""
-        if self.layout.num_calls > 1 or self.layout.mesh is None:
+        if self.layout.num_calls > 1:
             return self.abstract
-        shardings = self.layout.state_shardings(self.abstract)
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, shardings)
+        return _placed(self.abstract, self.layout.state_shardings(self.abstract))
+
+
+def _placed(abstract: TrainState, shardings: Any) -> TrainState:
+    """`abstract` with `shardings` attached (as it is, when there are none)."""
+    if shardings is None:
+        return abstract
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
 def device_memory() -> int | None:

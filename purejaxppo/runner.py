@@ -158,11 +158,6 @@ def stopping(stop: StopSignal) -> bool:
     return bool(multihost_utils.process_allgather(np.array(stop.requested is not None)).any())
 
 
-def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config: PPOConfig) -> tuple[int, dict]:
-    """(step, metadata) of the checkpoint to resume `kind` from, once it is known to fit `config`."""
-    return checkpoint.resume_point(run_dir, step, kind, config)
-
-
 Started = tuple[Program, list[TrainState], int, "Path | None", dict[str, float], float]
 
 
@@ -208,6 +203,11 @@ def _start(
         _sync("purejaxppo: later checkpoints moved aside")
 
     return program, states, first, superseded, timings, compile_time
+
+
+def _whole(states: list[TrainState]) -> TrainState:
+    """The calls' states as one, every stacked run of the population in order."""
+    return states[0] if len(states) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
 
 
 def run(
@@ -256,8 +256,7 @@ def run(
 
     def save(update: int, to_save: list[TrainState]) -> None:
         if ckpt is not None:
-            whole = to_save[0] if len(to_save) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *to_save)
-            ckpt.save(update, whole, {**meta, "update": update, "env_steps": update * config.batch_size})
+            ckpt.save(update, _whole(to_save), {**meta, "update": update, "env_steps": update * config.batch_size})
 
     collected: list[dict[str, np.ndarray]] = [store.previous] if store is not None and store.previous else []
     done, stopped, stop, last_saved = first, False, StopSignal(), first
@@ -270,6 +269,8 @@ def run(
                 # copies, not views: a view would keep the chunk's whole device buffer alive for the run
                 parts = [{k: np.array(v[:, :active]) for k, v in jax.device_get(o[1]).items()} for o in outputs]
                 chunk_metrics = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+                if store is not None:  # a bad chunk's rows too, for the post-mortem
+                    store.write(done, chunk_metrics)
                 if guard:
                     bad = metrics_lib.first_non_finite(chunk_metrics)
                     params_ok = all(bool(np.asarray(jax.device_get(o[2]))[:n].all()) for o in outputs)
@@ -277,16 +278,12 @@ def run(
                         where = (f"update {done + bad[0]} (env steps {(done + bad[0] + 1) * config.batch_size:,}): "
                                  f"{bad[1]} is not finite") if bad else \
                             f"the params of updates {done}-{done + active - 1}"
-                        if store is not None:
-                            store.write(done, chunk_metrics)
                         save(done, states)
                         kept = f"; the last good state is checkpoint {done} in {checkpoint.checkpoint_dir(run_dir)}" \
                             if ckpt is not None else ""
                         raise NonFiniteError(f"training stopped at {where}{kept}")
                 states = [o[0] for o in outputs]
                 collected.append(chunk_metrics)
-                if store is not None:
-                    store.write(done, chunk_metrics)
                 if loggers is not None:
                     loggers.log(done, chunk_metrics)
                 done += active
@@ -323,7 +320,7 @@ def run(
     names = metrics_lib.metric_names(collected[-1]) if collected else []
     # rows read back from metrics.csv (float64) take the dtype the program gives: 9 digits round-trip float32
     stacked = {k: np.concatenate([c[k].astype(collected[-1][k].dtype) for c in collected], axis=1) for k in names}
-    state = states[0] if len(states) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
+    state = _whole(states)
     state = jax.tree.map(lambda x: x[:n], state) if lay.stacked_runs != n else state
     if run_dir is not None and is_primary() and not stopped:
         metrics_lib.write_runs(run_dir, population.to_meta(), stacked)
@@ -348,6 +345,6 @@ def train(
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     with rundir.claimed(run_dir, create=not resume, primary=is_primary()):
-        resume_step = resume_point(run_dir, step, "run", config)[0] if resume else None
+        resume_step = checkpoint.resume_point(run_dir, step, "run", config)[0] if resume else None
         return run(Population.single(config), run_dir, kind="run", resume_step=resume_step,
                    until_update=until_update, on_progress=on_progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from purejaxppo import config as config_lib
-from purejaxppo import plots, rundir, runner, stats
+from purejaxppo import checkpoint, plots, rundir, runner, stats
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.population import Member, Population
 
@@ -97,7 +97,7 @@ def sweep(
     with rundir.claimed(run_dir, create=not resume, primary=runner.is_primary()):
         resume_step = None
         if resume:
-            resume_step, meta = runner.resume_point(run_dir, step, "sweep", config)
+            resume_step, meta = checkpoint.resume_point(run_dir, step, "sweep", config)
             seeds, grid, max_runs_per_call = int(meta["num_seeds"]), meta["grid"], meta["max_runs_per_call"]
         grid = {k: list(v) for k, v in (grid or {}).items()}
         points = check_grid(config, grid)

@@ -55,6 +55,14 @@ def cli(*args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess
                           timeout=timeout, **kwargs)
 
 
+def python(script: str, *args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """`python -c SCRIPT ARGS` in a fresh process from the repo root, checked to have succeeded."""
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, **kwargs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
     """The single `purejaxppo: error:` line a refused command prints, checked to be all it printed to stderr."""
     lines = proc.stderr.strip().splitlines()

@@ -1,16 +1,11 @@
 """The network's orthogonal initializer: flax's values, and a vmapped init over many seeds that finishes."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import numpy as np
+from conftest import python
 
 from purejaxppo.networks import orthogonal
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_orthogonal_gives_flax_values_alone_and_under_vmap():
@@ -43,6 +38,5 @@ def test_a_vmapped_init_of_many_seeds_finishes():
         "    jax.block_until_ready(init(jax.random.split(jax.random.key(i), 64)))\n"
         "print('DONE')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = python(script, timeout=240)
     assert "DONE" in proc.stdout

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal
+from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal, python
 
 from purejaxppo import checkpoint, metrics, population, runner
 from purejaxppo import config as config_lib
@@ -200,9 +200,7 @@ def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
     outputs = []
     for folder in (cache, cache, ""):  # the third: the cache off, though the environment names the same folder
         env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}
-        proc = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, cwd=ROOT,
-                              timeout=300, env=env)
-        assert proc.returncode == 0, proc.stderr
+        proc = python(script, str(folder), timeout=300, env=env)
         outputs.append(int(proc.stdout.split("HITS")[1].split()[0]))
     assert any(cache.iterdir())
     assert outputs[0] == 0 and outputs[1] >= 1 and outputs[2] == 0
@@ -227,8 +225,7 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
         " sharded_mean=r.state.obs_stats.mean[0], mean=state.obs_stats.mean,"
         " sharded_leaf=jax.tree.leaves(r.state.params)[0][0], leaf=jax.tree.leaves(state.params)[0])\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    python(script)
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(out["sharded_loss"], out["loss"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out["sharded_mean"], out["mean"], rtol=1e-5, atol=1e-6)
@@ -302,8 +299,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_updates():
         "runner.train(c, on_progress=probe)\n"
         "print('KIB', *seen[200], *seen[2000])\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = python(script, timeout=300)
     rss_200, peak_200, rss_2000, peak_2000 = map(int, proc.stdout.split("KIB")[1].split())
     # What may grow: the per-update metrics kept for the result, ~2 KB a chunk here. Keeping each chunk's device
     # buffers alive (views instead of copies) grew ~27 KB a chunk: +24 MB over these 900 chunks.

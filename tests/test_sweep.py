@@ -1,15 +1,12 @@
 """Sweeps: equivalence with single runs, outputs, grid checks, statistics and sharding over devices."""
 
 import csv
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
-from conftest import CACHE, ROOT, TINY, cli, leaves_equal
+from conftest import CACHE, TINY, cli, leaves_equal, python
 
 from purejaxppo import acting, runner, stats
 from purejaxppo import cli as cli_lib
@@ -150,9 +147,7 @@ def test_four_devices_give_the_same_results(tmp_path):
                  leaf=np.asarray(leaf))
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    python(script)
     multi = np.load(tmp_path / "multi.npz")
     single = sweep(SMALL, seeds=4, grid=GRID)  # 8 runs on this process's one device
     assert len(jax.local_devices()) == 1
