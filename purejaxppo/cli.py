@@ -355,6 +355,7 @@ SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "ten
 
 def _quiet_library_noise() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # and asyncio its tasks' ("never retrieved")
     default = sys.unraisablehook
     if getattr(default, "quiets_library_noise", False):  # main called again in this process
         return
