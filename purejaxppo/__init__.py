@@ -1,6 +1,6 @@
 """purejaxppo: fused, jit-compiled PPO in JAX."""
 
-from purejaxppo.acting import load_policy
+from purejaxppo.acting import LoadedPolicy, load_policy
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.hparams import HParams
 from purejaxppo.population import Member, Population
@@ -9,7 +9,7 @@ from purejaxppo.sweep import SweepResult, sweep
 from purejaxppo.train import TrainState, make_train, make_trainer
 
 __all__ = [
-    "ConfigError", "HParams", "Member", "PPOConfig", "Population", "RunResult", "SweepResult", "TrainState",
+    "ConfigError", "HParams", "LoadedPolicy", "Member", "PPOConfig", "Population", "RunResult", "SweepResult", "TrainState",
     "load_policy", "make_train", "make_trainer", "sweep",
 ]
 __version__ = "0.1.0"

@@ -5,7 +5,6 @@ Every action here comes from `Policy.act`, which applies the run's saved observa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ import jax.numpy as jnp
 
 from purejaxppo import checkpoint
 from purejaxppo.config import PPOConfig
-from purejaxppo.envs import BraxEnv, Env
+from purejaxppo.envs import Env
 from purejaxppo.normalization import RunningStats
-from purejaxppo.policy import Policy
+from purejaxppo.policy import Carry, Policy
 from purejaxppo.train import Trainer, abstract_states, make_trainer
 
 MAX_EVAL_STEPS = 100_000  # a bound for envs without a time limit; every shipped env ends far sooner
@@ -89,28 +88,59 @@ def restore_policy(
     return trainer, jax.tree.map(pick, state.params), jax.tree.map(pick, state.obs_stats), chosen
 
 
-def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> Callable[..., jax.Array]:
-    """A jitted `act(obs, key=None) -> env action` of a trained policy, latest checkpoint by default.
+class LoadedPolicy:
+    """A trained policy as jitted functions that apply its run's saved observation statistics exactly
+    as training did. Without a key an action is deterministic (the distribution's mode); with a key it
+    is sampled. `obs` may be one observation or a batch of them.
 
-    It applies the run's saved observation normalisation exactly as training did. Without a key the
-    action is deterministic (the distribution's mode); with a key it is sampled. `obs` may be one
-    observation or a batch of them. `run` picks a run of a sweep's checkpoint (see its runs.csv).
+    A feedforward policy is called directly: `action = policy(obs)`. Any policy, recurrent or not,
+    steps with its carry:
+
+        carry = policy.initial_carry(num_envs)
+        action, carry = policy.step(obs, carry)      # then step the envs with the action
+        carry = policy.reset(carry, done)            # where an episode ended, the next starts afresh
     """
+
+    def __init__(self, policy: Policy, params: Any, obs_stats: RunningStats) -> None:
+        self.policy = policy
+        as_obs = lambda obs: jnp.asarray(obs, jnp.float32)  # noqa: E731
+        self._step = jax.jit(lambda obs, carry, key: policy.act(params, obs_stats, as_obs(obs), key, carry))
+        self._reset = jax.jit(policy.reset)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.policy.recurrent
+
+    def __call__(self, obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        if self.recurrent:
+            raise TypeError("a recurrent policy acts with its carry: action, carry = policy.step(obs, carry, key)")
+        return self._step(obs, (), key)[0]
+
+    def step(self, obs: jax.Array, carry: Carry, key: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+        """The action for `obs` seen after `carry`, and the carry to pass with the next observation."""
+        return self._step(obs, carry, key)
+
+    def initial_carry(self, num_envs: int | None = None) -> Carry:
+        """The carry at the start of an episode: for `num_envs` envs, or for one unbatched observation."""
+        return self.policy.initial_carry(() if num_envs is None else (num_envs,))
+
+    def reset(self, carry: Carry, done: jax.Array) -> Carry:
+        """`carry` with the envs whose episode ended back at the initial carry."""
+        return self._reset(carry, jnp.asarray(done, bool))
+
+
+def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> LoadedPolicy:
+    """A trained policy of a run dir, latest checkpoint by default, ready to act (see LoadedPolicy).
+    `run` picks a run of a sweep's checkpoint (see its runs.csv)."""
     trainer, params, obs_stats, _ = restore_policy(run_dir, step, run)
-    policy = trainer.policy
-
-    @jax.jit
-    def act(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        return policy.act(params, obs_stats, jnp.asarray(obs, jnp.float32), key)[0]
-
-    return act
+    return LoadedPolicy(trainer.policy, params, obs_stats)
 
 
 def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1000, seed: int = 0) -> str:
     """Brax's HTML viewer page of one deterministic episode of a run's policy (at most `max_steps`)."""
     trainer, params, obs_stats, _ = restore_policy(run_dir, step)
     env, policy = trainer.env, trainer.policy
-    if not isinstance(env, BraxEnv):
+    if not hasattr(env, "render_html"):
         raise checkpoint.CheckpointError(
             f"render: {trainer.config.env} is not a Brax env; render draws Brax scenes only")
 

@@ -45,6 +45,7 @@ def _control(text: str, **checks: Any) -> dict[str, Any]:
 
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
+MEMORIES = ("none", "gru", "lstm")
 DISTRIBUTIONS = ("auto", "categorical", "gaussian", "tanh_gaussian", "beta")
 MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits; a larger seed would alias a smaller one
 MAX_COUNT = 2**31 - 1  # the compiled program counts env steps and optimizer steps in int32
@@ -151,6 +152,15 @@ class PPOConfig:
         default=False, metadata=_doc("One hidden torso for actor and critic heads, instead of two MLPs.")
     )
     layer_norm: bool = field(default=False, metadata=_doc("Layer norm after each hidden Dense layer."))
+    memory: str = field(
+        default="none",
+        metadata=_doc("Recurrent core between the MLP encoder (hidden_sizes) and the heads: none (a feedforward "
+                      "policy), gru or lstm. Its state resets at the first step of every episode; minibatches "
+                      "hold whole env sequences, replayed from the state each started with. With shared_torso "
+                      "actor and critic share one encoder and core, else each has its own.",
+                      "Hausknecht & Stone 2015; Ni et al. 2022 (recurrent model-free RL)", choices=MEMORIES),
+    )
+    memory_size: int = field(default=128, metadata=_doc("Width of the recurrent core's state.", min=1))
     hidden_gain: float = field(
         default=math.sqrt(2.0), metadata=_doc("Orthogonal-init gain of hidden layers.", "Andrychowicz et al. 2021",
                                               gt=0.0)
@@ -172,6 +182,12 @@ class PPOConfig:
         default=False,
         metadata=_doc("Gaussian std from the actor network (softplus + 1e-3) instead of a free log-std "
                       "parameter.", "Brax PPO (state dependent)"),
+    )
+    obs_mask: tuple[int, ...] = field(
+        default=(),
+        metadata=_doc("Indices of observation components to hide from the policy (of the flattened observation), "
+                      "making any env partially observed; e.g. [1, 3] hides CartPole's velocities.", min_each=0,
+                      may_be_empty=True),
     )
     normalize_advantages: bool = field(
         default=True, metadata=_doc("Normalise advantages per minibatch.", "Andrychowicz et al. 2021")
@@ -252,6 +268,7 @@ class PPOConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
+        out["obs_mask"] = list(self.obs_mask)
         return out
 
     def replace(self, **changes: Any) -> PPOConfig:
@@ -365,8 +382,9 @@ def _check_range(name: str, value: Any) -> None:
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name}: must be one of {', '.join(meta['choices'])}; got {value!r}")
     if "min_each" in meta:
-        if len(value) == 0 or any(v < meta["min_each"] for v in value):
-            raise ConfigError(f"{name}: needs at least one entry, each >= {meta['min_each']}; got {list(value)}")
+        if (len(value) == 0 and not meta.get("may_be_empty")) or any(v < meta["min_each"] for v in value):
+            entries = "entries" if meta.get("may_be_empty") else "at least one entry,"
+            raise ConfigError(f"{name}: needs {entries} each >= {meta['min_each']}; got {list(value)}")
 
 
 # Names other PPO libraries (Stable-Baselines3, CleanRL, Brax) use for keys of ours.
@@ -427,6 +445,11 @@ def validate(config: PPOConfig) -> PPOConfig:
     if config.num_updates * config.update_epochs * config.num_minibatches > MAX_COUNT:
         raise ConfigError(f"update_epochs: {config.num_updates} updates x {config.update_epochs} epochs x "
                           f"{config.num_minibatches} minibatches overflow the optimizer's int32 step count")
+    if config.memory != "none" and config.num_envs % config.num_minibatches:
+        raise ConfigError(f"num_minibatches: a recurrent policy's minibatches hold whole env sequences, so "
+                          f"num_minibatches = {config.num_minibatches} must divide num_envs = {config.num_envs}")
+    if len(set(config.obs_mask)) != len(config.obs_mask):
+        raise ConfigError(f"obs_mask: lists an index twice: {list(config.obs_mask)}")
     if config.total_timesteps < config.batch_size:
         raise ConfigError(
             f"total_timesteps: {config.total_timesteps} is smaller than one batch "

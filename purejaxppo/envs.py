@@ -316,8 +316,41 @@ def check_env(name: str, env_kwargs: dict[str, Any]) -> bool:
     return make_env(name, env_kwargs).action_space.discrete
 
 
-def make_env(name: str, env_kwargs: dict[str, Any] | None = None) -> Env:
+class HiddenObs:
+    """Any env with chosen components of its flat observation removed, so the policy never sees them:
+    a partially observed version of a fully observed task. Everything else passes through."""
+
+    def __init__(self, env: Env, hidden: tuple[int, ...]) -> None:
+        size = int(np.prod(env.observation_shape))
+        if len(env.observation_shape) != 1:
+            raise ConfigError(f"obs_mask: needs a flat observation; this env's has shape {env.observation_shape}")
+        outside = [i for i in hidden if not 0 <= i < size]
+        if outside:
+            raise ConfigError(f"obs_mask: index {outside[0]} is outside this env's {size} observation components "
+                              f"(0..{size - 1})")
+        self._keep = np.array([i for i in range(size) if i not in hidden], np.int32)
+        if self._keep.size == 0:
+            raise ConfigError(f"obs_mask: hides all {size} observation components, leaving the policy nothing")
+        self.env = env
+        self.observation_shape = (int(self._keep.size),)
+        self.action_space = env.action_space
+
+    def __getattr__(self, attr: str) -> Any:  # e.g. a Brax env's render_html
+        if attr == "env":  # not set yet (or being copied): no recursion
+            raise AttributeError(attr)
+        return getattr(self.env, attr)
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        obs, state = self.env.reset(key)
+        return obs[..., self._keep], state
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        out = self.env.step(key, state, action)
+        return out._replace(obs=out.obs[..., self._keep], final_obs=out.final_obs[..., self._keep])
+
+
+def make_env(name: str, env_kwargs: dict[str, Any] | None = None, obs_mask: tuple[int, ...] = ()) -> Env:
+    """The env `name` with `env_kwargs`, with the observation components `obs_mask` lists hidden."""
     _check_name(name)
-    if name.startswith(BRAX_PREFIX):
-        return BraxEnv(name, env_kwargs)
-    return GymnaxEnv(name, env_kwargs)
+    env: Env = BraxEnv(name, env_kwargs) if name.startswith(BRAX_PREFIX) else GymnaxEnv(name, env_kwargs)
+    return HiddenObs(env, tuple(obs_mask)) if obs_mask else env

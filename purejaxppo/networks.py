@@ -1,6 +1,9 @@
-"""The actor-critic network: MLP torsos with orthogonal init, and the actor and critic heads.
+"""The actor-critic networks: MLP torsos with orthogonal init, an optional recurrent core, and the
+actor and critic heads.
 
-It knows nothing of configs, envs or distributions; `policy.py` builds it and reads its outputs."""
+Both networks take `(carry, obs)` and return `(actor head, free log std or None, value, carry)`; the
+feedforward one's carry is the empty tuple. They know nothing of configs, envs or distributions;
+`policy.py` builds them and reads their outputs."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from purejaxppo import recurrent
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": nn.tanh,
@@ -85,21 +89,99 @@ class ActorCritic(nn.Module):
     critic_head_gain: float = 1.0
 
     def setup(self) -> None:
-        torso = lambda: Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm)  # noqa: E731
-        self.actor_torso = torso()
+        self.actor_torso = self.torso()
         if not self.shared_torso:
-            self.critic_torso = torso()
+            self.critic_torso = self.torso()
+        self.setup_heads()
+
+    def torso(self) -> Torso:
+        return Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm)
+
+    def setup_heads(self) -> None:
         self.actor_head = _head(self.actor_outputs, self.actor_head_gain)
         self.critic_head = _head(1, self.critic_head_gain)
         if self.free_log_std:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.free_log_std,))
 
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-        """(actor head output, free log std or None, value)."""
-        head = self.actor_head(self.actor_torso(obs))
-        log_std = jnp.broadcast_to(self.log_std, head.shape[:-1] + self.log_std.shape) if self.free_log_std else None
-        return head, log_std, self.value(obs)
+    def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> tuple:
+        return ()
 
-    def value(self, obs: jax.Array) -> jax.Array:
+    def __call__(self, carry: tuple, obs: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array, tuple]:
+        head = self.actor_head(self.actor_torso(obs))
+        return head, _log_std(self, head), self.value(carry, obs), carry
+
+    def value(self, carry: tuple, obs: jax.Array) -> jax.Array:
         torso = self.actor_torso if self.shared_torso else self.critic_torso
         return self.critic_head(torso(obs))[..., 0]
+
+
+def _log_std(net: nn.Module, head: jax.Array) -> jax.Array | None:
+    return jnp.broadcast_to(net.log_std, head.shape[:-1] + net.log_std.shape) if net.free_log_std else None
+
+
+class Core(nn.Module):
+    """A GRU or LSTM core: its input projection (applied to a whole sequence at once) and its step."""
+
+    memory: str  # gru or lstm
+    size: int
+
+    def setup(self) -> None:
+        gates = recurrent.CELLS[self.memory][1] * self.size
+        self.input_projection = nn.Dense(gates)
+        # orthogonal through ours: flax's batched QR can hang a vmapped init
+        self.recurrent_kernel = self.param("recurrent_kernel", orthogonal(1.0), (self.size, gates))
+        self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros, (gates,))
+
+    def project(self, x: jax.Array) -> jax.Array:
+        return self.input_projection(x)
+
+    def __call__(self, carry: Any, projected: jax.Array) -> tuple[Any, jax.Array]:
+        return recurrent.CELLS[self.memory][0](carry, projected, self.recurrent_kernel, self.recurrent_bias)
+
+
+class RecurrentActorCritic(ActorCritic):
+    """An MLP encoder (the torso), a GRU or LSTM core, then the actor and critic heads: one encoder and
+    core shared by both heads, or one of each per head.
+
+    The carry is a tuple with one core state per core. Besides one step (`__call__`), the pieces are
+    separate methods, so a sequence replay encodes, projects and reads out every step at once and
+    scans only the cores' recurrent products.
+    """
+
+    memory: str = "gru"  # or lstm
+    memory_size: int = 128
+
+    @property
+    def num_cores(self) -> int:
+        return 1 if self.shared_torso else 2
+
+    def setup(self) -> None:
+        self.encoders = [self.torso() for _ in range(self.num_cores)]
+        self.cores = [Core(self.memory, self.memory_size) for _ in range(self.num_cores)]
+        self.setup_heads()
+
+    def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> tuple:
+        zeros = jnp.zeros(tuple(batch_shape) + (self.memory_size,), jnp.float32)
+        state = (zeros, zeros) if self.memory == "lstm" else zeros
+        return (state,) * self.num_cores
+
+    def encode(self, obs: jax.Array) -> tuple[jax.Array, ...]:
+        """Each core's projected input: what the recurrent steps need of the observation."""
+        return tuple(core.project(encoder(obs)) for encoder, core in zip(self.encoders, self.cores))
+
+    def step(self, carry: tuple, features: tuple[jax.Array, ...]) -> tuple[tuple, tuple[jax.Array, ...]]:
+        stepped = [core(c, x) for core, c, x in zip(self.cores, carry, features)]
+        return tuple(c for c, _ in stepped), tuple(h for _, h in stepped)
+
+    def heads(self, hidden: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+        head = self.actor_head(hidden[0])
+        return head, _log_std(self, head), self.critic_head(hidden[-1])[..., 0]
+
+    def __call__(self, carry: tuple, obs: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array, tuple]:
+        carry, hidden = self.step(carry, self.encode(obs))
+        return (*self.heads(hidden), carry)
+
+    def value(self, carry: tuple, obs: jax.Array) -> jax.Array:
+        """The critic's value of `obs` seen after `carry`: its own encoder and core only."""
+        _, hidden = self.cores[-1](carry[-1], self.cores[-1].project(self.encoders[-1](obs)))
+        return self.critic_head(hidden)[..., 0]

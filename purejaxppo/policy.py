@@ -3,8 +3,10 @@
 `Policy.apply(params, obs_stats, obs, carry)` normalises and clips the observation with the run's
 statistics, runs the network and returns the action distribution, the value and the carried state.
 Training, in-program evaluation, `eval`, `render` and `load_policy` all act through it, so the
-observation statistics travel with the policy to whoever acts. The carry is the seam for recurrent
-policies: a feedforward policy's carry is the empty tuple, which holds no arrays.
+observation statistics travel with the policy to whoever acts. A recurrent policy's carry holds its
+cores' states; a feedforward policy's carry is the empty tuple, which holds no arrays. Whoever steps
+a recurrent policy resets its carry where an episode ended (`reset`); `unroll` replays whole
+sequences from the carry each started with.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from purejaxppo import recurrent
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian
+from purejaxppo.distributions import (
+    Beta,
+    Categorical,
+    DiagGaussian,
+    Distribution,
+    TanhGaussian,
+)
 from purejaxppo.envs import ActionSpace
-from purejaxppo.networks import ActorCritic
+from purejaxppo.networks import ActorCritic, RecurrentActorCritic
 from purejaxppo.normalization import RunningStats
 
 MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
@@ -30,18 +39,27 @@ Carry = Any  # a policy's state carried from step to step; () for a feedforward 
 class Policy:
     """The network, how its outputs form a distribution over the env's actions, and what it sees."""
 
-    network: ActorCritic
+    network: ActorCritic | RecurrentActorCritic
     action_space: ActionSpace
     kind: str  # categorical, gaussian, tanh_gaussian or beta
     state_dependent_std: bool = False
     normalize_obs: bool = False
     obs_clip: float = 0.0
 
+    @property
+    def recurrent(self) -> bool:
+        return isinstance(self.network, RecurrentActorCritic)
+
     def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> Any:
-        return self.network.init(key, jnp.zeros(obs_shape, jnp.float32))
+        return self.network.init(key, self.initial_carry(), jnp.zeros(obs_shape, jnp.float32))
 
     def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> Carry:
-        return ()
+        """The carry at the start of an episode, for a batch of `batch_shape` envs."""
+        return self.network.initial_carry(tuple(batch_shape))
+
+    def reset(self, carry: Carry, done: jax.Array) -> Carry:
+        """`carry` with the envs whose episode ended (`done`) back at the initial carry."""
+        return recurrent.reset(carry, self.initial_carry(), done)
 
     def observe(self, obs_stats: RunningStats, obs: jax.Array) -> jax.Array:
         """The network's input: the observation normalised by the run's statistics, then clipped."""
@@ -66,11 +84,31 @@ class Policy:
     def apply(
         self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()
     ) -> tuple[Distribution, jax.Array, Carry]:
-        head, log_std, value = self.network.apply(params, self.observe(obs_stats, obs))
+        """One step: the action distribution and value of `obs` seen after `carry`, and the next carry."""
+        head, log_std, value, carry = self.network.apply(params, carry, self.observe(obs_stats, obs))
         return self.distribution(head, log_std), value, carry
 
     def value(self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()) -> jax.Array:
-        return self.network.apply(params, self.observe(obs_stats, obs), method=ActorCritic.value)
+        return self.network.apply(params, carry, self.observe(obs_stats, obs), method="value")
+
+    def unroll(
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), first: Any = ()
+    ) -> tuple[Distribution, jax.Array]:
+        """The distributions and values of a batch of observations, as `apply` gives them step by step.
+
+        For a recurrent policy `obs` holds env-major sequences `[B, T, ...]`, `carry` the carry each
+        sequence started with and `first` `[B, T]` where the carry resets before a step. A feedforward
+        policy reads any batch shape and ignores both.
+        """
+        if not self.recurrent:
+            dist, value, _ = self.apply(params, obs_stats, obs)
+            return dist, value
+        time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        features = self.network.apply(params, time_major(self.observe(obs_stats, obs)), method="encode")
+        step = lambda c, x: self.network.apply(params, c, x, method="step")  # noqa: E731
+        _, hidden = recurrent.unroll(step, carry, self.initial_carry(), features, time_major(first))
+        head, log_std, value = self.network.apply(params, jax.tree.map(time_major, hidden), method="heads")
+        return self.distribution(head, log_std), value
 
     def act(
         self, params: Any, obs_stats: RunningStats, obs: jax.Array, key: jax.Array | None = None, carry: Carry = ()
@@ -101,7 +139,7 @@ def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
     state_dependent = config.state_dependent_std
     outputs = {"categorical": dim, "beta": 2 * dim}.get(kind, 2 * dim if state_dependent else dim)
     free_log_std = dim if kind in ("gaussian", "tanh_gaussian") and not state_dependent else 0
-    network = ActorCritic(
+    common = dict(
         actor_outputs=outputs,
         free_log_std=free_log_std,
         hidden_sizes=tuple(config.hidden_sizes),
@@ -112,4 +150,8 @@ def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
         actor_head_gain=config.actor_head_gain,
         critic_head_gain=config.critic_head_gain,
     )
+    if config.memory == "none":
+        network: ActorCritic | RecurrentActorCritic = ActorCritic(**common)
+    else:
+        network = RecurrentActorCritic(memory=config.memory, memory_size=config.memory_size, **common)
     return Policy(network, action_space, kind, state_dependent, config.normalize_obs, config.obs_clip)

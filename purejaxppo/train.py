@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purejaxppo import diagnostics, losses, optim
+from purejaxppo import diagnostics, losses, optim, recurrent
 from purejaxppo.config import TRACED, PPOConfig, validate
 from purejaxppo.envs import Env, make_env
 from purejaxppo.hparams import HParams
@@ -61,6 +61,7 @@ class Transition(NamedTuple):
     final_obs: jax.Array
     finished_return: jax.Array  # the episode's raw return where it ended this step, else 0
     finished_length: jax.Array
+    carry: Carry  # the policy's carry after this step, before any reset: the one that saw final_obs
 
 
 class Batch(NamedTuple):
@@ -70,6 +71,8 @@ class Batch(NamedTuple):
     value: jax.Array
     advantage: jax.Array
     target: jax.Array
+    first: Any = ()  # recurrent: where the carry resets before a step, [B, T]
+    carry: Carry = ()  # recurrent: the carry each sequence started with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +116,11 @@ class Trainer:
                 obs=s.obs, action=action, log_prob=dist.log_prob(action), value=value, reward=reward,
                 discounted_return=discounted, terminated=out.terminated, truncated=out.truncated,
                 final_obs=out.final_obs, finished_return=jnp.where(done, ep_return, 0.0),
-                finished_length=jnp.where(done, ep_length, 0),
+                finished_length=jnp.where(done, ep_length, 0), carry=carry,
             )
             s = s.replace(
-                env_state=out.state, obs=out.obs, carry=carry, discounted_return=jnp.where(done, 0.0, discounted),
+                env_state=out.state, obs=out.obs, carry=self.policy.reset(carry, done),
+                discounted_return=jnp.where(done, 0.0, discounted),
                 episode_return=jnp.where(done, 0.0, ep_return), episode_length=jnp.where(done, 0, ep_length),
             )
             return s, transition
@@ -141,7 +145,7 @@ class Trainer:
     ) -> tuple[jax.Array, Metrics]:
         """The PPO loss of one minibatch, with the variants the config switches on, and its diagnostics."""
         config = self.config
-        dist, value, _ = self.policy.apply(params, obs_stats, batch.obs)
+        dist, value = self.policy.unroll(params, obs_stats, batch.obs, batch.carry, batch.first)
         log_ratio = dist.log_prob(batch.action) - batch.log_prob
         advantage = losses.normalize(batch.advantage) if config.normalize_advantages else batch.advantage
         dual_clip = hp.dual_clip if config.dual_clip else None
@@ -164,6 +168,25 @@ class Trainer:
             stats["policy_std"] = jnp.mean(dist.std())
         return total, stats
 
+    def batch(self, traj: Transition, advantages: jax.Array, targets: jax.Array, start_carry: Carry) -> Batch:
+        """What the epochs learn from: single samples `[T * N]` for a feedforward policy; for a recurrent
+        one, each env's whole sequence `[N, T]` with the carry it started from (`start_carry`, the
+        rollout's first) and where its carry resets, so the loss replays it as the rollout ran."""
+        batch = Batch(traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)
+        if not self.policy.recurrent:
+            return jax.tree.map(lambda x: x.reshape((self.config.batch_size,) + x.shape[2:]), batch)
+        first = recurrent.starts(traj.terminated | traj.truncated)
+        batch = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), batch._replace(first=first))
+        return batch._replace(carry=start_carry)
+
+    def minibatches(self, batch: Batch, key: jax.Array) -> Batch:
+        """`batch` shuffled along its first axis (samples, or envs) and split into `num_minibatches`
+        stacked on a new leading axis."""
+        size = self.config.num_envs if self.policy.recurrent else self.config.batch_size
+        perm = jax.random.permutation(key, size)
+        count = self.config.num_minibatches
+        return jax.tree.map(lambda x: jnp.take(x, perm, axis=0).reshape((count, -1) + x.shape[1:]), batch)
+
     def update(self, state: TrainState) -> tuple[TrainState, Metrics]:
         """One PPO iteration: rollout, GAE, then `update_epochs` passes of shuffled minibatch steps."""
         config, hp = self.config, state.hparams
@@ -171,8 +194,9 @@ class Trainer:
 
         # 1. Collect a rollout with the current policy and observation statistics; the statistics
         #    take in the rollout only after this update has learned from it.
+        start_carry = state.carry
         state, traj = self.rollout(state, k_rollout)
-        next_values = self.policy.value(state.params, state.obs_stats, traj.final_obs)
+        next_values = self.policy.value(state.params, state.obs_stats, traj.final_obs, traj.carry)
         obs_stats = state.obs_stats.update(traj.obs) if config.normalize_obs else state.obs_stats
 
         # 2. Rewards as learned from, then advantages, bootstrapping on truncation only.
@@ -180,8 +204,7 @@ class Trainer:
         advantages, targets = losses.gae(
             rewards, traj.value, next_values, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
         )
-        flat = lambda x: x.reshape((config.batch_size,) + x.shape[2:])  # noqa: E731
-        batch = Batch(*map(flat, (traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)))
+        batch = self.batch(traj, advantages, targets, start_carry)
 
         # 3. Epochs of shuffled minibatch steps through clip_by_global_norm + adam. With target_kl, a
         #    minibatch whose KL (before its step) is past 1.5 x target_kl ends the update: it and every
@@ -207,11 +230,8 @@ class Trainer:
 
         def epoch(carry: tuple, epoch_key: jax.Array) -> tuple[tuple, Metrics]:
             k_perm, k_steps = jax.random.split(epoch_key)
-            perm = jax.random.permutation(k_perm, config.batch_size)
-            shuffled = jax.tree.map(
-                lambda x: jnp.take(x, perm, axis=0).reshape((config.num_minibatches, -1) + x.shape[1:]), batch
-            )
-            return jax.lax.scan(minibatch_step, carry, (shuffled, jax.random.split(k_steps, config.num_minibatches)))
+            step_keys = jax.random.split(k_steps, config.num_minibatches)
+            return jax.lax.scan(minibatch_step, carry, (self.minibatches(batch, k_perm), step_keys))
 
         (params, opt_state, _), steps = jax.lax.scan(
             epoch, (state.params, state.opt_state, jnp.bool_(True)), jax.random.split(k_epochs, config.update_epochs)
@@ -229,7 +249,7 @@ class Trainer:
             metrics["minibatch_steps"] = taken.sum()
         kl_beta = state.kl_beta
         if config.kl_coef:
-            dist, _, _ = self.policy.apply(params, state.obs_stats, batch.obs)
+            dist, _ = self.policy.unroll(params, state.obs_stats, batch.obs, batch.carry, batch.first)
             update_kl = losses.approx_kl(dist.log_prob(batch.action) - batch.log_prob, config.kl_estimator)
             kl_beta = losses.adapt_kl_coef(kl_beta, update_kl, hp.kl_target)
             metrics.update(update_kl=update_kl, kl_beta=kl_beta)
@@ -244,7 +264,7 @@ def make_trainer(config: PPOConfig) -> Trainer:
     """Build the env and the policy of a validated config, checking what needs the env (its name and
     parameters, the distribution's fit) before anything compiles. Raises ConfigError."""
     validate(config)
-    env = make_env(config.env, config.env_kwargs)
+    env = make_env(config.env, config.env_kwargs, config.obs_mask)
     return Trainer(config, env, make_policy(config, env.action_space))
 
 

@@ -55,3 +55,14 @@ def test_render_writes_the_viewer_page(trained):
     page = acting.render_html(trained.run_dir, max_steps=20)
     assert page.lstrip().startswith("<!DOCTYPE html>") and 'id="brax-viewer"' in page
     assert len(page) > 1000
+
+
+def test_a_recurrent_policy_on_a_partly_hidden_brax_env(tmp_path):
+    config = CONFIG.replace(memory="lstm", memory_size=8, obs_mask=[0], eval_every=3)
+    result = runner.train(config, tmp_path / "run")
+    m = {name: values[0] for name, values in result.metrics.items()}
+    for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "eval_return"):
+        assert np.isfinite(m[name][-1]), name
+    assert make_trainer(config).env.observation_shape == (make_trainer(CONFIG).env.observation_shape[0] - 1,)
+    page = acting.render_html(result.run_dir, max_steps=10)
+    assert 'id="brax-viewer"' in page

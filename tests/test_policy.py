@@ -27,7 +27,7 @@ def test_the_policy_sees_normalised_then_clipped_observations():
     np.testing.assert_array_equal(raw.observe(stats, obs), obs)
     # apply acts on what observe gives: the same as the network on the normalised input
     dist, value, carry = policy.apply(params, stats, obs)
-    head, _, expected_value = policy.network.apply(params, policy.observe(stats, obs))
+    head, _, expected_value, _ = policy.network.apply(params, (), policy.observe(stats, obs))
     np.testing.assert_allclose(dist.logits, head, rtol=1e-6)
     np.testing.assert_allclose(value, expected_value, rtol=1e-6)
     assert carry == () and policy.initial_carry((7,)) == ()  # a feedforward policy carries nothing

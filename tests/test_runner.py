@@ -206,7 +206,8 @@ def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
     assert outputs[0] == 0 and outputs[1] >= 1 and outputs[2] == 0
 
 
-def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
+@pytest.mark.parametrize("memory", ["none", "gru"])
+def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path, memory):
     script = (
         "import jax, numpy as np\n"
         "jax.config.update('jax_num_cpu_devices', 4)\n"
@@ -214,7 +215,8 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path):
         "from purejaxppo.config import PPOConfig\n"
         "from purejaxppo.train import make_train\n"
         "c = PPOConfig(env='CartPole-v1', num_envs=8, num_steps=16, total_timesteps=8 * 16 * 6, num_minibatches=4,"
-        f" update_epochs=2, hidden_sizes=(16,), normalize_obs=True, log_every=3, compilation_cache={CACHE!r})\n"
+        f" update_epochs=2, hidden_sizes=(16,), normalize_obs=True, log_every=3, compilation_cache={CACHE!r},"
+        f" memory={memory!r}, memory_size=8)\n"
         f"r = runner.train(c, {str(tmp_path / 'run')!r})\n"
         "assert r.state.obs.sharding.spec == jax.sharding.PartitionSpec('runs', 'envs'), r.state.obs.sharding\n"
         "assert r.state.obs.sharding.mesh.shape == {'runs': 1, 'envs': 4}\n"

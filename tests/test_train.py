@@ -89,7 +89,7 @@ def reference(config, params, stats, batch, kl_beta=0.5, ent_coef=0.01):
     if config.obs_clip:
         obs = np.clip(obs, -config.obs_clip, config.obs_clip)
     logits, _, value = (np.asarray(x, np.float64) if x is not None else None
-                        for x in trainer.policy.network.apply(params, jnp.asarray(obs, jnp.float32)))
+                        for x in trainer.policy.network.apply(params, (), jnp.asarray(obs, jnp.float32))[:3])
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ratio = np.exp(logp[np.arange(N), batch.action] - batch.log_prob)
     adv = np.asarray(batch.advantage, np.float64)

@@ -29,11 +29,11 @@ def run(config: PPOConfig):
     return jax.device_get(jax.jit(make_train(config))(jax.random.key(1)))
 
 
-@pytest.fixture(scope="module")
-def many():
-    """One program with most switches on at once, compiled once for the module."""
+@pytest.fixture(scope="module", params=["none", "gru"])
+def many(request):
+    """One program with most switches on at once, compiled once for the module, feedforward and recurrent."""
     config = BASE.replace(
-        clip_value=True, value_clip_eps=0.1, dual_clip=3.0, kl_coef=0.5, kl_target=0.001, target_kl=1e6,
+        memory=request.param, memory_size=8, clip_value=True, value_clip_eps=0.1, dual_clip=3.0, kl_coef=0.5, kl_target=0.001, target_kl=1e6,
         ent_schedule="linear", ent_coef=0.02, ent_coef_final=0.002, shared_torso=True, layer_norm=True,
         kl_estimator="k1", reward_clip=0.5, obs_clip=1.0, normalize_obs=True, normalize_reward=True,
     )
