@@ -132,9 +132,11 @@ def run_ours(env: str, config: Any, seeds: int) -> Side:
     from purejaxppo.metrics import first_non_finite
     from purejaxppo.sweep import sweep
 
+    chunk_ends: list[list[float]] = []  # [update, seconds since the call began] at each chunk's end
     with CompileTimer() as timer:
         start = time.perf_counter()
-        result = sweep(config, seeds=seeds)
+        result = sweep(config, seeds=seeds,
+                       on_progress=lambda p: chunk_ends.append([p.update, time.perf_counter() - start]))
         wall = time.perf_counter() - start
     metrics = result.metrics
     evals, steps = metrics["eval_return"], metrics["env_steps"]
@@ -153,7 +155,7 @@ def run_ours(env: str, config: Any, seeds: int) -> Side:
         env_steps=[int(s[-1]) * int(config.env_kwargs.get("action_repeat", 1)) for s in steps],
         wall_time=wall, compile_time=timer.seconds, train_time=wall - timer.seconds, eval_curves=curves,
         problems=problems,
-        extra={"sweep_compile_time": result.compile_time, "sweep_run_time": result.run_time,
+        extra={"sweep_compile_time": result.compile_time, "sweep_run_time": result.run_time, "chunk_ends": chunk_ends,
                "final_train_episode_return": [float(x) for x in result.final_returns()]},
     )
 
@@ -186,6 +188,8 @@ def run_brax(env: str, config: Any, config_path: Path, seeds: int, brax_python: 
         extra={"kwargs": records[0]["kwargs"], "unmapped": records[0]["unmapped"],
                "jax_version": records[0]["jax_version"], "devices": records[0]["devices"],
                "wall_time_per_seed": [r["wall_time"] for r in records],
+               "timed_curves": [[[p["seconds"], p["eval_return"]] for p in r["curve"] if "eval_return" in p]
+                                for r in records],
                "notebook_jit_time": [r["notebook_jit_time"] for r in records]},
     )
 

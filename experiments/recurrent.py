@@ -32,6 +32,7 @@ from purejaxppo import stats  # noqa: E402
 from purejaxppo.cli import cpu_cores  # noqa: E402
 from purejaxppo.sweep import sweep  # noqa: E402
 
+HAND_WRITTEN = "## Reading (written by hand)"  # from this heading on, a rerun keeps the file as it is
 # task: (title, total env steps, threshold, {policy: (config file, overrides)})
 TASKS = {
     "cartpole": ("CartPole-v1 with its velocities hidden (`obs_mask: [1, 3]`)", 2_000_000, 400.0, {
@@ -53,13 +54,14 @@ def steps_to(returns: np.ndarray, env_steps: np.ndarray, threshold: float) -> fl
     return float(env_steps[reached[0]]) if reached.size else float("inf")
 
 
-def task_table(task: str, seeds: int) -> tuple[str, str]:
+def task_table(task: str, seeds: int, first_seed: int) -> tuple[str, str]:
     """(the section's heading and settings, its markdown table) of one task."""
     title, total, threshold, policies = TASKS[task]
     rows = []
     for name, (file, overrides) in policies.items():
         steps = [f"total_timesteps={total}"] if total else []
-        config = config_lib.load(ROOT / "configs" / file, [*overrides, *steps, "compilation_cache="])
+        config = config_lib.load(ROOT / "configs" / file, [*overrides, *steps, f"seed={first_seed}",
+                                                           "compilation_cache="])
         with tempfile.TemporaryDirectory() as tmp:
             result = sweep(config, seeds=seeds, run_dir=Path(tmp) / "run")
         final = result.final_returns()
@@ -80,13 +82,15 @@ def task_table(task: str, seeds: int) -> tuple[str, str]:
             f"| {s['mean']:.2f} [{s['mean_low']:.2f}, {s['mean_high']:.2f}] "
             f"| {', '.join(f'{x:.2f}' for x in row['final'])} | {reach} | {row['compile']:.1f} "
             f"| {row['sps']:,.0f} | {row['sps'] / base:.2f}x |")
-    heading = f"## {title}\n\n{rows[0]['steps']:,} env steps per run, {seeds} seeds (0-{seeds - 1}) per policy"
+    heading = (f"## {title}\n\n{rows[0]['steps']:,} env steps per run, {seeds} seeds "
+               f"({first_seed}-{first_seed + seeds - 1}) per policy")
     return heading, "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=100, help="the first seed (the configs were tuned on 0-4)")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "recurrent.md"))
     args = parser.parse_args()
@@ -94,14 +98,16 @@ def main() -> None:
 
     sections = []
     for task in args.tasks.split(","):
-        heading, table = task_table(task, args.seeds)
+        heading, table = task_table(task, args.seeds, args.seed)
         print(table, flush=True)
         sections.append(f"{heading}\n\n{table}\n")
     command = " ".join(["python experiments/recurrent.py", *sys.argv[1:]])
-    Path(args.out).write_text(
+    out = Path(args.out)
+    kept = out.read_text().partition(HAND_WRITTEN)[2] if out.exists() else ""  # the reading, by hand
+    out.write_text(
         f"# Recurrent policies on memory tasks\n\n"
         f"Command: `{command}`  \nDate: {datetime.now():%Y-%m-%d %H:%M}  \nMachine: {machine()}\n\n"
-        + "\n".join(sections)
+        + "\n".join(sections) + (f"\n{HAND_WRITTEN}{kept}" if kept else "")
     )
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from purejaxppo import checkpoint
 from purejaxppo.config import PPOConfig
-from purejaxppo.envs import Env
+from purejaxppo.envs import Env, HiddenObs
 from purejaxppo.normalization import RunningStats
 from purejaxppo.policy import Carry, Policy
 from purejaxppo.train import Trainer, abstract_states, make_trainer
@@ -91,7 +91,8 @@ def restore_policy(
 class LoadedPolicy:
     """A trained policy as jitted functions that apply its run's saved observation statistics exactly
     as training did. Without a key an action is deterministic (the distribution's mode); with a key it
-    is sampled. `obs` may be one observation or a batch of them.
+    is sampled. `obs` may be one observation or a batch of them, as the env gives it: with `obs_mask`,
+    the hidden components are dropped here, as the training env dropped them.
 
     A feedforward policy is called directly: `action = policy(obs)`. Any policy, recurrent or not,
     steps with its carry:
@@ -101,9 +102,10 @@ class LoadedPolicy:
         carry = policy.reset(carry, done)            # where an episode ended, the next starts afresh
     """
 
-    def __init__(self, policy: Policy, params: Any, obs_stats: RunningStats) -> None:
+    def __init__(self, policy: Policy, params: Any, obs_stats: RunningStats, env: Env | None = None) -> None:
         self.policy = policy
-        as_obs = lambda obs: jnp.asarray(obs, jnp.float32)  # noqa: E731
+        hide = env.hide if isinstance(env, HiddenObs) else (lambda obs: obs)
+        as_obs = lambda obs: hide(jnp.asarray(obs, jnp.float32))  # noqa: E731
         self._step = jax.jit(lambda obs, carry, key: policy.act(params, obs_stats, as_obs(obs), key, carry))
         self._reset = jax.jit(policy.reset)
 
@@ -133,7 +135,7 @@ def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> L
     """A trained policy of a run dir, latest checkpoint by default, ready to act (see LoadedPolicy).
     `run` picks a run of a sweep's checkpoint (see its runs.csv)."""
     trainer, params, obs_stats, _ = restore_policy(run_dir, step, run)
-    return LoadedPolicy(trainer.policy, params, obs_stats)
+    return LoadedPolicy(trainer.policy, params, obs_stats, trainer.env)
 
 
 def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1000, seed: int = 0) -> str:

@@ -277,8 +277,9 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
         abstract_state,
     )
-    manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(create=False))
-    try:
+    manager = None
+    try:  # the manager reads every step's folder: one a live run deletes meanwhile fails here too
+        manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(create=False))
         restored = manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
@@ -290,5 +291,6 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
             f"another version (other steps: {available_steps(run_dir)})"
         ) from None
     finally:
-        manager.close()
+        if manager is not None:
+            manager.close()
     return step, restored.state, meta

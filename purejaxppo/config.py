@@ -160,7 +160,7 @@ class PPOConfig:
                       "actor and critic share one encoder and core, else each has its own.",
                       "Hausknecht & Stone 2015; Ni et al. 2022 (recurrent model-free RL)", choices=MEMORIES),
     )
-    memory_size: int = field(default=128, metadata=_doc("Width of the recurrent core's state.", min=1))
+    memory_size: int = field(default=128, metadata=_doc("Width of the recurrent core's state.", min=1, max=16384))
     hidden_gain: float = field(
         default=math.sqrt(2.0), metadata=_doc("Orthogonal-init gain of hidden layers.", "Andrychowicz et al. 2021",
                                               gt=0.0)
@@ -434,6 +434,9 @@ def validate(config: PPOConfig) -> PPOConfig:
         value = getattr(config, name)
         coerce(name, value)
         _check_range(name, value)
+    if config.memory != "none" and config.num_envs % config.num_minibatches:
+        raise ConfigError(f"num_minibatches: a recurrent policy's minibatches hold whole env sequences, so "
+                          f"num_minibatches = {config.num_minibatches} must divide num_envs = {config.num_envs}")
     if config.batch_size % config.num_minibatches:
         raise ConfigError(
             f"num_minibatches: num_envs * num_steps = {config.batch_size} is not divisible by "
@@ -445,9 +448,6 @@ def validate(config: PPOConfig) -> PPOConfig:
     if config.num_updates * config.update_epochs * config.num_minibatches > MAX_COUNT:
         raise ConfigError(f"update_epochs: {config.num_updates} updates x {config.update_epochs} epochs x "
                           f"{config.num_minibatches} minibatches overflow the optimizer's int32 step count")
-    if config.memory != "none" and config.num_envs % config.num_minibatches:
-        raise ConfigError(f"num_minibatches: a recurrent policy's minibatches hold whole env sequences, so "
-                          f"num_minibatches = {config.num_minibatches} must divide num_envs = {config.num_envs}")
     if len(set(config.obs_mask)) != len(config.obs_mask):
         raise ConfigError(f"obs_mask: lists an index twice: {list(config.obs_mask)}")
     if config.total_timesteps < config.batch_size:

@@ -340,13 +340,17 @@ class HiddenObs:
             raise AttributeError(attr)
         return getattr(self.env, attr)
 
+    def hide(self, obs: jax.Array) -> jax.Array:
+        """The components of the wrapped env's (flat) observations the policy sees."""
+        return obs[..., self._keep]
+
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
         obs, state = self.env.reset(key)
-        return obs[..., self._keep], state
+        return self.hide(obs), state
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         out = self.env.step(key, state, action)
-        return out._replace(obs=out.obs[..., self._keep], final_obs=out.final_obs[..., self._keep])
+        return out._replace(obs=self.hide(out.obs), final_obs=self.hide(out.final_obs))
 
 
 def make_env(name: str, env_kwargs: dict[str, Any] | None = None, obs_mask: tuple[int, ...] = ()) -> Env:

@@ -119,6 +119,17 @@ def _log_std(net: nn.Module, head: jax.Array) -> jax.Array | None:
     return jnp.broadcast_to(net.log_std, head.shape[:-1] + net.log_std.shape) if net.free_log_std else None
 
 
+def _per_gate(init: nn.initializers.Initializer, gates: int) -> nn.initializers.Initializer:
+    """`init` drawn for each gate's square block of a `[H, gates x H]` kernel (flax's cells keep one
+    orthogonal matrix per gate), through our orthogonal: flax's batched QR can hang a vmapped init."""
+
+    def draw(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        size = shape[0]
+        return jnp.concatenate([init(k, (size, size), dtype) for k in jax.random.split(key, gates)], axis=1)
+
+    return draw
+
+
 class Core(nn.Module):
     """A GRU or LSTM core: its input projection (applied to a whole sequence at once) and its step."""
 
@@ -126,11 +137,11 @@ class Core(nn.Module):
     size: int
 
     def setup(self) -> None:
-        gates = recurrent.CELLS[self.memory][1] * self.size
-        self.input_projection = nn.Dense(gates)
-        # orthogonal through ours: flax's batched QR can hang a vmapped init
-        self.recurrent_kernel = self.param("recurrent_kernel", orthogonal(1.0), (self.size, gates))
-        self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros, (gates,))
+        gates = recurrent.CELLS[self.memory][1]
+        self.input_projection = nn.Dense(gates * self.size)
+        self.recurrent_kernel = self.param("recurrent_kernel", _per_gate(orthogonal(1.0), gates),
+                                           (self.size, gates * self.size))
+        self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros, (gates * self.size,))
 
     def project(self, x: jax.Array) -> jax.Array:
         return self.input_projection(x)

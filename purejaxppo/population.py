@@ -221,16 +221,18 @@ class Program:
         shardings = self.layout.state_shardings(parts[0])
         return [jax.device_put(p, shardings) if shardings is not None else p for p in parts]
 
-    def memory_estimate(self) -> int:
-        """Bytes one call plainly needs: its stacked states, and its rollout held three times over (the
-        trajectory, the flattened batch, an epoch's shuffled copy). A floor, not a forecast."""
+    def memory_estimate(self) -> tuple[int, int]:
+        """Bytes one call plainly needs, as (its stacked states, its rollout): the rollout held three
+        times over (the trajectory, the flattened batch, an epoch's shuffled copy), with a recurrent
+        policy's carry stored at each step of the trajectory. A floor, not a forecast."""
         trainer, lay = self.trainer, self.layout
         size = lambda x: x.size * (8 if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
                                    else x.dtype.itemsize)
         state = sum(size(x) for x in jax.tree.leaves(self.abstract)) * lay.per_call // lay.stacked_runs
         space = trainer.policy.action_space
         per_step = 4 * (2 * math.prod(trainer.env.observation_shape) + (1 if space.discrete else space.dim) + 10)
-        return state + 3 * lay.per_call * trainer.config.num_steps * trainer.config.num_envs * per_step
+        carry = sum(size(x) for x in jax.tree.leaves(self.abstract.carry)) // (lay.stacked_runs * trainer.config.num_envs)
+        return state, lay.per_call * trainer.config.num_steps * trainer.config.num_envs * (3 * per_step + carry)
 
     def restore_target(self) -> TrainState:
         """What to restore a checkpoint onto: sharded as the calls run when there is one call."""
@@ -261,14 +263,22 @@ def device_memory() -> int | None:
 
 
 def check_fits(program: Program) -> None:
-    """Refuse, before compiling, a program that plainly cannot fit the devices' memory."""
-    need, have = program.memory_estimate(), device_memory()
+    """Refuse, before compiling, a program that plainly cannot fit the devices' memory, naming what to
+    shrink: the network when its parameters and optimizer state take the most, else the rollout."""
+    (state, rollout), have = program.memory_estimate(), device_memory()
+    need = state + rollout
     if have is None or need <= have:
         return
     config = program.trainer.config
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
     fewer = " or --max-runs-per-call," if len(program.population) > 1 else ""
+    where = f"the training state {gib(state)} and the rollout {gib(rollout)}"
+    if state > rollout:
+        key = "memory_size" if config.memory != "none" else "hidden_sizes"
+        raise ConfigError(f"{key}: {program.layout.per_call} run(s) need at least {gib(need)} ({where}), more than "
+                          f"the {gib(have)} available; use a smaller network{fewer} or a larger device")
     raise ConfigError(f"num_envs: {program.layout.per_call} run(s) of {config.num_envs} envs x {config.num_steps} "
-                      f"steps need at least {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available; "
+                      f"steps need at least {gib(need)} ({where}), more than the {gib(have)} available; "
                       f"use fewer envs or steps{fewer} or a larger device")
 
 

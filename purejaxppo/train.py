@@ -61,7 +61,7 @@ class Transition(NamedTuple):
     final_obs: jax.Array
     finished_return: jax.Array  # the episode's raw return where it ended this step, else 0
     finished_length: jax.Array
-    carry: Carry  # the policy's carry after this step, before any reset: the one that saw final_obs
+    carry: Carry  # the policy's carry after this step's obs, before any reset: final_obs is seen after it
 
 
 class Batch(NamedTuple):
@@ -126,6 +126,11 @@ class Trainer:
             return s, transition
 
         return jax.lax.scan(step, state, jax.random.split(key, self.config.num_steps))
+
+    def bootstrap_values(self, state: TrainState, traj: Transition) -> jax.Array:
+        """V of each step's final observation, seen after the carry of the episode it ended (never the
+        reset one): a truncated step's bootstrap, and elsewhere V of the next observation."""
+        return self.policy.value(state.params, state.obs_stats, traj.final_obs, traj.carry)
 
     def learning_rewards(
         self, rewards: jax.Array, discounted_returns: jax.Array, return_stats: RunningStats
@@ -196,7 +201,7 @@ class Trainer:
         #    take in the rollout only after this update has learned from it.
         start_carry = state.carry
         state, traj = self.rollout(state, k_rollout)
-        next_values = self.policy.value(state.params, state.obs_stats, traj.final_obs, traj.carry)
+        next_values = self.bootstrap_values(state, traj)
         obs_stats = state.obs_stats.update(traj.obs) if config.normalize_obs else state.obs_stats
 
         # 2. Rewards as learned from, then advantages, bootstrapping on truncation only.

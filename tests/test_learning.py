@@ -37,7 +37,8 @@ def test_a_gru_beats_the_mlp_with_cartpoles_velocities_hidden():
     mlp = runner.train(config_lib.load(ROOT / "configs" / "cartpole_pomdp.yaml", steps))
     assert gru.config.memory == "gru" and mlp.config.memory == "none" and gru.config.obs_mask == (1, 3)
     assert mlp.final_return < 100.0, mlp.final_return  # without memory it cannot tell where the pole moves
-    assert gru.final_return > 250.0 and gru.final_return > 3 * mlp.final_return, (gru.final_return, mlp.final_return)
+    # 292 against 50 on this machine (2026-11-30); a bound with room for another CPU's rounding
+    assert gru.final_return > 200.0 and gru.final_return > 3 * mlp.final_return, (gru.final_return, mlp.final_return)
 
 
 def test_a_gru_recalls_the_bit_of_memory_chain():

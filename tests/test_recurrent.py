@@ -137,6 +137,26 @@ def test_the_rollout_resets_the_carry_where_episodes_start(replayed):
         carry = jax.tree.map(lambda c, i: np.where(done[t][:, None], i, c), carry, initial)
 
 
+def test_truncation_bootstraps_with_the_carry_of_the_ended_episode(replayed):
+    trainer, state, traj, _ = replayed
+    policy, params, stats = trainer.policy, state.params, state.obs_stats
+    truncated = np.asarray(traj.truncated)
+    assert truncated.any()
+    bootstrap = jax.jit(trainer.bootstrap_values)(state, traj)
+    done = np.asarray(traj.terminated | traj.truncated)
+    initial = policy.initial_carry((trainer.config.num_envs,))
+    carry, expected, from_reset = state.carry, [], []
+    for t in range(done.shape[0]):  # the episode's own carry, then the final observation
+        _, _, carry = policy.apply(params, stats, traj.obs[t], carry)
+        expected.append(policy.value(params, stats, traj.final_obs[t], carry))
+        from_reset.append(policy.value(params, stats, traj.final_obs[t], initial))
+        carry = jax.tree.map(lambda c, i: np.where(done[t][:, None], i, c), carry, initial)
+    expected, from_reset = np.stack(expected), np.stack(from_reset)
+    np.testing.assert_allclose(bootstrap, expected, rtol=1e-5, atol=1e-6)
+    # the reset carry would give other values at the truncated steps: the check above can tell them apart
+    assert np.abs(from_reset[truncated] - expected[truncated]).max() > 1e-3
+
+
 def test_the_loss_replays_the_rollout_exactly_before_any_step(replayed):
     trainer, state, traj, minibatches = replayed
     num = trainer.config.num_minibatches
@@ -272,14 +292,15 @@ def test_load_policy_steps_a_recurrent_policy_as_training_did(runs):
     state = jax.tree.map(lambda x: x[0], straight.state)
     assert policy.recurrent
     with pytest.raises(TypeError, match="a recurrent policy acts with its carry"):
-        policy(np.zeros(2))
-    obs = jax.random.normal(jax.random.key(7), (3, 4, 2)) * 2.0  # 3 steps of 4 envs
+        policy(np.zeros(4))
+    obs = jax.random.normal(jax.random.key(7), (3, 4, 4)) * 2.0  # 3 steps of 4 envs, as CartPole gives them
+    seen = obs[..., np.array([0, 2])]  # obs_mask [1, 3]: load_policy drops the velocities itself
     done = np.array([[False, True, False, False], [True, False, False, False]])
     apply = jax.jit(lambda o, c: trainer.policy.apply(state.params, state.obs_stats, o, c))
     carry, expected = policy.initial_carry(4), trainer.policy.initial_carry((4,))
     for t in range(3):
         action, carry = policy.step(obs[t], carry)
-        dist, _, expected = apply(obs[t], expected)
+        dist, _, expected = apply(seen[t], expected)
         np.testing.assert_array_equal(action, dist.mode())
         assert leaves_equal(carry, expected)
         if t < 2:
@@ -287,7 +308,7 @@ def test_load_policy_steps_a_recurrent_policy_as_training_did(runs):
             expected = jax.tree.map(lambda c: jnp.where(done[t][:, None], 0.0, c), expected)
     key = jax.random.key(3)
     action, _ = policy.step(obs[0, 0], policy.initial_carry(), key)  # one unbatched observation, sampled
-    dist, _, _ = trainer.policy.apply(state.params, state.obs_stats, obs[0, 0], trainer.policy.initial_carry())
+    dist, _, _ = trainer.policy.apply(state.params, state.obs_stats, seen[0, 0], trainer.policy.initial_carry())
     np.testing.assert_array_equal(action, dist.sample(key))
 
 
