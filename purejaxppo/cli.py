@@ -165,10 +165,11 @@ def _train(args: argparse.Namespace) -> int:
     progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
     verb = "resuming" if args.resume else "training"
     where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
-    say(f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
-        f"({config.num_updates} updates){where}; writing {run_dir}", flush=True)
-    try:
-        result = runner.train(config, run_dir, on_progress=progress, resume=bool(args.resume), step=args.step)
+    header = (f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
+              f"({config.num_updates} updates){where}; writing {run_dir}")
+    try:  # the header once every check has passed: a refused run prints its one error line alone
+        result = runner.train(config, run_dir, on_progress=progress, resume=bool(args.resume), step=args.step,
+                              on_ready=lambda: say(header, flush=True))
     finally:
         progress.close()
     if result.superseded is not None and args.resume:
@@ -210,15 +211,14 @@ def _sweep(args: argparse.Namespace) -> int:
         grid, args.seeds = meta["grid"], int(meta["num_seeds"])
     points = check_grid(config, grid)
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-sweep"))
-    print(f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} runs "
-          f"of {config.num_updates * config.batch_size:,} env steps, one compiled program on "
-          f"{len(jax.local_devices())} device(s); writing {run_dir}",
-          flush=True)
+    header = (f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} "
+              f"runs of {config.num_updates * config.batch_size:,} env steps, one compiled program on "
+              f"{len(jax.local_devices())} device(s); writing {run_dir}")
 
     global _PROGRESS
     progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size)
     result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_progress=progress,
-                   resume=bool(args.resume), step=args.step)
+                   resume=bool(args.resume), step=args.step, on_ready=lambda: print(header, flush=True))
     if result.superseded is not None:
         print(f"the earlier files that this sweep replaces are in {result.superseded}")
     if result.stopped:

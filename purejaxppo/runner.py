@@ -162,11 +162,12 @@ Started = tuple[Program, list[TrainState], int, "Path | None", dict[str, float],
 
 
 def _start(
-    population: Population, run_dir: Path | None, resume_step: int | None, max_runs_per_call: int | None
+    population: Population, run_dir: Path | None, resume_step: int | None, max_runs_per_call: int | None,
+    on_ready: Callable[[], None] | None = None,
 ) -> Started:
-    """Everything before the first update: build, check, compile, then init or restore. Returns the
-    program, the calls' states, the first update, where earlier files went, the timings by stage and the
-    compile time."""
+    """Everything before the first update: build, check, compile, then init or restore. `on_ready` is
+    called once every check has passed, before the compile. Returns the program, the calls' states,
+    the first update, where earlier files went, the timings by stage and the compile time."""
     config = population.config
     clock = time.perf_counter()
     trainer = make_trainer(config)
@@ -186,6 +187,8 @@ def _start(
         checkpoint.check_arrays(run_dir, resume_step, program.abstract)
     elif run_dir is not None:
         superseded = checkpoint.check_fresh(run_dir, move=is_primary())
+    if on_ready is not None:
+        on_ready()
 
     start = time.perf_counter()
     program.compile()
@@ -221,8 +224,10 @@ def run(
     until_update: int | None = None,
     guard: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> RunResult:
     """Train every run of `population` from its init, or from checkpoint `resume_step` of `run_dir`.
+    `on_ready` is called once the config, env and run dir have passed every check, before the compile.
 
     The caller holds the run dir (`rundir.claimed`). With a run dir: `config.yaml`, `metrics.csv` (every
     run), the optional loggers, and checkpoints of the whole stacked state every `checkpoint_every`
@@ -235,7 +240,7 @@ def run(
     early = StopSignal(interrupt=True)
     with early.installed():
         program, states, first, superseded, timings, compile_time = _start(
-            population, run_dir, resume_step, max_runs_per_call)
+            population, run_dir, resume_step, max_runs_per_call, on_ready)
     if early.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
         raise KeyboardInterrupt
     lay = program.layout
@@ -336,6 +341,7 @@ def train(
     resume: bool = False,
     step: int | None = None,
     until_update: int | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> RunResult:
     """Train one run (a population of one) in compiled chunks of `config.chunk_size` updates.
 
@@ -347,4 +353,4 @@ def train(
     with rundir.claimed(run_dir, create=not resume, primary=is_primary()):
         resume_step = checkpoint.resume_point(run_dir, step, "run", config)[0] if resume else None
         return run(Population.single(config), run_dir, kind="run", resume_step=resume_step,
-                   until_update=until_update, on_progress=on_progress)
+                   until_update=until_update, on_progress=on_progress, on_ready=on_ready)

@@ -88,6 +88,7 @@ def sweep(
     resume: bool = False,
     step: int | None = None,
     until_update: int | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> SweepResult:
     """Train `seeds` x grid runs in one compiled program (split into calls of equal size when
     `max_runs_per_call` asks). `resume`, `step` and `until_update` work as in `runner.train`; a
@@ -104,7 +105,7 @@ def sweep(
         population = population_of(config, seeds, points)
         result = runner.run(population, run_dir, kind="sweep", meta={"num_seeds": seeds, "grid": grid},
                             max_runs_per_call=max_runs_per_call, resume_step=resume_step,
-                            until_update=until_update, guard=False, on_progress=on_progress)
+                            until_update=until_update, guard=False, on_progress=on_progress, on_ready=on_ready)
         out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)},
                           grid=grid, points=points, seeds=[config.seed + i for i in range(seeds)])
         if out.run_dir is not None and not out.stopped:

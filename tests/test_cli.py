@@ -42,6 +42,11 @@ def test_config_errors_exit_2_before_anything_is_written(tmp_path):
     assert "num_minibatches:" in line and "not divisible by num_minibatches = 7" in line
     line = one_error_line(cli("train", "--set", "env=CartPole-v9", "--run-dir", str(tmp_path / "r")))
     assert "env: unknown environment 'CartPole-v9'" in line
+    # what needs the env is checked before the run says it starts: the error line is all it prints
+    for command in ("train", "sweep"):
+        proc = cli(command, "--set", "obs_mask=[7]", "--run-dir", str(tmp_path / "r"))
+        assert one_error_line(proc).endswith("obs_mask: index 7 is outside this env's 4 observation components (0..3)")
+        assert proc.stdout == "", proc.stdout
     assert not (tmp_path / "r").exists()  # nothing written before the config was accepted
 
 
