@@ -20,13 +20,7 @@ import jax.numpy as jnp
 
 from purejaxppo import recurrent
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.distributions import (
-    Beta,
-    Categorical,
-    DiagGaussian,
-    Distribution,
-    TanhGaussian,
-)
+from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian
 from purejaxppo.envs import ActionSpace
 from purejaxppo.networks import ActorCritic, RecurrentActorCritic
 from purejaxppo.normalization import RunningStats

@@ -37,6 +37,11 @@ def num(x: Any, spec: str = ",.1f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def steps_per_second(side: dict[str, Any]) -> float:
+    """A trainer's env steps of all seeds per second of training (brax_benchmark.Side's, from its JSON)."""
+    return sum(side["env_steps"]) / side["train_time"] if side["train_time"] > 0 else math.nan
+
+
 def met(ok: bool | None) -> str:
     return "not measured" if ok is None else ("met" if ok else "missed")
 
@@ -48,9 +53,9 @@ def ant_section(ant: dict[str, Any]) -> tuple[list[str], dict[str, bool | None]]
     checks: dict[str, bool | None] = {"ceiling": None, "wall_to_brax": None, "ant_return": None}
     for label, side in (("ours", ours), ("Brax ppo.train", brax if "trainer" in brax else None)):
         if side:
-            steps = sum(side["env_steps"]) / side["train_time"] if side["train_time"] > 0 else math.nan
             lines.append(f"| {label} | {num(side['final_returns'][0])} | {num(side['compile_time'])} | "
-                         f"{num(side['train_time'])} | {num(side['wall_time'])} | {num(steps, ',.0f')} |")
+                         f"{num(side['train_time'])} | {num(side['wall_time'])} | "
+                         f"{num(steps_per_second(side), ',.0f')} |")
     if "unavailable" in brax:
         lines += ["", f"Brax's trainer did not run: {brax['unavailable']}."]
     if "ceiling" in ant:
@@ -102,10 +107,9 @@ def extra_section(extra: dict[str, Any]) -> list[str]:
                          f"| {num(r['compile_s'])} | {num(r['final_return'])} |")
         lines.append("")
     for env, side in extra.get("brax", {}).items():
-        steps = sum(side["env_steps"]) / side["train_time"] if side["train_time"] > 0 else math.nan
         lines.append(f"- {env}: final eval return {num(side['final_returns'][0])} after {side['env_steps'][0]:,} env "
                      f"steps; compile {num(side['compile_time'])} s, train {num(side['train_time'])} s, "
-                     f"{num(steps, ',.0f')} env steps/s")
+                     f"{num(steps_per_second(side), ',.0f')} env steps/s")
     return lines
 
 

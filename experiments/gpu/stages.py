@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -93,9 +92,11 @@ def load(name: str, overrides: tuple[str, ...], cache: str) -> Any:
 
 
 def versions() -> dict[str, Any]:
+    """The machine (brax_benchmark's hardware record), JAX's backend, and the packages in play."""
     import importlib.metadata
 
     import jax
+    from brax_benchmark import hardware
 
     packages = {}
     for name in ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "numpy", "gymnax", "brax", "mujoco",
@@ -104,14 +105,7 @@ def versions() -> dict[str, Any]:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             packages[name] = None
-    try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        gpu = ""
-    return {"python": sys.version.split()[0], "packages": packages, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "gpu": gpu or "none", "cpu_count": os.cpu_count(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return {**hardware(), "backend": jax.default_backend(), "packages": packages}
 
 
 def brax_trainer_problem() -> str | None:
