@@ -1,4 +1,5 @@
-# `make train` and `make test` each create .venv when needed, install purejaxppo into it, then run.
+# `make train` and `make test` each create .venv when needed, install purejaxppo into it (`make test`
+# with the optional env families' extras), then run.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,12 +12,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# the tests also cover the optional env families, so they install their extras
+$(BIN)/.installed-extras: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,playground]"
+	touch $@
+
 install: $(BIN)/.installed
 
 train: $(BIN)/.installed
 	$(BIN)/purejaxppo train
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-extras
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -74,6 +74,11 @@ CASES: dict[str, Case] = {
     "inverted_pendulum": Case("Brax inverted_pendulum, 1 seed, 102k steps (a CPU-sized Brax case)",
                               "configs/brax/inverted_pendulum.yaml",
                               overrides=("total_timesteps=102400", "num_envs=128", "eval_every=5", "eval_episodes=16")),
+    **{f"playground-{task}": Case(f"Playground {name}, 1 seed, 8 updates of 128 envs x 30 steps (CPU-sized)",
+                                  f"configs/playground/{task}.yaml",
+                                  overrides=("num_envs=128", "num_steps=30", "total_timesteps=30720", "eval_every=0"))
+       for task, name in (("cartpole_balance", "CartpoleBalance"), ("cheetah_run", "CheetahRun"),
+                          ("walker_walk", "WalkerWalk"), ("hopper_hop", "HopperHop"))},
     "ant": Case("Brax ant, 1 seed", "configs/brax/ant.yaml", overrides=("total_timesteps=10000000",), gpu_only=True),
     "humanoid": Case("Brax humanoid, 1 seed", "configs/brax/humanoid.yaml", overrides=("total_timesteps=10000000",),
                      gpu_only=True),

@@ -62,10 +62,11 @@ def evaluate(
 
 
 def restore_policy(
-    run_dir: str | Path, step: int | None = None, run: int = 0
+    run_dir: str | Path, step: int | None = None, run: int = 0, env: Any = None
 ) -> tuple[Trainer, Any, RunningStats, int]:
     """(trainer, params, observation statistics, step) of run `run` of a run dir's checkpoint (its
-    index in a sweep's runs.csv; 0 for a single run)."""
+    index in a sweep's runs.csv; 0 for a single run). `env`: the env object a run trained, when it was
+    given one from Python."""
     for _ in range(MAX_TRIES):
         before = checkpoint.available_steps(run_dir)
         try:
@@ -73,7 +74,7 @@ def restore_policy(
             num_runs = int(meta["num_runs"])
             if not 0 <= run < num_runs:
                 raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds runs 0..{num_runs - 1}")
-            trainer = make_trainer(checkpoint.config_of(meta))
+            trainer = make_trainer(checkpoint.config_of(meta), env)
             abstract = abstract_states(trainer, int(meta["stacked_runs"]))
             _, state, _ = checkpoint.restore(run_dir, abstract, chosen)
             break
@@ -131,10 +132,11 @@ class LoadedPolicy:
         return self._reset(carry, jnp.asarray(done, bool))
 
 
-def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0) -> LoadedPolicy:
+def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0, env: Any = None) -> LoadedPolicy:
     """A trained policy of a run dir, latest checkpoint by default, ready to act (see LoadedPolicy).
-    `run` picks a run of a sweep's checkpoint (see its runs.csv)."""
-    trainer, params, obs_stats, _ = restore_policy(run_dir, step, run)
+    `run` picks a run of a sweep's checkpoint (see its runs.csv); `env` is the env object the run was
+    given from Python, if it was (an env named in the config, or by import path, is rebuilt)."""
+    trainer, params, obs_stats, _ = restore_policy(run_dir, step, run, env)
     return LoadedPolicy(trainer.policy, params, obs_stats, trainer.env)
 
 
@@ -167,9 +169,10 @@ def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1
 
 
 def evaluate_run(run_dir: str | Path, episodes: int, step: int | None = None, run: int = 0,
-                 seed: int = 0) -> tuple[PPOConfig, int, jax.Array, jax.Array]:
-    """(config, step, returns, lengths) of `episodes` deterministic episodes of a run dir's policy."""
-    trainer, params, obs_stats, step = restore_policy(run_dir, step, run)
+                 seed: int = 0, env: Any = None) -> tuple[PPOConfig, int, jax.Array, jax.Array]:
+    """(config, step, returns, lengths) of `episodes` deterministic episodes of a run dir's policy
+    (`env` as in `load_policy`)."""
+    trainer, params, obs_stats, step = restore_policy(run_dir, step, run, env)
     returns, lengths = jax.jit(lambda key: evaluate(trainer.policy, trainer.env, params, obs_stats, key, episodes))(
         jax.random.key(seed))
     return trainer.config, step, returns, lengths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from datetime import datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from purejaxppo import config as config_lib
@@ -53,7 +55,8 @@ class Checkpointer:
         # orbax declines, returning False, to save a step at or below its newest one
         try:
             saved = self._manager.save(
-                update, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+                update,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(without_empty(state)), meta=ocp.args.JsonSave(meta)),
             )
         except Exception as err:  # orbax and tensorstore raise many types
             raise self._failed(err) from None
@@ -232,6 +235,24 @@ def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config
     return step, meta
 
 
+def _empty(leaf: Any) -> bool:
+    return math.prod(leaf.shape) == 0
+
+
+def without_empty(tree: Any) -> Any:
+    """`tree` with its zero-size arrays (e.g. MJX's `act` for a model without actuator state) left out:
+    orbax cannot store them, and they hold nothing. `with_empty` puts them back on restore."""
+    return jax.tree.map(lambda x: None if _empty(x) else x, tree)
+
+
+def with_empty(restored: Any, abstract: Any) -> Any:
+    """The zero-size arrays of `abstract` back in a tree restored without them."""
+    leaves, treedef = jax.tree.flatten(abstract)
+    stored = iter(jax.tree.leaves(restored))
+    placed = lambda x: jax.device_put(np.zeros(x.shape, x.dtype), getattr(x, "sharding", None))  # noqa: E731
+    return treedef.unflatten([placed(x) if _empty(x) else next(stored) for x in leaves])
+
+
 def _leaf_name(path: tuple) -> str:
     return ".".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
 
@@ -252,6 +273,8 @@ def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> None:
     if not shapes:
         raise CheckpointError(f"checkpoint {step} in {run_dir} is corrupt: its array metadata cannot be read")
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        if _empty(leaf):
+            continue
         name = _leaf_name(path)
         shape = tuple(leaf.shape)
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # typed keys are stored as their raw data
@@ -282,7 +305,8 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(create=False))
         restored = manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(without_empty(abstract_state)),
+                                    meta=ocp.args.JsonRestore()),
         )
     except Exception as err:  # orbax and tensorstore raise many types; all mean the same to a user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -293,4 +317,4 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
     finally:
         if manager is not None:
             manager.close()
-    return step, restored.state, meta
+    return step, with_empty(restored.state, abstract_state), meta

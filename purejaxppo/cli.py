@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -277,9 +278,11 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _envs(_: argparse.Namespace) -> int:
-    from purejaxppo.envs import known_envs
+    from purejaxppo.envs import known_envs, missing_families
 
     print("\n".join(known_envs()))
+    for line in missing_families():
+        print(f"not installed: {line}", file=sys.stderr)
     return 0
 
 
@@ -356,6 +359,8 @@ SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "ten
 def _quiet_library_noise() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # and asyncio its tasks' ("never retrieved")
+    # orbax's save coroutines, left unawaited when a save fails, warn at interpreter exit
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     default = sys.unraisablehook
     if getattr(default, "quiets_library_noise", False):  # main called again in this process
         return

@@ -55,7 +55,8 @@ MAX_COUNT = 2**31 - 1  # the compiled program counts env steps and optimizer ste
 class PPOConfig:
     """Every hyperparameter of a run. Field metadata holds the documentation and the range checks."""
 
-    env: str = field(default="CartPole-v1", metadata=_doc("Environment name (see `purejaxppo envs`)."))
+    env: str = field(default="CartPole-v1", metadata=_doc(
+        "Environment: a name (see `purejaxppo envs`), or the import path of your own, `package.module:EnvClass`."))
     env_kwargs: dict[str, Any] = field(
         default_factory=dict,
         metadata=_doc("Overrides of the environment's parameters, e.g. `{max_steps_in_episode: 200}`."),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from purejaxppo.config import PPOConfig
 from purejaxppo.loggers import Loggers
 from purejaxppo.errors import NonFiniteError
 from purejaxppo.population import Layout, Population, Program, check_fits, plan
-from purejaxppo.train import TrainState, make_trainer
+from purejaxppo.train import TrainState, make_trainer, with_env
 
 
 
@@ -85,7 +86,8 @@ class RunResult:
 
 def default_run_dir(config: PPOConfig, root: str | Path = "runs", suffix: str = "") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(root) / f"{config.env.replace('/', '-')}-{stamp}{suffix}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.env.removeprefix("object:"))  # e.g. pkg.mod:MyEnv, brax/ant
+    return Path(root) / f"{name}-{stamp}{suffix}"
 
 
 class StopSignal:
@@ -163,14 +165,14 @@ Started = tuple[Program, list[TrainState], int, "Path | None", dict[str, float],
 
 def _start(
     population: Population, run_dir: Path | None, resume_step: int | None, max_runs_per_call: int | None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None, env: Any = None,
 ) -> Started:
     """Everything before the first update: build, check, compile, then init or restore. `on_ready` is
     called once every check has passed, before the compile. Returns the program, the calls' states,
     the first update, where earlier files went, the timings by stage and the compile time."""
     config = population.config
     clock = time.perf_counter()
-    trainer = make_trainer(config)
+    trainer = make_trainer(config, env)
     use_compilation_cache(config)
     program = plan(trainer, population, max_runs_per_call)
     check_fits(program)
@@ -225,9 +227,11 @@ def run(
     guard: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    env: Any = None,
 ) -> RunResult:
     """Train every run of `population` from its init, or from checkpoint `resume_step` of `run_dir`.
     `on_ready` is called once the config, env and run dir have passed every check, before the compile.
+    `env`, an env object, replaces the config's env name (the config records its class).
 
     The caller holds the run dir (`rundir.claimed`). With a run dir: `config.yaml`, `metrics.csv` (every
     run), the optional loggers, and checkpoints of the whole stacked state every `checkpoint_every`
@@ -235,12 +239,13 @@ def run(
     loss, gradient norm or parameter in any run stops the call with NonFiniteError, after checkpointing
     the last good state. `meta` is stored with each checkpoint, beside what the loop itself needs.
     """
+    population = dataclasses.replace(population, config=with_env(population.config, env))
     config = population.config
     run_dir = Path(run_dir) if run_dir is not None else None
     early = StopSignal(interrupt=True)
     with early.installed():
         program, states, first, superseded, timings, compile_time = _start(
-            population, run_dir, resume_step, max_runs_per_call, on_ready)
+            population, run_dir, resume_step, max_runs_per_call, on_ready, env)
     if early.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
         raise KeyboardInterrupt
     lay = program.layout
@@ -342,15 +347,19 @@ def train(
     step: int | None = None,
     until_update: int | None = None,
     on_ready: Callable[[], None] | None = None,
+    env: Any = None,
 ) -> RunResult:
-    """Train one run (a population of one) in compiled chunks of `config.chunk_size` updates.
+    """Train one run (a population of one) in compiled chunks of `config.chunk_size` updates, on the
+    config's env or on `env`, an env object of any kind `envs.make_env` accepts (then the run's config
+    records the object's class, and a resume needs the same `env` again).
 
     `resume=True` continues from the run dir's latest checkpoint (or `step`); the result is
     bit-identical to an uninterrupted run. `until_update` stops, with a checkpoint, at the first chunk
     end at or after it. The result's state and metrics keep the run axis, of size 1.
     """
+    config = with_env(config, env)
     run_dir = Path(run_dir) if run_dir is not None else None
     with rundir.claimed(run_dir, create=not resume, primary=is_primary()):
         resume_step = checkpoint.resume_point(run_dir, step, "run", config)[0] if resume else None
         return run(Population.single(config), run_dir, kind="run", resume_step=resume_step,
-                   until_update=until_update, on_progress=on_progress, on_ready=on_ready)
+                   until_update=until_update, on_progress=on_progress, on_ready=on_ready, env=env)

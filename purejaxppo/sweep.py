@@ -18,6 +18,7 @@ from purejaxppo import config as config_lib
 from purejaxppo import checkpoint, plots, rundir, runner, stats
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.population import Member, Population
+from purejaxppo.train import with_env
 
 
 @dataclasses.dataclass
@@ -89,11 +90,14 @@ def sweep(
     step: int | None = None,
     until_update: int | None = None,
     on_ready: Callable[[], None] | None = None,
+    env: Any = None,
 ) -> SweepResult:
     """Train `seeds` x grid runs in one compiled program (split into calls of equal size when
     `max_runs_per_call` asks). `resume`, `step` and `until_update` work as in `runner.train`; a
     resumed sweep takes its seeds, grid and call size from the checkpoint. A sweep has no NaN guard:
-    one diverging run among many is a finding of the sweep, not a failure of it."""
+    one diverging run among many is a finding of the sweep, not a failure of it. `env`, an env object,
+    replaces the config's env name, as in `runner.train`."""
+    config = with_env(config, env)
     run_dir = Path(run_dir) if run_dir is not None else None
     with rundir.claimed(run_dir, create=not resume, primary=runner.is_primary()):
         resume_step = None
@@ -105,7 +109,8 @@ def sweep(
         population = population_of(config, seeds, points)
         result = runner.run(population, run_dir, kind="sweep", meta={"num_seeds": seeds, "grid": grid},
                             max_runs_per_call=max_runs_per_call, resume_step=resume_step,
-                            until_update=until_update, guard=False, on_progress=on_progress, on_ready=on_ready)
+                            until_update=until_update, guard=False, on_progress=on_progress, on_ready=on_ready,
+                            env=env)
         out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)},
                           grid=grid, points=points, seeds=[config.seed + i for i in range(seeds)])
         if out.run_dir is not None and not out.stopped:

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purejaxppo import diagnostics, losses, optim, recurrent
+from purejaxppo import diagnostics, envs, losses, optim, recurrent
 from purejaxppo.config import TRACED, PPOConfig, validate
-from purejaxppo.envs import Env, make_env
+from purejaxppo.envs import Env
 from purejaxppo.hparams import HParams
 from purejaxppo.normalization import RunningStats
 from purejaxppo.policy import Carry, Policy, make_policy
@@ -265,12 +265,19 @@ class Trainer:
         return state, metrics
 
 
-def make_trainer(config: PPOConfig) -> Trainer:
+def with_env(config: PPOConfig, env: Any = None) -> PPOConfig:
+    """`config` as a run records it: with an env object given, its `env` names the object's class."""
+    return config if env is None else dataclasses.replace(config, env=envs.label(env))
+
+
+def make_trainer(config: PPOConfig, env: Any = None) -> Trainer:
     """Build the env and the policy of a validated config, checking what needs the env (its name and
-    parameters, the distribution's fit) before anything compiles. Raises ConfigError."""
+    parameters, the distribution's fit) before anything compiles. `env`, an env object of any kind
+    `envs.make_env` accepts, replaces the config's `env` name. Raises ConfigError."""
+    config = with_env(config, env)
     validate(config)
-    env = make_env(config.env, config.env_kwargs, config.obs_mask)
-    return Trainer(config, env, make_policy(config, env.action_space))
+    made = envs.make_env(config.env if env is None else env, config.env_kwargs, config.obs_mask)
+    return Trainer(config, made, make_policy(config, made.action_space))
 
 
 def abstract_states(trainer: Trainer, num_runs: int) -> TrainState:
@@ -280,9 +287,10 @@ def abstract_states(trainer: Trainer, num_runs: int) -> TrainState:
     return jax.eval_shape(jax.vmap(lambda seed, hp: trainer.init(jax.random.key(seed), hp)), seeds, hparams)
 
 
-def make_train(config: PPOConfig) -> Callable[..., tuple[TrainState, Metrics]]:
-    """A pure `train(key, hparams=None) -> (final state, metrics stacked over updates)`."""
-    trainer = make_trainer(config)
+def make_train(config: PPOConfig, env: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
+    """A pure `train(key, hparams=None) -> (final state, metrics stacked over updates)`, on the config's
+    env or on `env`, an env object (see `make_trainer`)."""
+    trainer = make_trainer(config, env)
 
     def train(key: jax.Array, hparams: HParams | None = None) -> tuple[TrainState, Metrics]:
         state = trainer.init(key, hparams)

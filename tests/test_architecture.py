@@ -2,12 +2,14 @@
 the CLI (whose lazy imports keep JAX from starting before --cpu-devices applies). Reads the source."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "purejaxppo"
 
 
-def imports_of(tree: ast.AST) -> list[tuple[str, bool]]:
+def imports_of(tree: ast.AST, modules: set[str]) -> list[tuple[str, bool]]:
     """(imported purejaxppo module, whether the import sits inside a function) for each import."""
     found = []
 
@@ -15,8 +17,10 @@ def imports_of(tree: ast.AST) -> list[tuple[str, bool]]:
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("purejaxppo"):
-                names = [child.module] if child.module != "purejaxppo" else \
-                    [f"purejaxppo.{a.name}" for a in child.names]
+                # `from purejaxppo.envs import custom` imports the submodule purejaxppo.envs.custom
+                names = [f"{child.module}.{a.name}" for a in child.names if f"{child.module}.{a.name}" in modules]
+                if not names or any(f"{child.module}.{a.name}" not in modules for a in child.names):
+                    names.append(child.module)
                 found.extend((name, inside) for name in names)
             elif isinstance(child, ast.Import):
                 found.extend((a.name, inside) for a in child.names if a.name.startswith("purejaxppo"))
@@ -26,9 +30,17 @@ def imports_of(tree: ast.AST) -> list[tuple[str, bool]]:
     return found
 
 
+def module_name(path: Path) -> str:
+    """purejaxppo/envs/brax.py -> purejaxppo.envs.brax; purejaxppo/envs/__init__.py -> purejaxppo.envs."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def graph() -> dict[str, list[tuple[str, bool]]]:
-    modules = {f"purejaxppo.{p.stem}": ast.parse(p.read_text()) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    return {name: [(m, f) for m, f in imports_of(tree) if m in modules] for name, tree in modules.items()}
+    paths = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py"]
+    modules = {module_name(p): ast.parse(p.read_text()) for p in paths}
+    return {name: [(m, f) for m, f in imports_of(tree, set(modules)) if m in modules and m != name]
+            for name, tree in modules.items()}
 
 
 def test_no_function_level_imports_outside_the_cli():
@@ -53,3 +65,21 @@ def test_the_imports_have_no_circle():
     for name in edges:
         walk(name, ())
     assert "purejaxppo.envs" in edges["purejaxppo.train"]  # the graph was read: train imports envs
+    assert "purejaxppo.envs.custom" in edges["purejaxppo.envs"]  # and the subpackages' modules
+
+
+def test_env_families_are_imported_only_when_used():
+    # a gymnax user never imports Brax or MuJoCo: each family's module is found by its name's prefix
+    script = (
+        "import sys, jax\n"
+        "from purejaxppo import PPOConfig, make_train\n"
+        "from purejaxppo.envs import make_env\n"
+        "make_train(PPOConfig(total_timesteps=256, num_envs=4, num_steps=16, num_minibatches=2))\n"
+        "jax.eval_shape(make_env('CartPole-v1').reset, jax.random.key(0))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('brax', 'mujoco', 'mujoco_playground'))\n"
+        "assert not loaded, loaded\n"
+        "make_env('brax/inverted_pendulum')\n"
+        "assert 'brax' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from purejaxppo.config import ConfigError
-from purejaxppo.envs import BraxEnv, check_env, known_envs, make_env
+from purejaxppo.envs import check_env, known_envs, make_env
+from purejaxppo.envs.brax import BraxEnv
 
 NAME = "brax/inverted_pendulum"
 LIMIT = 10

@@ -88,3 +88,14 @@ def test_a_checkpoint_of_the_earlier_format_is_refused_with_the_reason(straight,
     path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="written by an earlier purejaxppo"):
         acting.load_policy(old)
+
+
+def test_zero_size_arrays_are_left_out_of_a_checkpoint_and_put_back():
+    # an MJX env state holds some (e.g. `act` of a model without actuator state); orbax cannot store them
+    tree = {"a": jnp.ones(3), "act": jnp.zeros((4, 0)), "b": {"c": jnp.zeros((0,), jnp.int32), "d": jnp.int32(2)}}
+    stripped = checkpoint.without_empty(tree)
+    assert [x.shape for x in jax.tree.leaves(stripped)] == [(3,), ()]
+    back = checkpoint.with_empty(jax.tree.map(np.asarray, stripped), jax.eval_shape(lambda: tree))
+    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
+        assert x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)

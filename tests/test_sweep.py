@@ -167,11 +167,10 @@ def test_cli_sweep_uses_a_cpu_device_per_core(tmp_path):
 
 
 def test_a_sweep_builds_its_env_once(monkeypatch):
-    import importlib
+    from purejaxppo import envs
 
-    train = importlib.import_module("purejaxppo.train")
     built = []
-    real = train.make_env
-    monkeypatch.setattr(train, "make_env", lambda *a, **k: built.append(a) or real(*a, **k))
+    real = envs.make_env
+    monkeypatch.setattr(envs, "make_env", lambda *a, **k: built.append(a) or real(*a, **k))
     sweep(SMALL, seeds=2, grid=GRID)
     assert len(built) == 1

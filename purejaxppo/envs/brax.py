@@ -1,0 +1,149 @@
+"""Brax: the `brax/<name>` family, and the adapter for any env with Brax's state API (a Brax
+`PipelineEnv`, or a MuJoCo Playground `MjxEnv`): `reset(rng) -> State`, `step(State, action) -> State`,
+with `obs`, `reward`, `done` and an `info` dict on the State, and `action_size`.
+
+Only Brax's EpisodeWrapper is used: its AutoResetWrapper would replay one cached initial state, so
+`step` draws a fresh initial state from the step's key when an episode ends. The EpisodeWrapper sets
+`info["truncation"]` to 1 - done at the time limit, so an env that terminates on the last step
+reports termination only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from purejaxppo.config import ConfigError, unknown_key_error
+from purejaxppo.envs.base import ActionSpace, EnvStep, flat
+
+PREFIX = "brax/"
+BACKENDS = ("generalized", "positional", "spring", "mjx")
+WRAPPER_KWARGS = ("episode_length", "action_repeat")
+
+
+
+class StateEnv:
+    """An env with Brax's state API behind the adapter interface. As in Brax, `episode_length` counts
+    base-env steps, so an episode lasts episode_length / action_repeat agent steps, and the reward is
+    summed over the repeats. Actions are in [-1, 1]."""
+
+    def __init__(self, env: Any, episode_length: int = 1000, action_repeat: int = 1, name: str | None = None) -> None:
+        from brax.envs.wrappers.training import EpisodeWrapper
+
+        self.name = name or type(env).__name__
+        self.base = env
+        self._env = EpisodeWrapper(env, episode_length, action_repeat)
+        size = int(env.action_size)
+        self.action_space = ActionSpace.box(-1.0, 1.0, (size,))
+        # `observation_size` would run an un-jitted reset; tracing the shape is near free.
+        obs = jax.eval_shape(self.reset, jax.random.key(0))[0]
+        self.observation_shape = tuple(obs.shape)
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        state = self._env.reset(key)
+        return flat(state.obs), state
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        stepped = self._env.step(state, action)
+        done = stepped.done > 0
+        truncated = stepped.info["truncation"] > 0
+        obs, fresh = self.reset(key)
+        final_obs = flat(stepped.obs)
+        return EnvStep(
+            obs=jnp.where(done, obs, final_obs),
+            state=jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, stepped),
+            reward=jnp.asarray(stepped.reward, jnp.float32),
+            terminated=done & ~truncated,
+            truncated=truncated,
+            final_obs=final_obs,
+        )
+
+
+class BraxEnv(StateEnv):
+    """A Brax env named `brax/<name>` (any name in `brax.envs`).
+
+    env_kwargs: `backend` (one of BACKENDS; default `positional`, or `generalized` for envs that reject
+    positional, e.g. swimmer), `episode_length` (default 1000), `action_repeat` (default 1); any other
+    key goes to the env's constructor (e.g. `ctrl_cost_weight`, `n_frames`).
+    """
+
+    def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None) -> None:
+        base, episode_length, action_repeat = _make_base(name, env_kwargs or {})
+        super().__init__(base, episode_length, action_repeat, name)
+
+    def render_html(self, pipeline_states: list[Any]) -> str:
+        """Brax's viewer page for a trajectory. It loads the viewer's scripts from a CDN when opened."""
+        from brax.io import html
+
+        return html.render(self._env.sys, pipeline_states)
+
+
+def _kwarg_names(env_class: type) -> set[str]:
+    """Constructor keywords of a Brax env class, following `**kwargs` up to PipelineEnv."""
+    names: set[str] = set()
+    for cls in env_class.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        params = inspect.signature(cls.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self", "sys"}
+
+
+def positive_int(env_kwargs: dict[str, Any], key: str, default: int, name: str) -> int:
+    value = env_kwargs.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"env_kwargs.{key}: must be an integer >= 1 for {name}, got {value!r}")
+    return value
+
+
+def _make_base(name: str, env_kwargs: dict[str, Any]) -> tuple[Any, int, int]:
+    """Validate env_kwargs and build the unwrapped Brax env (loads the model; compiles nothing)."""
+    import brax.envs
+
+    env_class = brax.envs._envs[name.removeprefix(PREFIX)]
+    known = _kwarg_names(env_class) | {"backend", *WRAPPER_KWARGS}
+    for key in env_kwargs:
+        if key not in known:
+            raise unknown_key_error(key, known, what=f"env_kwargs parameter of {name}")
+    episode_length = positive_int(env_kwargs, "episode_length", 1000, name)
+    action_repeat = positive_int(env_kwargs, "action_repeat", 1, name)
+    rest = {k: v for k, v in env_kwargs.items() if k not in ("backend", *WRAPPER_KWARGS)}
+    backend = env_kwargs.get("backend")
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"env_kwargs.backend: unknown Brax backend {backend!r}; known: {', '.join(BACKENDS)}")
+    try:
+        if backend is None:
+            try:
+                return env_class(backend="positional", **rest), episode_length, action_repeat
+            except ValueError:  # e.g. swimmer supports generalized only
+                backend = "generalized"
+        return env_class(backend=backend, **rest), episode_length, action_repeat
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split())  # ConfigError messages are one line
+        raise ConfigError(f"env_kwargs: {name} rejected {env_kwargs}: {message}") from err
+
+
+def names() -> list[str]:
+    import brax.envs
+
+    # brax 0.14 has no public listing of its registry
+    return [PREFIX + n for n in brax.envs._envs]
+
+
+def make(name: str, env_kwargs: dict[str, Any]) -> BraxEnv:
+    return BraxEnv(name, env_kwargs)
+
+
+def check(name: str, env_kwargs: dict[str, Any]) -> None:
+    """What `make` would refuse, without tracing the env (Brax's reset takes seconds to trace)."""
+    _make_base(name, env_kwargs)
+
+
+def is_state_env(obj: Any) -> bool:
+    """Whether `obj` has Brax's state API (a Brax PipelineEnv or a Playground MjxEnv)."""
+    return all(callable(getattr(obj, a, None)) for a in ("reset", "step")) and hasattr(obj, "action_size")

@@ -1,0 +1,247 @@
+"""The user's own env: an object given from Python, an import path `package.module:Name` in the config, or
+a factory given to `register_env`. Each is adapted by what it is, then traced once (`jax.eval_shape`,
+nothing compiles) to check that its outputs fit, so a mistake is one ConfigError line before training.
+
+Three kinds are recognised, in this order:
+- purejaxppo's own protocol (`envs.base.Env`): `observation_shape`, `action_space` (an ActionSpace),
+  `reset(key) -> (obs, state)` and `step(key, state, action) -> EnvStep` (or the same six values as a
+  tuple), with `step` resetting by itself where an episode ended;
+- a gymnax `Environment` (1.x, or older with a five-value `step`; see `envs.gymnax`), or a factory
+  returning gymnax's `(env, params)` pair;
+- an env with Brax's state API: a Brax `PipelineEnv` or a Playground `MjxEnv` (see `envs.brax`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purejaxppo.config import ConfigError
+from purejaxppo.envs.base import ActionSpace, Env, EnvStep, one_line
+from purejaxppo.envs.brax import StateEnv, is_state_env
+from purejaxppo.envs.gymnax import adapt as adapt_gymnax
+from purejaxppo.envs.gymnax import is_gymnax_like, with_params
+
+OBJECT_PREFIX = "object:"
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name and not name.startswith(OBJECT_PREFIX)
+
+
+def object_label(env: Any) -> str:
+    """What a run's config records for an env object given from Python: its class, which says what was
+    trained but cannot rebuild it (its constructor's arguments are unknown)."""
+    cls = type(env)
+    return f"{OBJECT_PREFIX}{cls.__module__}.{cls.__qualname__}"
+
+
+def load(path: str, env_kwargs: dict[str, Any]) -> Env:
+    """The env at import path `module:attr` (attr may be dotted), built with `env_kwargs` when it is a class
+    or a factory. The current directory is searched after the installed packages, as `python -m` does."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr or not all(p.isidentifier() for p in module_name.split(".") + attr.split(".")):
+        raise ConfigError(f"env: '{path}' is not an import path like 'package.module:EnvClass'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as err:  # the module's own error, whatever it is, in one line
+        raise ConfigError(f"env: cannot import {module_name} for '{path}': {one_line(err)}") from err
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"env: {module_name} has no attribute '{attr}' (for '{path}')")
+        target = getattr(target, part)
+    return build(target, env_kwargs, path)
+
+
+def build(target: Any, env_kwargs: dict[str, Any], label: str) -> Env:
+    """`target(**env_kwargs)` when `target` is a class or a factory, else `target` itself, adapted. For a
+    gymnax env class, the env_kwargs its constructor does not take but its params have (e.g.
+    `max_steps_in_episode`) are set on its params, as for the gymnax envs named in a config."""
+    if not (inspect.isclass(target) or inspect.isroutine(target) or hasattr(target, "func")):  # partials too
+        if env_kwargs:
+            raise ConfigError(f"env_kwargs: {label} is an env object, not a class or factory, so it takes no "
+                              f"env_kwargs")
+        return adapt(target, label)
+    taken, rest = _split(target, env_kwargs)
+    try:
+        obj = target(**taken)
+    except Exception as err:
+        raise ConfigError(f"env: {label}(**env_kwargs) with env_kwargs {env_kwargs} failed: {one_line(err)}") from err
+    params = None
+    if rest:
+        fields = set(getattr(getattr(obj, "default_params", None), "__dataclass_fields__", ()))
+        unknown = sorted(set(rest) - fields)
+        if unknown or not is_gymnax_like(obj):
+            where = f" nor its params ({', '.join(sorted(fields))})" if is_gymnax_like(obj) else ""
+            raise ConfigError(f"env_kwargs.{unknown[0] if unknown else sorted(rest)[0]}: neither {label}'s "
+                              f"constructor ({', '.join(_taken_names(target)) or 'no keywords'}){where} takes it")
+        params = with_params(obj.default_params, rest, label)
+    return adapt(obj if params is None else (obj, params), label)
+
+
+def _taken_names(target: Any) -> list[str]:
+    params = inspect.signature(target).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _split(target: Any, env_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the env_kwargs `target`'s signature takes, the others); all taken when it takes **kwargs or has no
+    signature to read."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return env_kwargs, {}
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return env_kwargs, {}
+    names = set(_taken_names(target))
+    return {k: v for k, v in env_kwargs.items() if k in names}, {k: v for k, v in env_kwargs.items() if k not in names}
+
+
+def adapt(obj: Any, label: str | None = None) -> Env:
+    """Any env object of a recognised kind as an Env, checked by tracing reset and step once."""
+    label = label or object_label(obj).removeprefix(OBJECT_PREFIX)
+    params = None
+    if isinstance(obj, tuple) and len(obj) == 2 and is_gymnax_like(obj[0]):
+        obj, params = obj  # gymnax.make's (env, params)
+    if isinstance(getattr(obj, "action_space", None), ActionSpace) and hasattr(obj, "observation_shape"):
+        env: Env = ProtocolEnv(obj, label)
+    elif is_gymnax_like(obj):
+        env = _traced(label, "step", lambda: adapt_gymnax(obj, params, label))
+        if env.old_api:
+            note(f"{label}.step returns five values (gymnax before 1.0): its `done` is taken as termination, "
+                 f"so an episode cut by a time limit is not bootstrapped")
+    elif is_state_env(obj):
+        # Playground keeps a task's time limit in its config; a Brax env's is the wrapper's (1000).
+        config = getattr(obj, "_config", None)
+        episode_length = int(getattr(config, "episode_length", 1000))
+        action_repeat = int(getattr(config, "action_repeat", 1))
+        env = _traced(label, "reset", lambda: StateEnv(obj, episode_length, action_repeat, label))
+    else:
+        raise ConfigError(f"env: {label} fits none of the env kinds purejaxppo trains: {_missing(obj)}")
+    check(env, label)
+    return env
+
+
+def _missing(obj: Any) -> str:
+    """What `obj` lacks for each kind, e.g. `a gymnax Environment (missing default_params)`."""
+    has = lambda a: hasattr(obj, a)  # noqa: E731
+    can = lambda a: callable(getattr(obj, a, None))  # noqa: E731
+    space = isinstance(getattr(obj, "action_space", None), ActionSpace)
+    kinds = {
+        "purejaxppo's protocol": {
+            "reset": can("reset"), "step": can("step"), "observation_shape": has("observation_shape"),
+            "action_space as a purejaxppo.envs.ActionSpace": space,
+        },
+        "a gymnax Environment": {a: can(a) for a in ("reset", "step", "action_space", "observation_space")}
+        | {"default_params": has("default_params")},
+        "a Brax or Playground env": {"reset": can("reset"), "step": can("step"), "action_size": has("action_size")},
+    }
+    return "; ".join(f"{kind} (missing {', '.join(a for a, ok in needs.items() if not ok)})"
+                     for kind, needs in kinds.items())
+
+
+def _traced(label: str, what: str, fn: Any) -> Any:
+    """`fn()`, with an exception raised while it traces the user's env turned into one ConfigError line."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"env: {label}.{what} failed when traced: {one_line(err)}") from err
+
+
+def _numeric(value: Any, what: str) -> jax.Array:
+    if not isinstance(value, (jax.Array, np.ndarray, np.generic, bool, int, float)):
+        raise ConfigError(f"{what} is a {type(value).__name__}, not an array")
+    value = jnp.asarray(value)
+    if value.dtype.kind not in "biuf":
+        raise ConfigError(f"{what} has dtype {value.dtype}, not a number")
+    return value
+
+
+class ProtocolEnv:
+    """An env that follows purejaxppo's protocol, with its outputs cast to the trainer's dtypes (float32
+    observations and rewards, bool flags); any other kind of output is a ConfigError."""
+
+    def __init__(self, env: Any, label: str) -> None:
+        self.env = env
+        self.name = label
+        self.observation_shape = tuple(int(s) for s in env.observation_shape)
+        self.action_space = env.action_space
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "env":
+            raise AttributeError(attr)
+        return getattr(self.env, attr)
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        out = self.env.reset(key)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise ConfigError(f"env: {self.name}.reset must return (obs, state), got {_described(out)}")
+        obs, state = out
+        return _numeric(obs, f"env: {self.name}.reset's obs").astype(jnp.float32), state
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        out = self.env.step(key, state, action)
+        if not isinstance(out, tuple) or len(out) != len(EnvStep._fields):
+            raise ConfigError(f"env: {self.name}.step must return an EnvStep({', '.join(EnvStep._fields)}), got "
+                              f"{_described(out)}")
+        out = EnvStep(*out)
+        field = lambda name, dtype: _numeric(getattr(out, name), f"env: {self.name}.step's {name}").astype(dtype)  # noqa: E731
+        return EnvStep(obs=field("obs", jnp.float32), state=out.state, reward=field("reward", jnp.float32),
+                       terminated=field("terminated", bool), truncated=field("truncated", bool),
+                       final_obs=field("final_obs", jnp.float32))
+
+
+def _described(out: Any) -> str:
+    return f"{len(out)} values" if isinstance(out, tuple) else f"a {type(out).__name__}"
+
+
+def check(env: Env, label: str) -> None:
+    """Trace `env.reset` and `env.step` once and refuse outputs that do not fit the protocol: shapes other
+    than the declared ones, non-scalar rewards or flags, or a state whose structure, shapes or dtypes
+    change in a step (the rollout's scan carries it)."""
+    key = jax.random.key(0)
+    space = env.action_space
+    action = (jax.ShapeDtypeStruct((), jnp.int32) if space.discrete
+              else jax.ShapeDtypeStruct(tuple(space.shape), jnp.float32))
+    obs, state = _traced(label, "reset", lambda: jax.eval_shape(env.reset, key))
+    out = _traced(label, "step", lambda: jax.eval_shape(env.step, key, state, action))
+    shape = tuple(env.observation_shape)
+    wrong = [f"reset's obs has shape {obs.shape}" for _ in [0] if obs.shape != shape]
+    wrong += [f"step's {f} has shape {getattr(out, f).shape}" for f in ("obs", "final_obs")
+              if getattr(out, f).shape != shape]
+    if wrong:
+        raise ConfigError(f"env: {label}: {wrong[0]}, but its observation_shape is {shape}")
+    for name in ("reward", "terminated", "truncated"):
+        if getattr(out, name).shape != ():
+            raise ConfigError(f"env: {label}.step's {name} has shape {getattr(out, name).shape}; it must be a "
+                              f"scalar (the trainer vmaps one env)")
+    before, after = jax.tree.flatten_with_path(state)[0], jax.tree.flatten_with_path(out.state)[0]
+    if jax.tree.structure(state) != jax.tree.structure(out.state):
+        raise ConfigError(f"env: {label}.step returns a state of another structure than reset's: "
+                          f"{jax.tree.structure(out.state)} after {jax.tree.structure(state)}")
+    for (path, a), (_, b) in zip(before, after):
+        if (a.shape, a.dtype) != (b.shape, b.dtype):
+            raise ConfigError(f"env: {label}.step changes the state's {jax.tree_util.keystr(path) or 'value'} from "
+                              f"{a.dtype}{list(a.shape)} to {b.dtype}{list(b.shape)}; a state keeps its shapes and "
+                              f"dtypes")
+
+
+_NOTED: set[str] = set()
+
+
+def note(message: str) -> None:
+    """Say something about the user's env once per process, on stderr."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f"purejaxppo: note: {message}", file=sys.stderr)
