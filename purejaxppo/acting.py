@@ -11,7 +11,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from purejaxppo import checkpoint
+from purejaxppo import checkpoint, exploit
+from purejaxppo import metrics as metrics_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.envs import Env, HiddenObs
 from purejaxppo.normalization import RunningStats
@@ -62,15 +63,16 @@ def evaluate(
 
 
 def restore_policy(
-    run_dir: str | Path, step: int | None = None, run: int = 0, env: Any = None
+    run_dir: str | Path, step: int | None = None, run: int | None = None, env: Any = None
 ) -> tuple[Trainer, Any, RunningStats, int]:
     """(trainer, params, observation statistics, step) of run `run` of a run dir's checkpoint (its
-    index in a sweep's runs.csv; 0 for a single run). `env`: the env object a run trained, when it was
-    given one from Python."""
+    index in a sweep's runs.csv, or a PBT run's member). By default the only run, or a PBT run's best
+    member at that checkpoint. `env`: the env object a run trained, when it was given one from Python."""
     for _ in range(MAX_TRIES):
         before = checkpoint.available_steps(run_dir)
         try:
             chosen, meta = checkpoint.read_meta(run_dir, step)
+            run = best_member(run_dir, chosen, meta) if run is None else run
             num_runs = int(meta["num_runs"])
             if not 0 <= run < num_runs:
                 raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds runs 0..{num_runs - 1}")
@@ -87,6 +89,16 @@ def restore_policy(
                                          f"being read; read a given --step")
     pick = lambda x: x[run]  # noqa: E731
     return trainer, jax.tree.map(pick, state.params), jax.tree.map(pick, state.obs_stats), chosen
+
+
+def best_member(run_dir: str | Path, step: int, meta: dict[str, Any]) -> int:
+    """A PBT run's best member at checkpoint `step` (of its first population), by the mean return over the
+    interval before it; 0 for any other run."""
+    if meta.get("kind") != "pbt":
+        return 0
+    spec = meta["pbt"]
+    returns = metrics_lib.read(Path(run_dir) / metrics_lib.FILE)["episode_return"][:, :step]
+    return exploit.best_members(returns, spec["population"], spec["seeds"], spec["interval"])[0]
 
 
 class LoadedPolicy:
@@ -132,9 +144,10 @@ class LoadedPolicy:
         return self._reset(carry, jnp.asarray(done, bool))
 
 
-def load_policy(run_dir: str | Path, step: int | None = None, run: int = 0, env: Any = None) -> LoadedPolicy:
+def load_policy(run_dir: str | Path, step: int | None = None, run: int | None = None, env: Any = None) -> LoadedPolicy:
     """A trained policy of a run dir, latest checkpoint by default, ready to act (see LoadedPolicy).
-    `run` picks a run of a sweep's checkpoint (see its runs.csv); `env` is the env object the run was
+    `run` picks a run of a sweep's checkpoint (see its runs.csv) or a PBT run's member (by default its
+    best, see `best_member`); `env` is the env object the run was
     given from Python, if it was (an env named in the config, or by import path, is rebuilt)."""
     trainer, params, obs_stats, _ = restore_policy(run_dir, step, run, env)
     return LoadedPolicy(trainer.policy, params, obs_stats, trainer.env)
@@ -168,7 +181,7 @@ def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1
     return env.render_html([jax.tree.map(lambda x: x[i], frames) for i in range(length)])
 
 
-def evaluate_run(run_dir: str | Path, episodes: int, step: int | None = None, run: int = 0,
+def evaluate_run(run_dir: str | Path, episodes: int, step: int | None = None, run: int | None = None,
                  seed: int = 0, env: Any = None) -> tuple[PPOConfig, int, jax.Array, jax.Array]:
     """(config, step, returns, lengths) of `episodes` deterministic episodes of a run dir's policy
     (`env` as in `load_policy`)."""

@@ -103,11 +103,32 @@ def _parser() -> argparse.ArgumentParser:
                        help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
                             "at most one per run; on --resume, the checkpoint's; no effect on a GPU)")
 
+    pbt = sub.add_parser("pbt", help="population-based training inside one compiled program")
+    pbt.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
+    pbt.add_argument("--population", type=_count(1), default=8, help="members per population")
+    pbt.add_argument("--explore", metavar="KEY[=LOW:HIGH],...",
+                     help="traced hyperparameters to explore, each in a range (default: x1/4 to x4 of the config's)")
+    pbt.add_argument("--interval", type=_count(1), default=10, help="updates between PBT steps")
+    pbt.add_argument("--quantile", type=float, default=0.25, help="share of members replaced, and copied, per step")
+    pbt.add_argument("--perturb", default="0.8,1.25", metavar="F1,F2,...",
+                     help="factors a copied value is perturbed by")
+    pbt.add_argument("--resample", type=float, default=0.25, help="probability a copied value is drawn afresh instead")
+    pbt.add_argument("--score", default="episode_return", choices=("episode_return", "eval_return"),
+                     help="what ranks members: the mean return over the interval, or deterministic episodes")
+    pbt.add_argument("--seeds", type=_count(1), default=1, help="independent populations in the one program")
+    pbt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pbt.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
+    pbt.add_argument("--resume", metavar="RUN_DIR", help="continue the PBT run in RUN_DIR from its latest checkpoint")
+    pbt.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
+    pbt.add_argument("--cpu-devices", type=_count(1), metavar="N",
+                     help="JAX CPU devices to share the members out over (default 1; on --resume, the checkpoint's)")
+
     ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--episodes", type=_count(1), default=10)
     ev.add_argument("--step", type=_count(0), help="checkpoint to evaluate (default: the latest)")
-    ev.add_argument("--run", type=_count(0), default=0, help="for a sweep: the run index (see runs.csv)")
+    ev.add_argument("--run", type=_count(0), default=None,
+                    help="for a sweep: the run index (see runs.csv); for PBT: the member (default: the best)")
     ev.add_argument("--seed", type=_count(0), default=0, help="seed of the evaluation envs")
 
     render = sub.add_parser("render", help="write Brax's HTML viewer of one episode of a trained Brax policy")
@@ -241,6 +262,60 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pbt(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from purejaxppo import runner
+    from purejaxppo.pbt import PBTConfig, parse_explore, pbt
+
+    config = _load(args)
+    try:
+        perturb = tuple(float(f) for f in args.perturb.split(","))
+    except ValueError:
+        raise ConfigError(f"--perturb: comma-separated factors, e.g. 0.8,1.25; got {args.perturb!r}") from None
+    if args.resume:
+        if args.run_dir or args.explore:
+            raise ConfigError("--resume: a resumed PBT run keeps its setup and run dir; drop --explore and --run-dir")
+        explore = ()
+    elif not args.explore:
+        raise ConfigError("--explore: name the hyperparameters to explore, e.g. --explore lr,ent_coef=0:0.05")
+    else:
+        explore = parse_explore(args.explore, config)
+    spec = PBTConfig(args.population, explore, args.interval, args.quantile, perturb, args.resample, args.score,
+                     args.seeds)
+    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-pbt"))
+    total = config.num_updates * config.batch_size
+
+    def ready() -> None:
+        print(f"pbt {config.env}: {spec.seeds} population(s) of {spec.population} members, exploring "
+              f"{', '.join(e.name for e in spec.explore) or 'as before'} every {spec.interval} updates, "
+              f"{total:,} env steps each, one compiled program on {len(jax.local_devices())} device(s); "
+              f"writing {run_dir}", flush=True)
+
+    global _PROGRESS
+    progress = _PROGRESS = ProgressPrinter(total)
+    result = pbt(config, spec, run_dir, progress, resume=bool(args.resume), step=args.step, on_ready=ready)
+    if result.superseded is not None:
+        print(f"the earlier files that this run replaces are in {result.superseded}")
+    if result.stopped:
+        _resume_hint("pbt", run_dir)
+        return 0
+    steps = len(result.population) * total
+    print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, "
+          f"{steps / result.run_time:,.0f} env steps/s over all members")
+    for g, best in enumerate(result.best()):
+        member = result.population.members[best]
+        values = ", ".join(f"{e.name}={float(getattr(result.state.hparams, e.name)[best]):.4g}"
+                           for e in result.spec.explore)
+        last = result.metrics["episode_return"][best]
+        print(f"population {g}: best member {best} (seed {member.seed}), final return "
+              f"{float(last[np.isfinite(last)][-1]) if np.isfinite(last).any() else float('nan'):.2f}, now {values}")
+    print(f"results      {run_dir}/lineage.csv, pbt.png, runs.csv, metrics.csv; load_policy({str(run_dir)!r}) "
+          f"loads the best member")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
@@ -295,9 +370,10 @@ def cpu_cores() -> int:
 
 
 def _sweep_cpu_devices(args: argparse.Namespace) -> int | None:
-    """A sweep's default: one CPU device per core, no more than its runs (per call); on resume, the devices
-    the checkpoint was written with (1 for checkpoints that do not say). None where the user's environment
-    already sets the CPU device count."""
+    """A sweep's default: one CPU device per core, no more than its runs (per call); on resume (of a sweep or
+    a PBT run), the devices the checkpoint was written with (1 for checkpoints that do not say). None for a
+    new PBT run (one device unless --cpu-devices), and where the user's environment already sets the CPU
+    device count."""
     if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
     if args.resume:
@@ -307,6 +383,8 @@ def _sweep_cpu_devices(args: argparse.Namespace) -> int | None:
             return int(checkpoint.read_raw_meta(args.resume, args.step)[1].get("devices", 1))
         except (OSError, ValueError, AttributeError):
             return None  # the resume itself reports what is wrong with the checkpoint
+    if args.command == "pbt":
+        return None
     from purejaxppo.sweep import parse_grid
 
     runs = args.seeds * math.prod(len(v) for v in parse_grid(args.grid).values())
@@ -320,7 +398,7 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
     for the whole process. Where JAX has already started (`main` called from a program that used JAX),
     its devices stay; asking for another count is then an error."""
     asked = getattr(args, "cpu_devices", None)
-    count = asked if asked is not None else _sweep_cpu_devices(args) if args.command == "sweep" else None
+    count = asked if asked is not None else _sweep_cpu_devices(args) if args.command in ("sweep", "pbt") else None
     if count is None:
         return
     if count < 1:
@@ -378,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
-    commands = {"train": _train, "sweep": _sweep, "eval": _eval, "render": _render, "plot": _plot, "envs": _envs}
+    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "eval": _eval, "render": _render, "plot": _plot,
+                "envs": _envs}
     try:
         _set_cpu_devices(args)
         _initialize_distributed(args)

@@ -100,3 +100,37 @@ def plot_learning_curves(
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def plot_pbt(rows: Sequence[dict], names: Sequence[str], env_steps: np.ndarray, best: np.ndarray,
+             out: str | Path) -> None:
+    """A PBT run (its lineage rows, as pbt.lineage_rows gives them): each explored hyperparameter per member
+    over env steps, the members' scores at each PBT step, and the best member's learning curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = len(names) + 2
+    fig, axes = plt.subplots(panels, 1, figsize=(7, 2.4 * panels), sharex=True)
+    members = sorted({int(r["member"]) for r in rows})
+    for k in members:
+        mine = [r for r in rows if int(r["member"]) == k]
+        steps = [r["env_steps"] for r in mine]
+        for ax, name in zip(axes, names):
+            ax.step(steps, [r[name] for r in mine], where="post", lw=0.8, alpha=0.7)
+        scored = [r for r in mine if np.isfinite(r["score"])]
+        axes[-2].plot([r["env_steps"] for r in scored], [r["score"] for r in scored], ".", ms=3, alpha=0.6)
+    for ax, name in zip(axes, names):
+        ax.set_ylabel(name)
+        if all(r[name] > 0 for r in rows):
+            ax.set_yscale("log")
+    axes[-2].set_ylabel("score")
+    axes[-1].plot(env_steps, smooth_curves(best[None])[0])
+    axes[-1].set_ylabel("best member's\nepisode return")
+    axes[-1].set_xlabel("env steps")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -40,6 +40,9 @@ class Member:
 class Population:
     config: PPOConfig
     members: tuple[Member, ...]
+    # what happens between the members at each chunk's end, inside the program (PBT's exploit and
+    # explore: pbt.Exploit); None for runs and sweeps, whose members never meet
+    step: Any = None
 
     @classmethod
     def single(cls, config: PPOConfig) -> Population:
@@ -131,7 +134,7 @@ def init_program(trainer: Trainer, num_runs: int) -> Any:
     return over_runs(lambda seed, hp: trainer.init(jax.random.key(seed), hp), num_runs, (0, 0))
 
 
-def chunk_program(trainer: Trainer, num_runs: int = 2) -> Any:
+def chunk_program(trainer: Trainer, num_runs: int = 2, step: Any = None) -> Any:
     """`chunk(states, first_update, num_active) -> (states, metrics, params_finite)` over stacked runs.
 
     `chunk_size` updates in one scan; updates past `num_active` leave a state untouched and report zeros
@@ -140,6 +143,8 @@ def chunk_program(trainer: Trainer, num_runs: int = 2) -> Any:
     finished the run), reported as `eval_return` on its last active update. The update counts are the
     host's, shared by every run, so the evaluation stays a branch under the run axis's vmap rather
     than a select that would evaluate every chunk. `params_finite` (per run) feeds the NaN guard.
+    `step(trainer, states, metrics, first_update, num_active) -> (states, more metrics)` then acts on
+    all the runs at once (see Population.step).
     """
     config = trainer.config
 
@@ -161,7 +166,17 @@ def chunk_program(trainer: Trainer, num_runs: int = 2) -> Any:
         finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)]
         return state, metrics, jnp.stack(finite).all()
 
-    return over_runs(one_run, num_runs, (0, None, None))
+    chunk = over_runs(one_run, num_runs, (0, None, None))
+    if step is None:
+        return chunk
+
+    def with_step(states: TrainState, first_update: jax.Array,
+                  num_active: jax.Array) -> tuple[TrainState, Metrics, Any]:
+        states, metrics, finite = chunk(states, first_update, num_active)
+        states, more = step(trainer, states, metrics, first_update, num_active)
+        return states, {**metrics, **more}, finite
+
+    return with_step
 
 
 def evaluation_return(trainer: Trainer, state: TrainState) -> jax.Array:
@@ -193,7 +208,8 @@ class Program:
         out = (shardings, lay.runs_sharding, lay.runs_sharding) if shardings is not None else None
         inputs = self.call_inputs(list(self.population.members[:1]) * lay.per_call)
         clock = time.perf_counter()
-        lowered = jax.jit(chunk_program(self.trainer, lay.per_call), out_shardings=out).lower(call_abstract, 0, 0)
+        program = chunk_program(self.trainer, lay.per_call, self.population.step)
+        lowered = jax.jit(program, out_shardings=out).lower(call_abstract, 0, 0)
         lowered_init = jax.jit(init_program(self.trainer, lay.per_call), out_shardings=shardings).lower(*inputs)
         self.timings["trace_lower"] = time.perf_counter() - clock
         clock = time.perf_counter()
