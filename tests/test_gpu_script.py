@@ -30,9 +30,9 @@ def dry(tmp_path_factory):
 def test_every_stage_runs_and_writes_its_results(dry):
     out, proc = dry
     status = json.loads((out / "stages.json").read_text())
-    assert status["dry_run"] and list(status["stages"]) == ["smoke", "ant", "sweep", "extra"]
+    assert status["dry_run"] and list(status["stages"]) == ["smoke", "ant", "sweep", "extra", "playground"]
     assert all(s["status"] == "ok" for s in status["stages"].values()), status
-    assert "no wheels in" in proc.stdout and (out / "log.txt").read_text().count("== stage") == 8
+    assert "no wheels in" in proc.stdout and (out / "log.txt").read_text().count("== stage") == 10
     versions = json.loads((out / "versions.json").read_text())
     assert versions["backend"] == "cpu" and versions["packages"]["jax"]
 
@@ -58,6 +58,10 @@ def test_every_stage_runs_and_writes_its_results(dry):
     assert set(extra["recurrent"]) == {"MLP", "GRU"} and all(r["env_steps_per_s"] > 0 for r in extra["recurrent"].values())
     assert list(extra["brax"]) == ["inverted_pendulum"]
 
+    playground = json.loads((out / "playground.json").read_text())["playground/CartpoleBalance"]
+    assert [p[0] for p in playground["progress"]] == [80, 160] and len(playground["eval_curve"]) == 2
+    assert playground["env_steps_per_s"] > 0 and all(r == r for _, r in playground["eval_curve"])  # not NaN
+
 
 def test_the_results_page_is_made_from_the_outputs(dry, tmp_path):
     out, _ = dry
@@ -65,7 +69,8 @@ def test_the_results_page_is_made_from_the_outputs(dry, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu" / "report.py"), str(out), "--command",
                     "bash experiments/gpu/run.sh OUT --dry-run", "--out", str(page)], check=True, cwd=ROOT)
     text = page.read_text()
-    for heading in ("## Stages", "## Smoke", "## Brax ant", "## Sweep scaling", "## Extra", "## Targets"):
+    for heading in ("## Stages", "## Smoke", "## Brax ant", "## Sweep scaling", "## Extra", "## MuJoCo Playground",
+                    "## Targets"):
         assert heading in text
     assert "| smoke | ok |" in text and "bash experiments/gpu/run.sh OUT --dry-run" in text
     assert (tmp_path / "gpu.png").stat().st_size > 0

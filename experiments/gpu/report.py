@@ -23,7 +23,7 @@ def read(folders: list[Path]) -> dict[str, Any]:
     """The stages' records, a later folder's replacing an earlier one's, with each folder's status."""
     found: dict[str, Any] = {"stages": {}}
     for folder in folders:
-        for name in ("versions", "smoke", "ant", "sweep", "extra"):
+        for name in ("versions", "smoke", "ant", "sweep", "extra", "playground"):
             path = folder / f"{name}.json"
             if path.exists():
                 found[name] = json.loads(path.read_text())
@@ -113,6 +113,20 @@ def extra_section(extra: dict[str, Any]) -> list[str]:
     return lines
 
 
+def playground_section(playground: dict[str, Any]) -> list[str]:
+    lines = ["The shipped configs (`configs/playground/`), Playground's published PPO settings. Playground publishes "
+             "its results as curves (arXiv 2502.08844), so set these beside them there.", "",
+             "| task | env steps | of the budget | env steps/s | compile s | last eval return | last chunk's return |",
+             "|---|---|---|---|---|---|---|"]
+    for env, r in playground.items():
+        progress, evals = r.get("progress", []), r.get("eval_curve", [])
+        done = progress[-1][0] if progress else 0
+        lines.append(f"| {env} | {done:,} | {num(100 * done / r['total_timesteps'], '.0f')}% "
+                     f"| {num(r.get('env_steps_per_s'), ',.0f')} | {num(r.get('compile_s'))} "
+                     f"| {num(evals[-1][1]) if evals else '-'} | {num(progress[-1][2]) if progress else '-'} |")
+    return lines
+
+
 def plot(ant: dict[str, Any], path: Path) -> bool:
     """The ant evaluation curves against env steps and wall time; False when there is nothing to draw."""
     import matplotlib
@@ -176,6 +190,8 @@ def render(found: dict[str, Any], commands: list[str], png: Path) -> str:
         lines += ["", "## Sweep scaling: CartPole-v1", "", *section]
     if "extra" in found:
         lines += ["", "## Extra", "", *extra_section(found["extra"])]
+    if "playground" in found:
+        lines += ["", "## MuJoCo Playground", "", *playground_section(found["playground"])]
     lines += ["", "## Targets", "",
               f"- at least {TARGETS['ceiling']} of the rollout ceiling on ant: {met(checks['ceiling'])}",
               f"- wall time to Brax's final return at most {TARGETS['wall_to_brax']}x Brax's trainer: "

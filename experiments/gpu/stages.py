@@ -14,6 +14,9 @@ Stages, in order:
   sweep   CartPole-v1 with 1, 64, 512 and 4096 seeds, one call each: time per agent
   extra   if time is left: the recurrent policy's cost against the MLP, then humanoid and halfcheetah
           (ours, 50M env steps)
+  playground  the shipped MuJoCo Playground configs at their published budget (60M env steps each),
+          WalkerWalk, CheetahRun, CartpoleBalance, HopperHop in turn: the return curve as it goes,
+          then the evaluation curve of each task that finishes (a third device call: --stages playground)
 
 --dry-run runs every stage with tiny sizes on whatever device there is (the test suite runs it on
 the CPU), so the script is known to work before it meets a GPU. `report.py` turns OUTDIR into
@@ -35,8 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
-STAGES = ("smoke", "ant", "sweep", "extra")
-BUDGET_S = {"smoke": 120, "ant": 450, "sweep": 240, "extra": 600}  # each stage's own limit, seconds
+STAGES = ("smoke", "ant", "sweep", "extra", "playground")
+BUDGET_S = {"smoke": 120, "ant": 450, "sweep": 240, "extra": 600, "playground": 600}  # each stage's own limit, s
 MIN_START_S = 20  # a stage with less than this left is not started
 CEILING_UPDATES = 20  # updates' worth of rollouts the ceiling is measured over
 LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")  # finite on any update
@@ -57,6 +60,8 @@ class Sizes:
     extra_envs: tuple[str, ...]
     extra_overrides: tuple[str, ...]
     recurrent_overrides: tuple[str, ...]
+    playground_tasks: tuple[str, ...]  # configs/playground/ names
+    playground_overrides: tuple[str, ...]
 
 
 REAL = Sizes(
@@ -64,6 +69,7 @@ REAL = Sizes(
     sweep_seeds=(1, 64, 512, 4096), sweep_overrides=("total_timesteps=500000",),
     extra_envs=("humanoid", "halfcheetah"), extra_overrides=(),
     recurrent_overrides=("num_envs=2048", "num_steps=64", "total_timesteps=26214400"),
+    playground_tasks=("walker_walk", "cheetah_run", "cartpole_balance", "hopper_hop"), playground_overrides=(),
 )
 TINY_BRAX = ("num_envs=8", "num_steps=8", "num_minibatches=2", "update_epochs=1", "total_timesteps=128",
              "eval_every=1", "eval_episodes=2", "hidden_sizes=[8]", "env_kwargs={backend: positional, "
@@ -75,6 +81,10 @@ DRY = Sizes(
     extra_envs=("inverted_pendulum",), extra_overrides=TINY_BRAX,
     recurrent_overrides=("num_envs=8", "num_steps=16", "total_timesteps=1024", "memory_size=8",
                          "hidden_sizes=[8]"),
+    playground_tasks=("cartpole_balance",),
+    playground_overrides=("num_envs=8", "num_steps=10", "num_minibatches=2", "update_epochs=1", "total_timesteps=160",
+                          "eval_every=1", "eval_episodes=2", "hidden_sizes=[8]",
+                          "env_kwargs={impl: jax, episode_length: 20}"),
 )
 
 
@@ -100,7 +110,7 @@ def versions() -> dict[str, Any]:
 
     packages = {}
     for name in ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "numpy", "gymnax", "brax", "mujoco",
-                 "mujoco-mjx", "pytest"):
+                 "mujoco-mjx", "playground", "pytest"):
         try:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -223,7 +233,31 @@ def stage_extra(out: Path, sizes: Sizes, cache: str) -> None:
         write(out / "extra.json", record)
 
 
-RUNNERS = {"smoke": stage_smoke, "ant": stage_ant, "sweep": stage_sweep, "extra": stage_extra}
+def stage_playground(out: Path, sizes: Sizes, cache: str) -> None:
+    from purejaxppo import runner
+
+    record: dict[str, Any] = {}
+    for task in sizes.playground_tasks:
+        config = load(f"playground/{task}.yaml", sizes.playground_overrides, cache)
+        progress: list[list[float]] = []  # [env steps, seconds into the run, mean return of the chunk]
+        entry = record[config.env] = {"overrides": list(sizes.playground_overrides), "progress": progress,
+                                      "total_timesteps": config.num_updates * config.batch_size}
+
+        def on_progress(p: Any, entry: dict[str, Any] = entry, progress: list[list[float]] = progress) -> None:
+            progress.append([p.env_steps, p.seconds, p.episode_return])
+            entry["env_steps_per_s"] = p.steps_per_second
+            write(out / "playground.json", record)  # a stage cut off by its budget keeps the curve so far
+
+        result = runner.train(config, on_progress=on_progress)
+        steps, evals = result.metrics["env_steps"][0], result.metrics["eval_return"][0]
+        entry.update(compile_s=result.compile_time, run_s=result.run_time, env_steps_per_s=result.steps_per_second,
+                     final_return=result.final_return,
+                     eval_curve=[[int(n), float(r)] for n, r in zip(steps, evals) if math.isfinite(r)])
+        write(out / "playground.json", record)
+
+
+RUNNERS = {"smoke": stage_smoke, "ant": stage_ant, "sweep": stage_sweep, "extra": stage_extra,
+           "playground": stage_playground}
 
 
 # ---- the driver -------------------------------------------------------------------------------------
