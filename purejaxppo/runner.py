@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import signal
 import threading
@@ -95,7 +96,16 @@ class StopSignal:
 
     With `interrupt`, for the time before training starts, the first signal raises KeyboardInterrupt at
     once, and is recorded as well: Python drops an exception raised inside a garbage-collection
-    callback, and the caller then raises it itself."""
+    callback, and the caller then raises it itself.
+
+    Python runs signal handlers between bytecodes of the main thread, so a process stuck inside one
+    XLA computation (a deadlock, or a wait for memory) would ignore every signal. A watcher thread sees
+    each signal through `signal.set_wakeup_fd`, which the C-level handler writes to whatever the main
+    thread does: when the signal that should interrupt (the first with `interrupt`, else the second)
+    has not ended the process within FORCE_AFTER_S, it says so in one line and exits at once.
+    """
+
+    FORCE_AFTER_S = 10.0
 
     def __init__(self, interrupt: bool = False) -> None:
         self.requested: str | None = None
@@ -117,11 +127,36 @@ class StopSignal:
 
         for sig in previous:
             signal.signal(sig, handler)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(read_fd, done), daemon=True, name="purejaxppo-signals")
+        watcher.start()
         try:
             yield self
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+            signal.set_wakeup_fd(old_wakeup)
+            done.set()
+            os.write(write_fd, b"\0")  # wakes the watcher, which then ends
+            watcher.join()
+            os.close(read_fd)
+            os.close(write_fd)
+
+    def _watch(self, read_fd: int, done: threading.Event) -> None:
+        needed = 1 if self.interrupt else 2
+        seen = 0
+        while not done.is_set():
+            for signum in os.read(read_fd, 64):
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    seen += 1
+                    if seen >= needed and not done.wait(self.FORCE_AFTER_S):
+                        name = signal.Signals(signum).name
+                        os.write(2, f"purejaxppo: {name} while stuck inside a computation: stopped at once, without "
+                                    f"a checkpoint; a resume starts from the last checkpoint written, if any\n".encode())
+                        os._exit(128 + signum)
 
 
 def is_primary() -> bool:

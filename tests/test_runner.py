@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -363,3 +364,38 @@ def test_one_compile_whatever_the_number_of_calls(monkeypatch):
     monkeypatch.setattr(population, "chunk_program", lambda *args: traced.append(1) or real(*args))
     result = sweep(TINY, 3, None, max_runs_per_call=1)
     assert result.num_calls == 3 and len(traced) == 1
+
+
+STUCK = """
+import sys, jax
+from purejaxppo.runner import StopSignal
+StopSignal.FORCE_AFTER_S = 1.0
+with StopSignal(interrupt=sys.argv[1] == "early").installed():
+    print("ready", flush=True)
+    # an XLA computation that never returns: Python's own signal handlers never get to run
+    jax.jit(lambda: jax.lax.while_loop(lambda x: x == x, lambda x: x + 1, 0))().block_until_ready()
+"""
+
+
+@pytest.mark.parametrize("phase, signals, status", [
+    ("training", [signal.SIGINT, signal.SIGINT], 130),  # the first asks for a stop at the chunk's end
+    ("training", [signal.SIGTERM, signal.SIGTERM], 143),
+    ("early", [signal.SIGINT], 130),  # before training, the first interrupts
+])
+def test_a_process_stuck_inside_a_computation_still_yields_to_signals(phase, signals, status):
+    proc = subprocess.Popen([sys.executable, "-c", STUCK, phase], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # inside the computation
+    for i, sig in enumerate(signals):
+        if i:
+            time.sleep(2.0)
+            assert proc.poll() is None  # one signal asked for a stop, which a stuck computation cannot reach
+        proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "while stuck inside a computation: stopped at once" in lines[0], err
