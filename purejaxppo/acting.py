@@ -72,10 +72,10 @@ def restore_policy(
         before = checkpoint.available_steps(run_dir)
         try:
             chosen, meta = checkpoint.read_meta(run_dir, step)
-            run = best_member(run_dir, chosen, meta) if run is None else run
+            picked = best_member(run_dir, chosen, meta) if run is None else run
             num_runs = int(meta["num_runs"])
-            if not 0 <= run < num_runs:
-                raise checkpoint.CheckpointError(f"run {run}: {run_dir} holds runs 0..{num_runs - 1}")
+            if not 0 <= picked < num_runs:
+                raise checkpoint.CheckpointError(f"run {picked}: {run_dir} holds runs 0..{num_runs - 1}")
             trainer = make_trainer(checkpoint.config_of(meta), env)
             abstract = abstract_states(trainer, int(meta["stacked_runs"]))
             _, state, _ = checkpoint.restore(run_dir, abstract, chosen)
@@ -87,18 +87,20 @@ def restore_policy(
     else:
         raise checkpoint.CheckpointError(f"{run_dir}: its newest checkpoint was replaced {MAX_TRIES} times while "
                                          f"being read; read a given --step")
-    pick = lambda x: x[run]  # noqa: E731
+    pick = lambda x: x[picked]  # noqa: E731
     return trainer, jax.tree.map(pick, state.params), jax.tree.map(pick, state.obs_stats), chosen
 
 
 def best_member(run_dir: str | Path, step: int, meta: dict[str, Any]) -> int:
     """A PBT run's best member at checkpoint `step` (of its first population), by the mean return over the
-    interval before it; 0 for any other run."""
+    interval before it (see exploit.best_members); 0 for any other run."""
     if meta.get("kind") != "pbt":
         return 0
     spec = meta["pbt"]
-    returns = metrics_lib.read(Path(run_dir) / metrics_lib.FILE)["episode_return"][:, :step]
-    return exploit.best_members(returns, spec["population"], spec["seeds"], spec["interval"])[0]
+    data = metrics_lib.read(Path(run_dir) / metrics_lib.FILE, before=step)  # the updates before the checkpoint
+    if "episode_return" not in data:
+        return 0
+    return exploit.best_members(data, spec["population"], spec["seeds"], spec["interval"])[0]
 
 
 class LoadedPolicy:

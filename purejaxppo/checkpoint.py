@@ -218,14 +218,16 @@ def check_compatible(saved: PPOConfig, config: PPOConfig, where: str) -> None:
 
 
 def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config: PPOConfig) -> tuple[int, dict]:
-    """(step, meta) of the checkpoint a `kind` ("run" or "sweep") resumes from, once it is known to
+    """(step, meta) of the checkpoint a `kind` ("run", "sweep" or "pbt") resumes from, once it is known to
     fit `config`; raises CheckpointError otherwise."""
     if run_dir is None:
         raise CheckpointError("resume needs a run dir")
     step, meta = read_meta(run_dir, step)
     if meta.get("kind") != kind:
-        other = "sweep" if kind == "run" else "train"
-        raise CheckpointError(f"{run_dir} holds a {meta.get('kind')}, not a {kind}; resume it with {other} --resume")
+        command = {"run": "train", "sweep": "sweep", "pbt": "pbt"}.get(meta.get("kind"), "train")
+        what = {"pbt": "PBT run"}.get(meta.get("kind"), meta.get("kind"))
+        raise CheckpointError(f"{run_dir} holds a {what}, not a {'PBT run' if kind == 'pbt' else kind}; resume it "
+                              f"with {command} --resume")
     if config.num_updates < step:
         raise CheckpointError(
             f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} updates, fewer than "

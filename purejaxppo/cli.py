@@ -264,8 +264,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _pbt(args: argparse.Namespace) -> int:
     import jax
-    import numpy as np
 
+    from purejaxppo import metrics as metrics_lib
     from purejaxppo import runner
     from purejaxppo.pbt import PBTConfig, parse_explore, pbt
 
@@ -277,13 +277,14 @@ def _pbt(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_dir or args.explore:
             raise ConfigError("--resume: a resumed PBT run keeps its setup and run dir; drop --explore and --run-dir")
-        explore = ()
+        from purejaxppo import checkpoint
+
+        spec = PBTConfig.from_meta(checkpoint.resume_point(args.resume, args.step, "pbt", config)[1]["pbt"])
     elif not args.explore:
         raise ConfigError("--explore: name the hyperparameters to explore, e.g. --explore lr,ent_coef=0:0.05")
     else:
-        explore = parse_explore(args.explore, config)
-    spec = PBTConfig(args.population, explore, args.interval, args.quantile, perturb, args.resample, args.score,
-                     args.seeds)
+        spec = PBTConfig(args.population, parse_explore(args.explore, config), args.interval, args.quantile, perturb,
+                         args.resample, args.score, args.seeds)
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-pbt"))
     total = config.num_updates * config.batch_size
 
@@ -308,9 +309,8 @@ def _pbt(args: argparse.Namespace) -> int:
         member = result.population.members[best]
         values = ", ".join(f"{e.name}={float(getattr(result.state.hparams, e.name)[best]):.4g}"
                            for e in result.spec.explore)
-        last = result.metrics["episode_return"][best]
-        print(f"population {g}: best member {best} (seed {member.seed}), final return "
-              f"{float(last[np.isfinite(last)][-1]) if np.isfinite(last).any() else float('nan'):.2f}, now {values}")
+        last = metrics_lib.last_finite(result.metrics["episode_return"][best])
+        print(f"population {g}: best member {best} (seed {member.seed}), last return {last:.2f}, now {values}")
     print(f"results      {run_dir}/lineage.csv, pbt.png, runs.csv, metrics.csv; load_policy({str(run_dir)!r}) "
           f"loads the best member")
     return 0

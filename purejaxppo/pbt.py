@@ -97,14 +97,38 @@ def parse_explore(text: str | Sequence[str], config: PPOConfig) -> tuple[Explore
             high = min(high, meta.get("max", high))
         else:
             raise ConfigError(f"explore: {name} is {value:g} in the config, so it needs a range: {name}=LOW:HIGH")
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ConfigError(f"explore: {name}: the range {low:g}:{high:g} must have LOW < HIGH, both finite")
-        for bound in (low, high):
-            config.replace(**{name: bound})  # the field's own range check, one clear line if it fails
-        if any(e.name == name for e in out):
-            raise ConfigError(f"explore: {name} is given twice")
         out.append(Explored(name, low, high))
-    return tuple(out)
+    return check_explored(tuple(out), config)
+
+
+# The adaptive KL coefficient starts from kl_coef and then lives in the state (copied with the learner),
+# so exploring kl_coef itself would change nothing after the start.
+NOT_EXPLORABLE = {"kl_coef": "it only sets where the adaptive KL coefficient starts, which then lives in the state"}
+
+
+def check_explored(explored: tuple[Explored, ...], config: PPOConfig) -> tuple[Explored, ...]:
+    """Refuse explored hyperparameters that cannot work: none, unknown or untraced keys, a key given twice,
+    a range outside the field's own bounds, or a key the program ignores (a variant switched off, a
+    value that has no effect in this config)."""
+    if not explored:
+        raise ConfigError("explore: name at least one traced hyperparameter, e.g. lr,ent_coef")
+    names = [e.name for e in explored]
+    for e in explored:
+        if e.name not in TRACED:
+            raise config_lib.unknown_key_error(e.name, TRACED, what="hyperparameter to explore (a traced key)")
+        if e.name in NOT_EXPLORABLE:
+            raise ConfigError(f"explore: {e.name} cannot be explored: {NOT_EXPLORABLE[e.name]}")
+        if names.count(e.name) > 1:
+            raise ConfigError(f"explore: {e.name} is given twice")
+        if not (math.isfinite(e.low) and math.isfinite(e.high) and e.low < e.high):
+            raise ConfigError(f"explore: {e.name}: the range {e.low:g}:{e.high:g} must have LOW < HIGH, both finite")
+        for bound in (e.low, e.high):
+            config.replace(**{e.name: bound})  # the field's own range check, one clear line if it fails
+        try:
+            config_lib.check_sweepable(config, e.name, [e.low, e.high])
+        except ConfigError as err:
+            raise ConfigError(f"explore: {err}") from None
+    return explored
 
 
 def check(spec: PBTConfig, config: PPOConfig) -> PPOConfig:
@@ -122,6 +146,7 @@ def check(spec: PBTConfig, config: PPOConfig) -> PPOConfig:
         raise ConfigError(f"resample: a probability in [0, 1], got {spec.resample}")
     if spec.score not in SCORES:
         raise ConfigError(f"score: one of {', '.join(SCORES)}, got {spec.score!r}")
+    check_explored(tuple(spec.explore), config)
     for key in ("checkpoint_every", "eval_every"):
         every = getattr(config, key)
         if every % spec.interval:
@@ -209,7 +234,7 @@ class PBTResult(runner.RunResult):
         """Each population's best member (its index among all members), by the mean return over its last
         interval of updates."""
         spec = self.spec
-        return exploit.best_members(self.metrics["episode_return"], spec.population, spec.seeds, spec.interval)
+        return exploit.best_members(self.metrics, spec.population, spec.seeds, spec.interval)
 
 
 def pbt(
@@ -234,6 +259,10 @@ def pbt(
         if resume:
             resume_step, meta = checkpoint.resume_point(run_dir, step, "pbt", config)
             spec = PBTConfig.from_meta(meta["pbt"])
+            if resume_step % spec.interval and resume_step < config.num_updates:
+                raise ConfigError(f"total_timesteps: checkpoint {resume_step} ended the earlier run between two PBT "
+                                  f"steps (interval {spec.interval}), so a longer run would never meet one again; "
+                                  f"resume from a checkpoint at a multiple of {spec.interval} (--step)")
             saved = tuple(Member(m["seed"], m["values"], m["point"]) for m in meta["members"])
         config = check(spec, config)
         firsts = tuple(config.seed + g * spec.population for g in range(spec.seeds))

@@ -26,6 +26,7 @@ from purejaxppo import checkpoint, rundir
 from purejaxppo import metrics as metrics_lib
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
+from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.loggers import Loggers
 from purejaxppo.errors import NonFiniteError
 from purejaxppo.population import Layout, Population, Program, check_fits, plan
@@ -87,7 +88,7 @@ class RunResult:
 
 def default_run_dir(config: PPOConfig, root: str | Path = "runs", suffix: str = "") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.env.removeprefix("object:"))  # e.g. pkg.mod:MyEnv, brax/ant
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.env.removeprefix(OBJECT_PREFIX))  # e.g. pkg.mod:MyEnv, brax/ant
     return Path(root) / f"{name}-{stamp}{suffix}"
 
 
@@ -154,8 +155,10 @@ class StopSignal:
                     seen += 1
                     if seen >= needed and not done.wait(self.FORCE_AFTER_S):
                         name = signal.Signals(signum).name
-                        os.write(2, f"purejaxppo: {name} while stuck inside a computation: stopped at once, without "
-                                    f"a checkpoint; a resume starts from the last checkpoint written, if any\n".encode())
+                        what = (" before training started: stopped at once; nothing new was written" if self.interrupt
+                                else ": stopped at once, without a checkpoint; a resume starts from the last "
+                                     "checkpoint written, if any")
+                        os.write(2, f"purejaxppo: {name} while stuck inside a computation{what}\n".encode())
                         os._exit(128 + signum)
 
 

@@ -248,6 +248,8 @@ def test_brax_and_playground_env_objects_adapt_like_their_named_families():
     ours = make_env(brax.envs.get_environment("inverted_pendulum", backend="positional"))
     named = make_env("brax/inverted_pendulum")
     assert ours.observation_shape == named.observation_shape and ours.action_space.shape == named.action_space.shape
+    with pytest.raises(ConfigError, match="is wrapped by AutoResetWrapper; give the env unwrapped"):
+        make_env(brax.envs.create("inverted_pendulum", backend="positional"))  # its own time limit would count too
     if importlib.util.find_spec("mujoco_playground"):  # (the conformance test runs the named family)
         from mujoco_playground import dm_control_suite
 
@@ -348,7 +350,8 @@ def test_packages_declare_envs_for_the_cli_through_entry_points(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda **kw: [point] if kw.get("group") == envs.ENTRY_POINT_GROUP else real(**kw))
     assert "Corridor-ep" in envs.known_envs()
-    assert make_env("Corridor-ep", {"length": 2}).action_space.n == 2
+    env = make_env("Corridor-ep", {"length": 2, "max_steps_in_episode": 5})  # as by import path: params too
+    assert env.action_space.n == 2 and env._params.max_steps_in_episode == 5
 
 
 def test_the_readme_example_env_trains():

@@ -17,7 +17,7 @@ from conftest import CACHE, cli, leaves_equal, one_error_line
 from purejaxppo import exploit, load_policy, runner
 from purejaxppo.acting import restore_policy
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.pbt import Exploit, PBTConfig, lineage_rows, parse_explore, pbt
+from purejaxppo.pbt import Exploit, Explored, PBTConfig, lineage_rows, parse_explore, pbt
 from purejaxppo.population import Population, init_program
 from purejaxppo.train import make_trainer
 
@@ -79,8 +79,12 @@ def test_explore_perturbs_within_the_factors_or_resamples_and_clips():
 def test_scores_and_best_members():
     returns = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan], [5.0, 5.0, 5.0], [0.0, 9.0, np.nan]])
     np.testing.assert_allclose(exploit.interval_scores(jnp.asarray(returns)), [2.0, np.nan, 5.0, 4.5])
-    assert exploit.best_members(returns, population=2, seeds=2, window=3) == [0, 2]
-    assert exploit.best_members(returns, population=2, seeds=2, window=1) == [0, 2]
+    assert exploit.best_members({"episode_return": returns}, population=2, seeds=2, window=3) == [0, 2]
+    assert exploit.best_members({"episode_return": returns}, population=2, seeds=2, window=1) == [0, 2]
+    losses = np.zeros((4, 3))
+    losses[2, 2] = np.nan  # member 2 diverged in the window: never the best
+    assert exploit.best_members({"episode_return": returns, "policy_loss": losses}, 2, 2, 3) == [0, 3]
+    assert exploit.best_members({"episode_return": returns, "policy_loss": losses}, 2, 2, 1) == [0, 3]
 
 
 def test_bad_setups_are_refused():
@@ -92,6 +96,16 @@ def test_bad_setups_are_refused():
         parse_explore("lr=1e-2:1e-4", CONFIG)
     with pytest.raises(ConfigError, match="clip_eps"):
         parse_explore("clip_eps=-1:0.3", CONFIG)
+    with pytest.raises(ConfigError, match="kl_coef cannot be explored"):
+        parse_explore("kl_coef=0.1:1", CONFIG.replace(kl_coef=0.5))
+    with pytest.raises(ConfigError, match="target_kl: it is off"):
+        parse_explore("target_kl=0.01:0.05", CONFIG)
+    with pytest.raises(ConfigError, match="lr_end: has no effect"):
+        parse_explore("lr_end=0:1e-4", CONFIG.replace(lr_schedule="constant"))
+    with pytest.raises(ConfigError, match="explore: name at least one"):  # from Python, before anything compiles
+        pbt(CONFIG, dataclasses.replace(SPEC, explore=()))
+    with pytest.raises(ConfigError, match="num_envs"):
+        pbt(CONFIG, dataclasses.replace(SPEC, explore=(Explored("num_envs", 1, 8),)))
     with pytest.raises(ConfigError, match="checkpoint_every: 5 is not a multiple of interval = 3"):
         pbt(CONFIG.replace(checkpoint_every=5), SPEC)
     with pytest.raises(ConfigError, match="quantile"):
@@ -167,6 +181,14 @@ def test_resume_mid_run_is_bit_identical_lineage_included(straight, tmp_path):
     resumed = pbt(CONFIG, SPEC, tmp_path / "cut", resume=True)
     assert leaves_equal(resumed.state, straight.state)
     assert (tmp_path / "cut" / "lineage.csv").read_text() == (straight.run_dir / "lineage.csv").read_text()
+
+
+def test_a_longer_resume_from_between_two_pbt_steps_is_refused(tmp_path):
+    config = CONFIG.replace(lr_schedule="constant")  # a run of constant schedules may be made longer
+    spec = dataclasses.replace(SPEC, interval=5, seeds=1)  # 12 updates: the last checkpoint is at 12
+    pbt(config, spec, tmp_path / "run")
+    with pytest.raises(ConfigError, match="between two PBT steps .* resume from a checkpoint at a multiple of 5"):
+        pbt(config.replace(total_timesteps=config.total_timesteps * 2), spec, tmp_path / "run", resume=True)
 
 
 def test_the_best_member_is_what_load_policy_gives_by_default(straight):

@@ -53,7 +53,9 @@ def test_menagerie_tasks_are_refused_and_nothing_is_downloaded():
     ({"episode_length": 0}, "episode_length: must be an integer >= 1"),
     ({"impl": "cuda"}, "unknown MJX implementation 'cuda'"),
     ({"vision": True}, "Madrona"),
-    ({"ctrl_dt": "fast"}, "rejected"),
+    ({"ctrl_dt": "fast"}, "ctrl_dt: a time step"),
+    ({"sim_dt": 0}, "sim_dt: a time step in seconds, > 0"),
+    ({"impl": "warp"}, "warp runs MJX on an NVIDIA GPU only"),
 ])
 def test_bad_env_kwargs_are_refused_before_loading(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -21,7 +21,7 @@ from typing import Any
 
 from purejaxppo.config import ConfigError
 from purejaxppo.envs import custom
-from purejaxppo.envs.base import ActionSpace, Env, EnvStep, HiddenObs
+from purejaxppo.envs.base import ActionSpace, Env, EnvStep, HiddenObs, one_line
 
 __all__ = ["ActionSpace", "Env", "EnvStep", "HiddenObs", "check_env", "known_envs", "make_env", "register_env"]
 
@@ -60,15 +60,19 @@ def _builtin(name: str) -> bool:
         return False
 
 
-def _entry_points() -> dict[str, Callable[..., Any]]:
-    found = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = lambda *a, _ep=ep, **k: _ep.load()(*a, **k)
-    return found
+def _factories() -> dict[str, Any]:
+    """Registered names: factories given to register_env, and packages' entry points (loaded when used)."""
+    points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return {**points, **_registered}
 
 
-def _factories() -> dict[str, Callable[..., Any]]:
-    return {**_entry_points(), **_registered}
+def _factory(name: str, target: Any) -> Any:
+    if not isinstance(target, importlib.metadata.EntryPoint):
+        return target
+    try:
+        return target.load()
+    except Exception as err:  # the package's own error, in one line
+        raise ConfigError(f"env: {name}: its entry point {target.value} cannot be loaded: {one_line(err)}") from err
 
 
 def _prefix(name: str) -> str:
@@ -80,8 +84,12 @@ def _module(prefix: str, name: str) -> Any:
     try:
         return importlib.import_module(module) if extra is None else _with_extra(module, extra)
     except ModuleNotFoundError as err:
+        if extra is None:
+            raise ConfigError(f"env: {name}: its library is not installed ({err})") from err
         raise ConfigError(f"env: {name} needs the {extra} extra, which is not installed ({err}): "
                           f"pip install 'purejaxppo[{extra}]'") from err
+    except Exception as err:  # an installed library that fails to import
+        raise ConfigError(f"env: {name}: its library fails to import: {one_line(err)}") from err
 
 
 def _with_extra(module: str, extra: str) -> Any:
@@ -107,8 +115,8 @@ def missing_families() -> list[str]:
     for prefix, (_, extra) in FAMILIES.items():
         try:
             _module(prefix, prefix)
-        except ConfigError:
-            out.append(f"{prefix}<name>: pip install 'purejaxppo[{extra}]'")
+        except ConfigError as err:
+            out.append(f"{prefix}<name>: pip install 'purejaxppo[{extra}]'" if extra else str(err))
     return out
 
 
@@ -141,7 +149,7 @@ def make_env(env: str | Any, env_kwargs: dict[str, Any] | None = None, obs_mask:
                           f"({env.removeprefix(custom.OBJECT_PREFIX)}), which a config cannot rebuild; pass the "
                           f"same env again (env=...), or name it by import path ('package.module:EnvClass')")
     elif env in (factories := _factories()):
-        made = custom.build(factories[env], env_kwargs, env)
+        made = custom.build(_factory(env, factories[env]), env_kwargs, env)
     elif custom.is_import_path(env):
         made = custom.load(env, env_kwargs)
     else:

@@ -103,6 +103,17 @@ class HiddenObs:
         return out._replace(obs=self.hide(out.obs), final_obs=self.hide(out.final_obs))
 
 
+def abstract_action(space: ActionSpace) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of one action in `space`, for tracing an env's `step`."""
+    return jax.ShapeDtypeStruct((), jnp.int32) if space.discrete else jax.ShapeDtypeStruct(tuple(space.shape),
+                                                                                              jnp.float32)
+
+
+def described(out: Any) -> str:
+    """What an env method returned, for a message: `5 values` or `a dict`."""
+    return f"{len(out)} values" if isinstance(out, tuple) else f"a {type(out).__name__}"
+
+
 def flat(obs: Any) -> jax.Array:
     """An observation (an array, or any pytree of them, e.g. a dict) as one float32 vector, for an MLP."""
     return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(obs)])

@@ -20,6 +20,7 @@ from purejaxppo.config import ConfigError, unknown_key_error
 from purejaxppo.envs.base import ActionSpace, EnvStep, flat
 
 PREFIX = "brax/"
+EPISODE_LENGTH = 1000  # Brax's, and Playground's DM Control suite's, time limit when none is given
 BACKENDS = ("generalized", "positional", "spring", "mjx")
 WRAPPER_KWARGS = ("episode_length", "action_repeat")
 
@@ -30,7 +31,8 @@ class StateEnv:
     base-env steps, so an episode lasts episode_length / action_repeat agent steps, and the reward is
     summed over the repeats. Actions are in [-1, 1]."""
 
-    def __init__(self, env: Any, episode_length: int = 1000, action_repeat: int = 1, name: str | None = None) -> None:
+    def __init__(self, env: Any, episode_length: int = EPISODE_LENGTH, action_repeat: int = 1,
+                 name: str | None = None) -> None:
         from brax.envs.wrappers.training import EpisodeWrapper
 
         self.name = name or type(env).__name__
@@ -110,7 +112,7 @@ def _make_base(name: str, env_kwargs: dict[str, Any]) -> tuple[Any, int, int]:
     for key in env_kwargs:
         if key not in known:
             raise unknown_key_error(key, known, what=f"env_kwargs parameter of {name}")
-    episode_length = positive_int(env_kwargs, "episode_length", 1000, name)
+    episode_length = positive_int(env_kwargs, "episode_length", EPISODE_LENGTH, name)
     action_repeat = positive_int(env_kwargs, "action_repeat", 1, name)
     rest = {k: v for k, v in env_kwargs.items() if k not in ("backend", *WRAPPER_KWARGS)}
     backend = env_kwargs.get("backend")
@@ -142,6 +144,13 @@ def make(name: str, env_kwargs: dict[str, Any]) -> BraxEnv:
 def check(name: str, env_kwargs: dict[str, Any]) -> None:
     """What `make` would refuse, without tracing the env (Brax's reset takes seconds to trace)."""
     _make_base(name, env_kwargs)
+
+
+def is_training_wrapped(obj: Any) -> bool:
+    """Whether `obj` is wrapped by Brax's training wrappers (`brax.envs.create` wraps by default): its
+    EpisodeWrapper would count steps beside the adapter's own."""
+    return type(obj).__module__.startswith("brax.envs.wrappers") or type(obj).__module__.startswith(
+        "mujoco_playground._src.wrapper")
 
 
 def is_state_env(obj: Any) -> bool:

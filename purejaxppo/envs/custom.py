@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError
-from purejaxppo.envs.base import ActionSpace, Env, EnvStep, one_line
-from purejaxppo.envs.brax import StateEnv, is_state_env
+from purejaxppo.envs.base import ActionSpace, Env, EnvStep, abstract_action, described, one_line
+from purejaxppo.envs.brax import EPISODE_LENGTH, StateEnv, is_state_env, is_training_wrapped
 from purejaxppo.envs.gymnax import adapt as adapt_gymnax
 from purejaxppo.envs.gymnax import is_gymnax_like, with_params
 
@@ -120,9 +120,12 @@ def adapt(obj: Any, label: str | None = None) -> Env:
             note(f"{label}.step returns five values (gymnax before 1.0): its `done` is taken as termination, "
                  f"so an episode cut by a time limit is not bootstrapped")
     elif is_state_env(obj):
-        # Playground keeps a task's time limit in its config; a Brax env's is the wrapper's (1000).
+        if is_training_wrapped(obj):
+            raise ConfigError(f"env: {label} is wrapped by {type(obj).__name__}; give the env unwrapped (e.g. "
+                              f"brax.envs.get_environment(name)): purejaxppo adds its own time limit and resets")
+        # Playground keeps a task's time limit in its config; a Brax env's is the adapter's default.
         config = getattr(obj, "_config", None)
-        episode_length = int(getattr(config, "episode_length", 1000))
+        episode_length = int(getattr(config, "episode_length", EPISODE_LENGTH))
         action_repeat = int(getattr(config, "action_repeat", 1))
         env = _traced(label, "reset", lambda: StateEnv(obj, episode_length, action_repeat, label))
     else:
@@ -186,7 +189,7 @@ class ProtocolEnv:
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
         out = self.env.reset(key)
         if not isinstance(out, tuple) or len(out) != 2:
-            raise ConfigError(f"env: {self.name}.reset must return (obs, state), got {_described(out)}")
+            raise ConfigError(f"env: {self.name}.reset must return (obs, state), got {described(out)}")
         obs, state = out
         return _numeric(obs, f"env: {self.name}.reset's obs").astype(jnp.float32), state
 
@@ -194,7 +197,7 @@ class ProtocolEnv:
         out = self.env.step(key, state, action)
         if not isinstance(out, tuple) or len(out) != len(EnvStep._fields):
             raise ConfigError(f"env: {self.name}.step must return an EnvStep({', '.join(EnvStep._fields)}), got "
-                              f"{_described(out)}")
+                              f"{described(out)}")
         out = EnvStep(*out)
         field = lambda name, dtype: _numeric(getattr(out, name), f"env: {self.name}.step's {name}").astype(dtype)  # noqa: E731
         return EnvStep(obs=field("obs", jnp.float32), state=out.state, reward=field("reward", jnp.float32),
@@ -202,18 +205,12 @@ class ProtocolEnv:
                        final_obs=field("final_obs", jnp.float32))
 
 
-def _described(out: Any) -> str:
-    return f"{len(out)} values" if isinstance(out, tuple) else f"a {type(out).__name__}"
-
-
 def check(env: Env, label: str) -> None:
     """Trace `env.reset` and `env.step` once and refuse outputs that do not fit the protocol: shapes other
     than the declared ones, non-scalar rewards or flags, or a state whose structure, shapes or dtypes
     change in a step (the rollout's scan carries it)."""
     key = jax.random.key(0)
-    space = env.action_space
-    action = (jax.ShapeDtypeStruct((), jnp.int32) if space.discrete
-              else jax.ShapeDtypeStruct(tuple(space.shape), jnp.float32))
+    action = abstract_action(env.action_space)
     obs, state = _traced(label, "reset", lambda: jax.eval_shape(env.reset, key))
     out = _traced(label, "step", lambda: jax.eval_shape(env.step, key, state, action))
     shape = tuple(env.observation_shape)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat
+from purejaxppo.envs.base import ActionSpace, EnvStep, abstract_action, described, flat
 
 # gymnax envs whose constructor downloads a dataset: purejaxppo loads nothing from the internet.
 DOWNLOADING_ENVS = ("MNISTBandit-bsuite",)
@@ -176,14 +176,9 @@ def adapt(obj: Any, params: Any = None, name: str | None = None) -> GymnaxEnv:
     params = obj.default_params if params is None else params
     key = jax.random.key(0)
     _, state = jax.eval_shape(lambda k: obj.reset(k, params), key)
-    space = action_space_of(obj.action_space(params))
-    action = jax.ShapeDtypeStruct((), jnp.int32) if space.discrete else jax.ShapeDtypeStruct(space.shape, jnp.float32)
+    action = abstract_action(action_space_of(obj.action_space(params)))
     out = jax.eval_shape(lambda k, s, a: obj.step(k, s, a, params), key, state, action)
     if not isinstance(out, tuple) or len(out) not in (5, 6):
-        raise ConfigError(f"env: {name or type(obj).__name__}.step returns {_count(out)}; a gymnax env returns "
+        raise ConfigError(f"env: {name or type(obj).__name__}.step returns {described(out)}; a gymnax env returns "
                           f"obs, state, reward, terminated, truncated, info (or, before gymnax 1.0, five values)")
     return GymnaxEnv(obj, params, name, old_api=len(out) == 5)
-
-
-def _count(out: Any) -> str:
-    return f"{len(out)} values" if isinstance(out, tuple) else f"a {type(out).__name__}"

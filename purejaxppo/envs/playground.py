@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from purejaxppo.config import ConfigError, unknown_key_error
 from purejaxppo.envs.base import one_line
 from purejaxppo.envs.brax import StateEnv, positive_int
@@ -60,6 +62,13 @@ def _task_config(name: str, env_kwargs: dict[str, Any]) -> Any:
     impl = env_kwargs.get("impl", "jax")
     if impl not in IMPLS:
         raise ConfigError(f"env_kwargs.impl: unknown MJX implementation {impl!r}; known: {', '.join(IMPLS)}")
+    if impl == "warp" and jax.default_backend() != "gpu":
+        raise ConfigError(f"env_kwargs.impl: warp runs MJX on an NVIDIA GPU only; this is a {jax.default_backend()} "
+                          f"(use impl: jax)")
+    for key in ("ctrl_dt", "sim_dt"):
+        value = env_kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ConfigError(f"env_kwargs.{key}: a time step in seconds, > 0; got {value!r}")
     if env_kwargs.get("vision"):
         raise ConfigError(f"env_kwargs.vision: {name}'s pixel observations need Madrona's batch renderer, which "
                           f"purejaxppo does not drive")
@@ -75,7 +84,10 @@ class PlaygroundEnv(StateEnv):
 
     def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None) -> None:
         config = _task_config(name, env_kwargs or {})
-        env = _suite().load(name.removeprefix(PREFIX), config=config)
+        try:
+            env = _suite().load(name.removeprefix(PREFIX), config=config)
+        except Exception as err:  # the task's own refusal of its config, in one line
+            raise ConfigError(f"env_kwargs: {name} rejected {env_kwargs}: {one_line(err)}") from err
         super().__init__(env, int(config.episode_length), int(config.action_repeat), name)
 
 
