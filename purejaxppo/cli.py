@@ -444,6 +444,10 @@ def _quiet_library_noise() -> None:
         return
 
     def hook(unraisable: Any) -> None:
+        # a Ctrl-C that landed in a garbage-collection callback is dropped there; runner.StopSignal
+        # recorded it, and the run raises it again itself
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
         if not any(n in f"{unraisable.exc_value} {unraisable.object!r}" for n in SHUTDOWN_NOISE):
             default(unraisable)
 

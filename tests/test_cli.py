@@ -1,6 +1,9 @@
 """The command line, in fresh processes as a user runs it: what it prints, what it writes, and its
 exit status (2 for anything a user got wrong, one line and no traceback; 3 for a non-finite run)."""
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import yaml
@@ -93,3 +96,21 @@ def test_sizes_that_cannot_work_are_refused_before_compiling(tmp_path):
     line = one_error_line(cli("train", "--set", "memory_size=16385", "--run-dir", str(tmp_path / "d")))
     assert line == "purejaxppo: error: memory_size: must be <= 16384, got 16385"
     assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_a_ctrl_c_dropped_inside_a_callback_prints_nothing_of_its_own():
+    # Python reports an exception raised in a __del__ or garbage-collection callback and drops it; a
+    # Ctrl-C that lands there is recorded by the run, which raises it itself, so the report is noise
+    script = ("from purejaxppo import cli\n"
+              "cli._quiet_library_noise()\n"
+              "class Finalized:\n"
+              "    def __del__(self):\n"
+              "        raise KeyboardInterrupt\n"
+              "Finalized()\n"
+              "class Broken:\n"
+              "    def __del__(self):\n"
+              "        raise ValueError('a real bug')\n"
+              "Broken()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "KeyboardInterrupt" not in proc.stderr
+    assert "ValueError: a real bug" in proc.stderr  # anything else is still reported
