@@ -142,6 +142,14 @@ def last_finite(values: np.ndarray) -> float:
 RUNS_FILE = "runs.csv"
 
 
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` as a CSV file with a header from the first row's keys, floats to 6 digits."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+
+
 def write_runs(run_dir: Path, members: list[dict[str, Any]], metrics: dict[str, np.ndarray] | None = None) -> None:
     """`runs.csv`: per run its index, grid point, seed and the values it changes; with `metrics`, also its
     final return and the area under its return curve."""

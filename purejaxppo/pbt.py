@@ -15,7 +15,6 @@ hyperparameters) and `pbt.png`. `load_policy(run_dir)` loads the best member by 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 
 from purejaxppo import checkpoint, exploit, plots, rundir, runner
 from purejaxppo import config as config_lib
+from purejaxppo import metrics as metrics_lib
 from purejaxppo.config import TRACED, ConfigError, PPOConfig
 from purejaxppo.population import Member, Population, evaluation_return
 from purejaxppo.train import Trainer, TrainState, with_env
@@ -173,13 +173,14 @@ def members(spec: PBTConfig, config: PPOConfig) -> tuple[Member, ...]:
 @dataclasses.dataclass(frozen=True)
 class Exploit:
     """The in-program PBT step at a chunk's end (`population.chunk_program` calls it over the stacked
-    states): `(trainer, states, metrics, first_update, num_active) -> (states, extra metrics)`."""
+    states): `(trainer, states, metrics, params_finite, first_update, num_active) -> (states, extra
+    metrics)`, where `params_finite` is the chunk's own per-run check of the params."""
 
     spec: PBTConfig
     seeds: tuple[int, ...]  # each population's first member's seed
 
-    def __call__(self, trainer: Trainer, states: TrainState, metrics: dict[str, jax.Array], first_update: jax.Array,
-                 num_active: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    def __call__(self, trainer: Trainer, states: TrainState, metrics: dict[str, jax.Array], params_finite: jax.Array,
+                 first_update: jax.Array, num_active: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         spec = self.spec
         g, n = spec.seeds, spec.population
         real = g * n  # the stacked runs past these are filler runs, left alone
@@ -194,8 +195,7 @@ class Exploit:
             else:
                 scores = exploit.interval_scores(metrics["episode_return"][:real])
             bad = [~jnp.isfinite(metrics[m][:real]).all(axis=-1) for m in DIVERGED_IF_NOT_FINITE if m in metrics]
-            finite = jnp.stack([jnp.isfinite(x).reshape(real, -1).all(axis=1)
-                                for x in jax.tree.leaves(mine.params)]).all(axis=0)
+            finite = params_finite[:real]
             diverged = ~finite | jnp.stack(bad).any(axis=0) if bad else ~finite
             keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), KEY_SALT), update))(
                 jnp.asarray(self.seeds, jnp.uint32))
@@ -273,7 +273,7 @@ def pbt(
         out = PBTResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)}, spec=spec)
         if out.run_dir is not None and not out.stopped and runner.is_primary():
             rows = lineage_rows(out)
-            write_lineage(rows, out.run_dir / "lineage.csv")
+            metrics_lib.write_table(out.run_dir / "lineage.csv", rows)
             best = out.metrics["episode_return"][out.best()[0]]
             plots.plot_pbt(rows, [e.name for e in spec.explore], out.metrics["env_steps"][0], best,
                            out.run_dir / "pbt.png")
@@ -299,9 +299,3 @@ def lineage_rows(result: PBTResult) -> list[dict[str, Any]]:
                          **{n: float(m[f"pbt_{n}"][k, j]) for n in names}})
     return rows
 
-
-def write_lineage(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)

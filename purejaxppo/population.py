@@ -143,8 +143,8 @@ def chunk_program(trainer: Trainer, num_runs: int = 2, step: Any = None) -> Any:
     finished the run), reported as `eval_return` on its last active update. The update counts are the
     host's, shared by every run, so the evaluation stays a branch under the run axis's vmap rather
     than a select that would evaluate every chunk. `params_finite` (per run) feeds the NaN guard.
-    `step(trainer, states, metrics, first_update, num_active) -> (states, more metrics)` then acts on
-    all the runs at once (see Population.step).
+    `step(trainer, states, metrics, params_finite, first_update, num_active) -> (states, more metrics)`
+    then acts on all the runs at once (see Population.step).
     """
     config = trainer.config
 
@@ -173,7 +173,7 @@ def chunk_program(trainer: Trainer, num_runs: int = 2, step: Any = None) -> Any:
     def with_step(states: TrainState, first_update: jax.Array,
                   num_active: jax.Array) -> tuple[TrainState, Metrics, Any]:
         states, metrics, finite = chunk(states, first_update, num_active)
-        states, more = step(trainer, states, metrics, first_update, num_active)
+        states, more = step(trainer, states, metrics, finite, first_update, num_active)
         return states, {**metrics, **more}, finite
 
     return with_step

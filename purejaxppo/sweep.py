@@ -7,7 +7,6 @@ stratified-bootstrap CIs over seeds) and `curves.png`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from purejaxppo import config as config_lib
+from purejaxppo import metrics as metrics_lib
 from purejaxppo import checkpoint, plots, rundir, runner, stats
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.population import Member, Population
@@ -120,9 +120,5 @@ def sweep(
 
 def write_results(result: SweepResult, run_dir: Path) -> None:
     """aggregate.csv and curves.png (the loop has written config.yaml, metrics.csv and runs.csv)."""
-    with (run_dir / "aggregate.csv").open("w", newline="") as f:
-        rows = result.aggregate()
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    metrics_lib.write_table(run_dir / "aggregate.csv", result.aggregate())
     plots.plot_learning_curves([plots.read_curves(run_dir)], run_dir / "curves.png")

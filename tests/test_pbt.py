@@ -124,7 +124,9 @@ def test_the_step_replaces_a_diverged_member_and_copies_the_learner_not_the_envs
     states = states.replace(params=jax.tree.map(lambda x: x.at[0].set(jnp.nan), states.params))  # member 0 diverged
     returns = jnp.array([[50.0] * 3, [10.0] * 3, [30.0] * 3, [40.0] * 3])  # 0 would be the best
     metrics = {"episode_return": returns, "policy_loss": jnp.zeros((4, 3))}
-    step = jax.jit(lambda s, m: Exploit(spec, (0,))(trainer, s, m, 0, 3))
+    # the chunk's own check of each run's params, as population.chunk_program hands it over
+    finite = jnp.stack([jnp.isfinite(x).reshape(4, -1).all(axis=1) for x in jax.tree.leaves(states.params)]).all(0)
+    step = jax.jit(lambda s, m: Exploit(spec, (0,))(trainer, s, m, finite, 0, 3))
     new, extra = step(states, metrics)
     parents = np.asarray(extra["pbt_parent"][:, -1]).astype(int)
     assert parents[0] in (2, 3) and parents[1] == 3 and parents[2] == 2 and parents[3] == 3
@@ -137,7 +139,7 @@ def test_the_step_replaces_a_diverged_member_and_copies_the_learner_not_the_envs
     assert lr[3] == hparams.lr[3] and lr[2] == hparams.lr[2]  # kept
     lr_range = next(e for e in spec.explore if e.name == "lr")
     assert lr_range.low <= lr[1] <= lr_range.high and lr[1] != hparams.lr[3]  # perturbed or drawn afresh
-    not_due = jax.jit(lambda s, m: Exploit(spec, (0,))(trainer, s, m, 0, 2))(states, metrics)[1]
+    not_due = jax.jit(lambda s, m: Exploit(spec, (0,))(trainer, s, m, finite, 0, 2))(states, metrics)[1]
     assert np.isnan(np.asarray(not_due["pbt_parent"])).all()  # a short chunk is not a PBT step
 
 
