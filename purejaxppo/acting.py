@@ -20,7 +20,7 @@ from purejaxppo.policy import Carry, Policy
 from purejaxppo.train import Trainer, abstract_states, make_trainer
 
 MAX_EVAL_STEPS = 100_000  # a bound for envs without a time limit; every shipped env ends far sooner
-MAX_TRIES = 5  # reads of a live run's newest checkpoint, which the run may delete as it saves the next
+MAX_TRIES = 5  # reads of a live run's newest checkpoint, which it may delete in the moment before the pin
 
 
 def evaluate(
@@ -69,23 +69,23 @@ def restore_policy(
     index in a sweep's runs.csv, or a PBT run's member). By default the only run, or a PBT run's best
     member at that checkpoint. `env`: the env object a run trained, when it was given one from Python."""
     for _ in range(MAX_TRIES):
-        before = checkpoint.available_steps(run_dir)
-        try:
-            chosen, meta = checkpoint.read_meta(run_dir, step)
-            picked = best_member(run_dir, chosen, meta) if run is None else run
-            num_runs = int(meta["num_runs"])
-            if not 0 <= picked < num_runs:
-                raise checkpoint.CheckpointError(f"run {picked}: {run_dir} holds runs 0..{num_runs - 1}")
-            trainer = make_trainer(checkpoint.config_of(meta), env)
-            abstract = abstract_states(trainer, int(meta["stacked_runs"]))
-            _, state, _ = checkpoint.restore(run_dir, abstract, chosen)
-            break
-        except checkpoint.CheckpointError:
-            # a live run deletes its oldest checkpoint as it saves a new one: take its newest again
-            if step is not None or checkpoint.available_steps(run_dir) == before:
-                raise
+        with checkpoint.reading(run_dir, step) as chosen:  # a live run keeps it while it is read
+            try:
+                _, meta = checkpoint.read_meta(run_dir, chosen)
+                picked = best_member(run_dir, chosen, meta) if run is None else run
+                num_runs = int(meta["num_runs"])
+                if not 0 <= picked < num_runs:
+                    raise checkpoint.CheckpointError(f"run {picked}: {run_dir} holds runs 0..{num_runs - 1}")
+                trainer = make_trainer(checkpoint.config_of(meta), env)
+                abstract = abstract_states(trainer, int(meta["stacked_runs"]))
+                _, state, _ = checkpoint.restore(run_dir, abstract, chosen)
+                break
+            except checkpoint.CheckpointError:
+                # a run deleting it as it was pinned (a moment's race): take the newest again
+                if step is not None or chosen in checkpoint.available_steps(run_dir):
+                    raise
     else:
-        raise checkpoint.CheckpointError(f"{run_dir}: its newest checkpoint was replaced {MAX_TRIES} times while "
+        raise checkpoint.CheckpointError(f"{run_dir}: its newest checkpoint was deleted {MAX_TRIES} times while "
                                          f"being read; read a given --step")
     pick = lambda x: x[picked]  # noqa: E731
     return trainer, jax.tree.map(pick, state.params), jax.tree.map(pick, state.obs_stats), chosen

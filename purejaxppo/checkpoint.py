@@ -1,4 +1,5 @@
-"""Checkpoints of whole training states with orbax: everything a run needs to go on exactly.
+"""Checkpoints of whole training states with orbax: everything a run needs to go on exactly, and the pins
+that keep a checkpoint on disk while a reader reads it from a live run.
 
 A checkpoint is the training states of a population (every run stacked on a leading axis; one for a
 single run) saved with `StandardSave`, plus JSON metadata holding the config and the population. Restores always go through an abstract
@@ -8,11 +9,16 @@ for another config is refused with a message that names the difference. Nothing 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import uuid
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.errors import CheckpointSaveError
 
 CHECKPOINT_DIR = "checkpoints"
+READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>`, locked while it reads
 
 
 class CheckpointError(ConfigError):
@@ -44,7 +51,11 @@ class Checkpointer:
         self._pending: int | None = None  # the step of the save under way
         self._manager = ocp.CheckpointManager(
             self._dir,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
+            options=ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=True, create=True,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                    [ocp.checkpoint_managers.LatestN(n=keep), _Pinned(Path(run_dir).resolve() / READERS_DIR)]),
+            ),
         )
 
     def save(self, update: int, state: Any, meta: dict[str, Any]) -> None:
@@ -86,6 +97,70 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class _Pinned:
+    """Orbax's preservation policy for the checkpoints that readers (`eval`, `load_policy`) are reading: a
+    live run keeps them past `keep_checkpoints` until the reader lets go. A pin whose reader died (its
+    lock gone with the process) is removed."""
+
+    def __init__(self, readers: Path) -> None:
+        self._readers = readers
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        return [_pinned(self._readers, info.step) for info in checkpoints]
+
+
+def _pinned(readers: Path, step: int) -> bool:
+    held = False
+    for pin in readers.glob(f"{step}-*") if readers.is_dir() else ():
+        try:
+            fd = os.open(pin, os.O_RDONLY)
+        except OSError:
+            continue  # its reader let go meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = True
+        else:
+            with contextlib.suppress(OSError):
+                pin.unlink()
+        finally:
+            os.close(fd)
+    return held
+
+
+@contextlib.contextmanager
+def reading(run_dir: str | Path, step: int | None = None) -> Iterator[int]:
+    """Hold checkpoint `step` (the newest by default) of a run dir for the block, which gets the step: a live
+    run does not delete it meanwhile. The pin is a file in `RUN_DIR/.readers/` under a shared lock. Where
+    the run dir cannot be written (a finished run on a read-only disk, which no run is writing), the
+    checkpoint is read unpinned."""
+    run_dir = Path(run_dir)
+    readers = run_dir.resolve() / READERS_DIR
+    while True:
+        chosen = _pick_step(run_dir, step)
+        name = f"{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        pin = readers / name
+        try:
+            readers.mkdir(exist_ok=True)
+            fd = os.open(readers / f".{name}", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield chosen
+            return
+        try:
+            # locked before it gets the name a run looks for, so a run never takes a new pin for a stale one
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.rename(readers / f".{name}", pin)
+            # a run may have deleted it between the choice and the pin: then choose again
+            if step is not None or chosen in available_steps(run_dir):
+                yield chosen
+                return
+        finally:
+            for path in (pin, readers / f".{name}"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            os.close(fd)
 
 
 RUN_FILES = ("metrics.csv", "runs.csv")  # what a run or sweep writes besides checkpoints
@@ -302,11 +377,11 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
         abstract_state,
     )
-    manager = None
-    try:  # the manager reads every step's folder: one a live run deletes meanwhile fails here too
-        manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(create=False))
-        restored = manager.restore(
-            step,
+    reader = None
+    try:  # the step's own folder only: a manager would read every step's, which a live run may be deleting
+        reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        restored = reader.restore(
+            checkpoint_dir(run_dir) / str(step),
             args=ocp.args.Composite(state=ocp.args.StandardRestore(without_empty(abstract_state)),
                                     meta=ocp.args.JsonRestore()),
         )
@@ -317,6 +392,6 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
             f"another version (other steps: {available_steps(run_dir)})"
         ) from None
     finally:
-        if manager is not None:
-            manager.close()
+        if reader is not None:
+            reader.close()
     return step, with_empty(restored.state, abstract_state), meta

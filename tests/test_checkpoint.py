@@ -30,6 +30,34 @@ def test_a_save_orbax_declines_is_an_error_not_a_silent_skip(tmp_path):
         saver.close()
 
 
+def test_a_live_run_keeps_the_checkpoint_a_reader_holds_and_drops_it_after(tmp_path):
+    saver = checkpoint.Checkpointer(tmp_path, keep=1)
+
+    def save(step):
+        saver.save(step, Toy(jnp.zeros(2), jnp.int32(step)), {})
+        saver.wait()
+
+    try:
+        save(1)
+        with checkpoint.reading(tmp_path) as held:
+            assert held == 1
+            save(2)
+            save(3)
+            assert checkpoint.available_steps(tmp_path) == [1, 3]  # keep=1, and the one being read
+        save(4)
+        assert checkpoint.available_steps(tmp_path) == [4]
+        # a pin left by a reader that died (no lock on it) keeps nothing, and is cleared away
+        stale = tmp_path / checkpoint.READERS_DIR / "4-999999-deadbeef"
+        stale.write_text("")
+        save(5)
+        assert checkpoint.available_steps(tmp_path) == [5] and not stale.exists()
+        with checkpoint.reading(tmp_path, step=5):
+            pass
+        assert list((tmp_path / checkpoint.READERS_DIR).iterdir()) == []  # a reader leaves no pin behind
+    finally:
+        saver.close()
+
+
 def test_a_state_round_trips_with_its_own_types(straight):
     _, restored, meta = checkpoint.restore(straight.run_dir, abstract_states(make_trainer(TINY), 1))
     assert type(restored) is type(straight.state) and meta["update"] == TINY.num_updates
