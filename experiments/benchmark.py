@@ -265,6 +265,13 @@ def machine() -> str:
             f"({jax.local_devices()[0].device_kind}); Python {platform.python_version()}")
 
 
+def report_head(title: str, command: str, doc: str | None) -> list[str]:
+    """A results page's opening lines: the title, the command, the date, this machine, and what the
+    script measures (the paragraphs of its docstring after the usage line)."""
+    return [f"# {title}", "", f"Command: `{command}`  ", f"Date: {datetime.now():%Y-%m-%d %H:%M}  ",
+            f"Machine: {machine()}", "", (doc or "").split("\n\n", 2)[2].strip(), ""]
+
+
 def fmt(value: Any, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 

@@ -21,7 +21,8 @@ train = wall - compile, which includes the evaluations; steps/s = env steps of a
 Both trainers do the same work: seeds x the same env steps, and the same number of evaluations.
 
 Goals checked (issue): at least Brax's final return in no more wall time on ant, humanoid and
-halfcheetah; hopper >= 2500 and walker2d >= 3000 within 50M env steps.
+halfcheetah; hopper >= 2500 and walker2d >= 3000 within 50M env steps; on a CPU, halfcheetah_2m >= 2000
+within 2M env steps.
 
 Results go to --out (markdown, with the exact command and the hardware) and a JSON of the raw
 results beside it. --only ours / --only brax runs one side (to split the work over machine time
@@ -55,7 +56,9 @@ from brax_peer import RESULT_PREFIX, CompileTimer, brax_train_kwargs, source_unr
 
 DEFAULT_ENVS = ("ant", "humanoid", "halfcheetah", "hopper", "walker2d")
 BEAT_BRAX = ("ant", "humanoid", "halfcheetah")  # goal: >= Brax's return in <= Brax's wall time
-RETURN_TARGETS = {"hopper": (2500.0, 50_000_000), "walker2d": (3000.0, 50_000_000)}  # return within steps
+# return within env steps; halfcheetah_2m is the CPU-sized config (issue: 2000+ within 2M on a CPU)
+RETURN_TARGETS = {"hopper": (2500.0, 50_000_000), "walker2d": (3000.0, 50_000_000),
+                  "halfcheetah_2m": (2000.0, 2_000_000)}
 
 
 @dataclasses.dataclass

@@ -5,21 +5,27 @@ Every action here comes from `Policy.act`, which applies the run's saved observa
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purejaxppo import checkpoint, exploit
 from purejaxppo import metrics as metrics_lib
-from purejaxppo.config import PPOConfig
+from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.envs import Env, HiddenObs
+from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.normalization import RunningStats
 from purejaxppo.policy import Carry, Policy
-from purejaxppo.train import Trainer, abstract_states, make_trainer
+from purejaxppo.train import Start, Trainer, abstract_states, make_trainer
 
 MAX_EVAL_STEPS = 100_000  # a bound for envs without a time limit; every shipped env ends far sooner
+# the keys that make a network and what it sees: a fine-tuning run's must be its source's
+NETWORK_KEYS = ("hidden_sizes", "activation", "shared_torso", "layer_norm", "memory", "memory_size",
+                "state_dependent_std", "normalize_obs", "obs_clip", "obs_mask")
 MAX_TRIES = 5  # reads of a live run's newest checkpoint, which it may delete in the moment before the pin
 
 
@@ -89,6 +95,48 @@ def restore_policy(
                                          f"being read; read a given --step")
     pick = lambda x: x[picked]  # noqa: E731
     return trainer, jax.tree.map(pick, state.params), jax.tree.map(pick, state.obs_stats), chosen
+
+
+def starting(trainer: Trainer) -> Trainer:
+    """`trainer` with the trained policy its config's `init_from` names (its params and observation
+    statistics, see `restore_policy`), once checked to fit its network and env; unchanged without one.
+    Raises ConfigError, in one line, before anything compiles."""
+    config = trainer.config
+    if not config.init_from:
+        return trainer
+    where = Path(config.init_from).expanduser()
+    own_object = trainer.config.env.startswith(OBJECT_PREFIX)
+    try:
+        meta = checkpoint.read_meta(where, config.init_step or None)[1]
+        if config.init_run < 0 and int(meta["num_runs"]) > 1 and meta.get("kind") != "pbt":
+            raise ConfigError(f"{where} holds {meta['num_runs']} runs (see its runs.csv); choose one with init_run")
+        same_object = own_object and meta["config"]["env"] == config.env
+        source, params, obs_stats, step = restore_policy(
+            where, config.init_step or None, None if config.init_run < 0 else config.init_run,
+            trainer.env if same_object else None)
+    except ConfigError as err:
+        raise ConfigError(f"init_from: {err}") from None
+    origin = f"init_from: {where} (checkpoint {step})"
+    for key in NETWORK_KEYS:
+        if getattr(source.config, key) != getattr(config, key):
+            raise ConfigError(f"{origin} has {key} {getattr(source.config, key)!r}, this config "
+                              f"{getattr(config, key)!r}; a fine-tuned network must be its source's")
+    if source.policy.kind != trainer.policy.kind:
+        raise ConfigError(f"{origin} acts with a {source.policy.kind} distribution, this config with a "
+                          f"{trainer.policy.kind} one")
+    mine, theirs = trainer.env, source.env
+    if mine.observation_shape != theirs.observation_shape:
+        raise ConfigError(f"{origin} saw observations of shape {theirs.observation_shape}, {config.env} gives "
+                          f"{mine.observation_shape}")
+    if mine.action_space.describe() != theirs.action_space.describe():
+        raise ConfigError(f"{origin} acted in {theirs.action_space.describe()}, {config.env} takes "
+                          f"{mine.action_space.describe()}")
+    if not mine.action_space.discrete and not (np.array_equal(mine.action_space.low, theirs.action_space.low)
+                                               and np.array_equal(mine.action_space.high, theirs.action_space.high)):
+        raise ConfigError(f"{origin} acted within the bounds {theirs.action_space.low.tolist()} to "
+                          f"{theirs.action_space.high.tolist()}, {config.env} has {mine.action_space.low.tolist()} "
+                          f"to {mine.action_space.high.tolist()}: the same params would act otherwise")
+    return dataclasses.replace(trainer, start=Start(*jax.device_get((params, obs_stats))))
 
 
 def best_member(run_dir: str | Path, step: int, meta: dict[str, Any]) -> int:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.errors import CheckpointSaveError
 
 CHECKPOINT_DIR = "checkpoints"
-READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>`, locked while it reads
+READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>-<id>`, locked while it reads
+DELETING = ".deleting-"  # a pruned checkpoint's folder, renamed out of sight before it is removed
 
 
 class CheckpointError(ConfigError):
@@ -44,19 +45,18 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 class Checkpointer:
-    """Asynchronous saves into `RUN_DIR/checkpoints/<update>`, keeping the newest `keep`."""
+    """Asynchronous saves into `RUN_DIR/checkpoints/<update>`, keeping the newest `keep` completed ones and
+    any that a reader holds (`reading`). Orbax keeps every step; the older ones are pruned here once
+    each save is complete, each renamed out of sight in one step before it is removed, so a reader
+    never meets a half-deleted checkpoint."""
 
     def __init__(self, run_dir: str | Path, keep: int) -> None:
         self._dir = checkpoint_dir(run_dir)
+        self._readers = Path(run_dir).resolve() / READERS_DIR
+        self._keep = keep
         self._pending: int | None = None  # the step of the save under way
         self._manager = ocp.CheckpointManager(
-            self._dir,
-            options=ocp.CheckpointManagerOptions(
-                enable_async_checkpointing=True, create=True,
-                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
-                    [ocp.checkpoint_managers.LatestN(n=keep), _Pinned(Path(run_dir).resolve() / READERS_DIR)]),
-            ),
-        )
+            self._dir, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=True, create=True))
 
     def save(self, update: int, state: Any, meta: dict[str, Any]) -> None:
         if update in self._manager.all_steps():  # already saved (a stop right after a periodic save)
@@ -81,10 +81,28 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def wait(self) -> None:
+        """Wait for the save under way, then prune the checkpoints past `keep` that no reader holds."""
         try:
             self._manager.wait_until_finished()
         except Exception as err:  # orbax and tensorstore raise many types
             raise self._failed(err) from None
+        self._prune()
+
+    def _prune(self) -> None:
+        if jax.process_index() != 0:  # one process of a multi-host run prunes the shared folder
+            return
+        for leftover in self._dir.glob(f"{DELETING}*"):  # a prune that a kill interrupted
+            shutil.rmtree(leftover, ignore_errors=True)
+        steps = _completed(self._dir)
+        for step in steps[:-self._keep]:
+            if _pinned(self._readers, step):
+                continue
+            gone = self._dir / f"{DELETING}{step}-{uuid.uuid4().hex[:8]}"
+            try:
+                (self._dir / str(step)).rename(gone)
+            except OSError:
+                continue  # a prune cannot fail a run: the checkpoint stays, to go at the next one
+            shutil.rmtree(gone, ignore_errors=True)
 
     def _failed(self, err: Exception) -> CheckpointSaveError:
         text = str(err)
@@ -97,21 +115,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-class _Pinned:
-    """Orbax's preservation policy for the checkpoints that readers (`eval`, `load_policy`) are reading: a
-    live run keeps them past `keep_checkpoints` until the reader lets go. A pin whose reader died (its
-    lock gone with the process) is removed."""
-
-    def __init__(self, readers: Path) -> None:
-        self._readers = readers
-
-    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
-        return [_pinned(self._readers, info.step) for info in checkpoints]
+        self._prune()
 
 
 def _pinned(readers: Path, step: int) -> bool:
+    """Whether a live reader holds checkpoint `step`. A pin whose reader died (its lock gone with the
+    process) is removed."""
     held = False
     for pin in readers.glob(f"{step}-*") if readers.is_dir() else ():
         try:
@@ -318,55 +327,69 @@ def _empty(leaf: Any) -> bool:
 
 def without_empty(tree: Any) -> Any:
     """`tree` with its zero-size arrays (e.g. MJX's `act` for a model without actuator state) left out:
-    orbax cannot store them, and they hold nothing. `with_empty` puts them back on restore."""
+    orbax cannot store them, and they hold nothing. `restore` puts them back."""
     return jax.tree.map(lambda x: None if _empty(x) else x, tree)
-
-
-def with_empty(restored: Any, abstract: Any) -> Any:
-    """The zero-size arrays of `abstract` back in a tree restored without them."""
-    leaves, treedef = jax.tree.flatten(abstract)
-    stored = iter(jax.tree.leaves(restored))
-    placed = lambda x: jax.device_put(np.zeros(x.shape, x.dtype), getattr(x, "sharding", None))  # noqa: E731
-    return treedef.unflatten([placed(x) if _empty(x) else next(stored) for x in leaves])
 
 
 def _leaf_name(path: tuple) -> str:
     return ".".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
 
 
-def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> None:
-    """Compare the stored arrays' names and shapes with the target's before reading any data, so a
-    mismatch is one message rather than a storm of failed reads."""
+# Training-state arrays a later version added: a checkpoint written before them restores with the value
+# they had then. A traced hyperparameter's is its checkpoint config's (its default, which left it off).
+ADDED_LATER = ("hparams.",)
+
+
+def _stored_arrays(run_dir: Path, step: int) -> Any:
+    """The stored state's array metadata, as a tree of the structure it was saved with."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # orbax warns that a sub-item has no step metadata, which is expected here
     try:
         stored = ocp.StandardCheckpointer().metadata(checkpoint_dir(run_dir) / str(step) / "state").item_metadata
-        shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored)}
     except Exception:  # orbax and tensorstore raise many types; all mean the same to a user
-        shapes = {}
+        stored = None
     finally:
         absl.setLevel(level)
-    if not shapes:
+    if stored is None or not jax.tree.leaves(stored):
         raise CheckpointError(f"checkpoint {step} in {run_dir} is corrupt: its array metadata cannot be read")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-        if _empty(leaf):
-            continue
-        name = _leaf_name(path)
+    return stored
+
+
+def _named(tree: Any) -> dict[str, Any]:
+    return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> None:
+    """Compare the stored arrays' names and shapes with the target's before reading any data, so a
+    mismatch is one message rather than a storm of failed reads."""
+    shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(_stored_arrays(run_dir, step))}
+    wanted = {name: leaf for name, leaf in _named(abstract_state).items() if not _empty(leaf)}
+    for name, leaf in wanted.items():
         shape = tuple(leaf.shape)
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # typed keys are stored as their raw data
             shape = tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
         if name not in shapes:
+            if name.startswith(ADDED_LATER):
+                continue
             raise CheckpointError(f"checkpoint {step} in {run_dir} does not match the config: it has no array {name}")
         if shapes[name] != shape:
             raise CheckpointError(
                 f"checkpoint {step} in {run_dir} does not match the config: {name} has shape {shapes[name]} "
                 f"there and {shape} here"
             )
+    extra = sorted(set(shapes) - set(wanted))
+    if extra:
+        raise CheckpointError(f"checkpoint {step} in {run_dir} does not match the config: it has array {extra[0]}, "
+                              f"which this config's training state does not")
 
 
 def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
-    """Restore (step, state, meta) against `abstract_state`, from the latest checkpoint by default."""
+    """Restore (step, state, meta) against `abstract_state`, from the latest checkpoint by default.
+
+    The arrays are read by name into the structure they were stored with, then placed into the
+    target's, so a checkpoint of an earlier version restores as long as every array it lacks is one a
+    later version added (`ADDED_LATER`)."""
     run_dir = Path(run_dir)
     step, meta = read_meta(run_dir, step)
     check_arrays(run_dir, step, abstract_state)
@@ -377,14 +400,13 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
         abstract_state,
     )
+    wanted, stored = _named(abstract_state), _stored_arrays(run_dir, step)
+    target = jax.tree.map(lambda m: wanted[m.name], stored)
     reader = None
     try:  # the step's own folder only: a manager would read every step's, which a live run may be deleting
         reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-        restored = reader.restore(
-            checkpoint_dir(run_dir) / str(step),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(without_empty(abstract_state)),
-                                    meta=ocp.args.JsonRestore()),
-        )
+        restored = reader.restore(checkpoint_dir(run_dir) / str(step),
+                                  args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as err:  # orbax and tensorstore raise many types; all mean the same to a user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -394,4 +416,15 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
     finally:
         if reader is not None:
             reader.close()
-    return step, with_empty(restored.state, abstract_state), meta
+    arrays = dict(zip((m.name for m in jax.tree.leaves(stored)), jax.tree.leaves(restored.state)))
+    saved_config = config_of(meta)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
+
+    def placed(name: str, x: Any) -> Any:
+        if name in arrays:
+            return arrays[name]
+        # a zero-size array, or an array added later (a traced hyperparameter: its config value)
+        value = getattr(saved_config, name.removeprefix("hparams.")) if name.startswith("hparams.") else 0
+        return jax.device_put(np.full(x.shape, value, x.dtype), getattr(x, "sharding", None))
+
+    return step, treedef.unflatten([placed(_leaf_name(path), x) for path, x in paths]), meta

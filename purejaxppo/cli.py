@@ -187,7 +187,8 @@ def _train(args: argparse.Namespace) -> int:
     progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
     verb = "resuming" if args.resume else "training"
     where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
-    header = (f"{verb} {config.env} for {config.num_updates * config.batch_size:,} env steps "
+    origin = f" from the policy in {config.init_from}" if config.init_from and not args.resume else ""
+    header = (f"{verb} {config.env}{origin} for {config.num_updates * config.batch_size:,} env steps "
               f"({config.num_updates} updates){where}; writing {run_dir}")
     try:  # the header once every check has passed: a refused run prints its one error line alone
         result = runner.train(config, run_dir, on_progress=progress, resume=bool(args.resume), step=args.step,

@@ -108,6 +108,43 @@ class PPOConfig:
                       "k3 = (r - 1) - log r (unbiased, low variance).", "Schulman 2020, 'Approximating KL'",
                       choices=("k1", "k3")),
     )
+    init_from: str = field(
+        default="",
+        metadata=_doc("Fine-tuning: the run dir of a trained policy to start from, its params and observation "
+                      "statistics, with a fresh optimizer, schedule and envs. Its network keys (hidden_sizes, "
+                      "activation, normalize_obs, ...) must be these, and the env must have its observation and "
+                      "action spaces. "
+                      "Not a resume: the run has its own run dir and history. Empty: a fresh init."),
+    )
+    init_step: int = field(
+        default=0, metadata=_doc("init_from's checkpoint (its update count); 0: the newest.", min=0)
+    )
+    init_run: int = field(
+        default=-1,
+        metadata=_doc("init_from's run: its index in a sweep's runs.csv, or a PBT member; -1: the only run, or a "
+                      "PBT run's best member (a sweep of several runs needs one named).", min=-1),
+    )
+    ref_kl_coef: float = field(
+        default=0.0,
+        metadata=_traced("Coefficient of a KL anchor to a frozen reference policy, KL(policy || reference): the "
+                         "policy the run starts from (init_from's, or its own first one). 0 turns it off.",
+                         "Ziegler et al. 2019; Ouyang et al. 2022 (RLHF)", min=0.0, switch=True),
+    )
+    ref_kl_mode: str = field(
+        default="reward",
+        metadata=_doc("Where the anchor acts: reward subtracts ref_kl_coef x KL from each step's reward (after "
+                      "reward_scale), as RLHF does; loss adds ref_kl_coef x KL to the loss.",
+                      "Ziegler et al. 2019; Shao et al. 2024 (GRPO)", choices=("reward", "loss")),
+    )
+    ref_kl_estimator: str = field(
+        default="auto",
+        metadata=_doc("Per-sample estimator of KL(policy || reference) on the rollout's actions: k1 = log p - "
+                      "log p_ref; k3 = (q - 1) - log q with q = p_ref / p. auto: k1 in the reward, whose policy "
+                      "gradient is then the KL's own; k3 in the loss, whose gradient pulls toward the reference "
+                      "(the other pairs are biased and, measured, let the KL grow with the coefficient).",
+                      "Schulman 2020, 'Approximating KL'; Shao et al. 2024 (GRPO, k3 in the loss)",
+                      choices=("auto", "k1", "k3")),
+    )
     clip_value: bool = field(
         default=False,
         metadata=_doc("Clip the value loss: max((V-R)^2, (V_old + clip(V - V_old, -e, e) - R)^2).",
@@ -145,6 +182,17 @@ class PPOConfig:
         metadata=_doc("Fraction of all minibatch steps spent warming up (warmup_cosine only).", min=0.0, lt=1.0),
     )
     adam_eps: float = field(default=1e-5, metadata=_doc("Adam epsilon.", "Andrychowicz et al. 2021", gt=0.0))
+    grad_accumulation: int = field(
+        default=1,
+        metadata=_doc("Micro-batches per minibatch: their gradients are averaged before one optimizer step, "
+                      "which equals the whole minibatch's step with less memory held at once.", min=1),
+    )
+    compute_dtype: str = field(
+        default="float32",
+        metadata=_doc("Dtype of the networks' forward and backward passes; params, optimizer state, losses, GAE "
+                      "and statistics stay float32. bfloat16 pays on a GPU with large networks or batches.",
+                      "Micikevicius et al. 2018 (mixed precision)", choices=("float32", "bfloat16")),
+    )
     hidden_sizes: tuple[int, ...] = field(
         default=(64, 64), metadata=_doc("Hidden layer widths of the actor and of the critic MLP.", min_each=1)
     )
@@ -466,6 +514,18 @@ def validate(config: PPOConfig) -> PPOConfig:
         raise ConfigError("clip_policy: with the clipped surrogate off, set kl_coef > 0 for the KL-penalty variant")
     if config.dual_clip and not config.clip_policy:
         raise ConfigError("dual_clip: needs clip_policy on; dual clip bounds the clipped surrogate")
+    if not config.init_from:
+        for name, off in (("init_step", 0), ("init_run", -1)):
+            if getattr(config, name) != off:
+                raise ConfigError(f"{name}: has no effect without init_from (the run dir to start from)")
+    if config.ref_kl_coef and config.memory != "none":
+        raise ConfigError("ref_kl_coef: the KL anchor is not yet built for recurrent policies (memory); it needs the "
+                          "reference's own carry through the rollout")
+    samples = config.num_envs // config.num_minibatches if config.memory != "none" else config.minibatch_size
+    if samples % config.grad_accumulation:
+        what = "env sequences" if config.memory != "none" else "samples"
+        raise ConfigError(f"grad_accumulation: {config.grad_accumulation} does not divide a minibatch's {samples} "
+                          f"{what}")
     if config.ent_schedule != "constant" and config.ent_coef_final > config.ent_coef:
         raise ConfigError(f"ent_coef_final: {config.ent_coef_final} is above ent_coef {config.ent_coef}")
     if config.state_dependent_std and config.distribution in ("categorical", "beta"):

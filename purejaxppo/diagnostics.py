@@ -25,6 +25,12 @@ def minibatch(log_ratio: jax.Array, advantage: jax.Array, clip_eps: jax.Array,
     return out
 
 
+def combine(parts: Metrics) -> Metrics:
+    """One minibatch step's diagnostics from those of its equal-sized micro-batches (stacked on a leading
+    axis): the mean of each, ratio_max their maximum."""
+    return {name: value.max(0) if name == "ratio_max" else value.mean(0) for name, value in parts.items()}
+
+
 def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 

@@ -1,8 +1,8 @@
 """Action distributions as small pytrees of arrays: sample, log_prob, entropy, mode.
 
 Each works on a single state or any batch of them; the event dimension of a continuous action is the
-last axis. Every `entropy` takes an optional PRNG key so callers can treat all distributions alike;
-only those without a closed form (TanhGaussian) use it.
+last axis. Every `entropy` takes an optional PRNG key (or one per state) so callers can treat all distributions
+alike; only those without a closed form (TanhGaussian) use it.
 
 Each also owns its action semantics: `env_action` turns a raw sample (what `log_prob` takes) into
 the action an env steps with (clipped, squashed or as it is), `deterministic_action` is the env action
@@ -137,8 +137,16 @@ class TanhGaussian:
     def entropy(self, key: jax.Array | None = None) -> jax.Array:
         """Gaussian entropy + E[log |det J|]. The expectation has no closed form: with a key it is a
         one-sample reparameterised estimate (as Brax's PPO does), so it is unbiased and differentiable;
-        without one it is evaluated at u = mean."""
-        u = self.mean if key is None else self.sample(key)
+        without one it is evaluated at u = mean. `key` may also be one typed key per state (an array of
+        the batch shape): each state's estimate then depends on its own key only, however the batch is cut."""
+        if key is None:
+            u = self.mean
+        elif jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape and key.shape == self.mean.shape[:-1]:
+            event = self.mean.shape[-1:]
+            noise = jax.vmap(lambda k: jax.random.normal(k, event, self.mean.dtype))(key.reshape(-1))
+            u = self.mean + self.std() * noise.reshape(self.mean.shape)
+        else:
+            u = self.sample(key)
         return self._gaussian().entropy() + self._log_det_jacobian(u)
 
     def mode(self) -> jax.Array:

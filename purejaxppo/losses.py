@@ -1,6 +1,6 @@
 """The math of PPO as pure functions of arrays: GAE, the (dual-)clipped surrogate, the (clipped) value
-loss, the KL-penalty coefficient rule, and the diagnostics computed from them. Hyperparameters may be
-traced scalars; only `dual_clip=None` and the KL estimator name are static."""
+loss, the KL-penalty coefficient rule, the KL to a reference policy, and the diagnostics computed from
+them. Hyperparameters may be traced scalars; only `dual_clip=None` and the KL estimator names are static."""
 
 from __future__ import annotations
 
@@ -101,6 +101,18 @@ def approx_kl(log_ratio: jax.Array, estimator: str = "k3") -> jax.Array:
         return jnp.mean(jnp.expm1(log_ratio) - log_ratio)
     if estimator == "k1":
         return jnp.mean(-log_ratio)
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
+
+
+def kl_to_reference(log_prob: jax.Array, ref_log_prob: jax.Array, estimator: str = "k3") -> jax.Array:
+    """Per-sample estimates of KL(policy || reference) from actions the policy sampled: their mean is
+    unbiased. "k1": log p - log p_ref. "k3": (q - 1) - log q with q = p_ref / p, never negative and of
+    lower variance. `estimator` is static."""
+    log_q = ref_log_prob - log_prob
+    if estimator == "k3":
+        return jnp.expm1(log_q) - log_q
+    if estimator == "k1":
+        return -log_q
     raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
 
 

@@ -57,18 +57,19 @@ class Torso(nn.Module):
     activation: str
     gain: float
     layer_norm: bool
+    dtype: Any = jnp.float32  # of the computation; params are always float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_sizes:
-            x = nn.Dense(width, kernel_init=orthogonal(self.gain))(x)
-            x = act(nn.LayerNorm()(x) if self.layer_norm else x)
+            x = nn.Dense(width, kernel_init=orthogonal(self.gain), dtype=self.dtype)(x)
+            x = act(nn.LayerNorm(dtype=self.dtype)(x) if self.layer_norm else x)
         return x
 
 
-def _head(size: int, gain: float) -> nn.Dense:
-    return nn.Dense(size, kernel_init=orthogonal(gain))
+def _head(size: int, gain: float, dtype: Any) -> nn.Dense:
+    return nn.Dense(size, kernel_init=orthogonal(gain), dtype=dtype)
 
 
 class ActorCritic(nn.Module):
@@ -87,6 +88,7 @@ class ActorCritic(nn.Module):
     hidden_gain: float = 2.0**0.5
     actor_head_gain: float = 0.01
     critic_head_gain: float = 1.0
+    dtype: Any = jnp.float32  # of the computation (bfloat16 for mixed precision); params are float32
 
     def setup(self) -> None:
         self.actor_torso = self.torso()
@@ -95,11 +97,11 @@ class ActorCritic(nn.Module):
         self.setup_heads()
 
     def torso(self) -> Torso:
-        return Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm)
+        return Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm, self.dtype)
 
     def setup_heads(self) -> None:
-        self.actor_head = _head(self.actor_outputs, self.actor_head_gain)
-        self.critic_head = _head(1, self.critic_head_gain)
+        self.actor_head = _head(self.actor_outputs, self.actor_head_gain, self.dtype)
+        self.critic_head = _head(1, self.critic_head_gain, self.dtype)
         if self.free_log_std:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.free_log_std,))
 
@@ -135,10 +137,11 @@ class Core(nn.Module):
 
     memory: str  # gru or lstm
     size: int
+    dtype: Any = jnp.float32  # of the input projection; the recurrent step runs in the carry's float32
 
     def setup(self) -> None:
         gates = recurrent.CELLS[self.memory][1]
-        self.input_projection = nn.Dense(gates * self.size)
+        self.input_projection = nn.Dense(gates * self.size, dtype=self.dtype)
         self.recurrent_kernel = self.param("recurrent_kernel", _per_gate(orthogonal(1.0), gates),
                                            (self.size, gates * self.size))
         self.recurrent_bias = self.param("recurrent_bias", nn.initializers.zeros, (gates * self.size,))
@@ -168,7 +171,7 @@ class RecurrentActorCritic(ActorCritic):
 
     def setup(self) -> None:
         self.encoders = [self.torso() for _ in range(self.num_cores)]
-        self.cores = [Core(self.memory, self.memory_size) for _ in range(self.num_cores)]
+        self.cores = [Core(self.memory, self.memory_size, self.dtype) for _ in range(self.num_cores)]
         self.setup_heads()
 
     def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> tuple:

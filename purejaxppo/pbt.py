@@ -34,7 +34,7 @@ from purejaxppo.train import Trainer, TrainState, with_env
 
 SCORES = ("episode_return", "eval_return")
 # the learner's state, which a replaced member copies from its parent (the rest belongs to its envs)
-COPIED = ("params", "opt_state", "obs_stats", "return_stats", "kl_beta", "hparams")
+COPIED = ("params", "opt_state", "obs_stats", "return_stats", "kl_beta", "hparams", "ref")
 DIVERGED_IF_NOT_FINITE = ("policy_loss", "value_loss", "grad_norm")
 KEY_SALT = 0x9B7  # folded into the population's seed, so the PBT key differs from the members' keys
 

@@ -80,10 +80,10 @@ class Policy:
     ) -> tuple[Distribution, jax.Array, Carry]:
         """One step: the action distribution and value of `obs` seen after `carry`, and the next carry."""
         head, log_std, value, carry = self.network.apply(params, carry, self.observe(obs_stats, obs))
-        return self.distribution(head, log_std), value, carry
+        return self.distribution(*_float32((head, log_std))), _float32(value), carry
 
     def value(self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()) -> jax.Array:
-        return self.network.apply(params, carry, self.observe(obs_stats, obs), method="value")
+        return _float32(self.network.apply(params, carry, self.observe(obs_stats, obs), method="value"))
 
     def unroll(
         self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), first: Any = ()
@@ -101,7 +101,7 @@ class Policy:
         features = self.network.apply(params, time_major(self.observe(obs_stats, obs)), method="encode")
         step = lambda c, x: self.network.apply(params, c, x, method="step")  # noqa: E731
         _, hidden = recurrent.unroll(step, carry, self.initial_carry(), features, time_major(first))
-        head, log_std, value = self.network.apply(params, jax.tree.map(time_major, hidden), method="heads")
+        head, log_std, value = _float32(self.network.apply(params, jax.tree.map(time_major, hidden), method="heads"))
         return self.distribution(head, log_std), value
 
     def act(
@@ -111,6 +111,12 @@ class Policy:
         dist, _, carry = self.apply(params, obs_stats, obs, carry)
         action = dist.deterministic_action() if key is None else dist.env_action(dist.sample(key))
         return action, carry
+
+
+def _float32(tree: Any) -> Any:
+    """The network's outputs in float32 (bfloat16 under mixed precision): distributions, log probs and
+    values are always computed in float32."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
 
 
 def resolve_distribution(config: PPOConfig, discrete: bool) -> str:
@@ -143,6 +149,7 @@ def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
         hidden_gain=config.hidden_gain,
         actor_head_gain=config.actor_head_gain,
         critic_head_gain=config.critic_head_gain,
+        dtype=jnp.dtype(config.compute_dtype),
     )
     if config.memory == "none":
         network: ActorCritic | RecurrentActorCritic = ActorCritic(**common)

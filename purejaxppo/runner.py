@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo import checkpoint, rundir
+from purejaxppo import acting, checkpoint, rundir
 from purejaxppo import metrics as metrics_lib
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
@@ -211,6 +211,8 @@ def _start(
     config = population.config
     clock = time.perf_counter()
     trainer = make_trainer(config, env)
+    if resume_step is None:  # a resume restores its own state, the started-from policy's included
+        trainer = acting.starting(trainer)
     use_compilation_cache(config)
     program = plan(trainer, population, max_runs_per_call)
     check_fits(program)

@@ -9,6 +9,7 @@ traced values (`HParams`), so one compiled program trains a grid of them under `
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from purejaxppo import diagnostics, envs, losses, optim, recurrent
-from purejaxppo.config import TRACED, PPOConfig, validate
+from purejaxppo.config import TRACED, ConfigError, PPOConfig, validate
 from purejaxppo.envs import Env
 from purejaxppo.hparams import HParams
 from purejaxppo.normalization import RunningStats
@@ -43,6 +44,14 @@ class TrainState:
     key: jax.Array
     update_step: jax.Array
     hparams: HParams
+    ref: Any  # the frozen reference policy's (params, obs_stats) for ref_kl_coef; () when the anchor is off
+
+
+class Start(NamedTuple):
+    """A trained policy a run starts from (init_from): one run's params and observation statistics."""
+
+    params: Any
+    obs_stats: RunningStats
 
 
 # TrainState fields with one entry per env: a run's envs may be split over devices along this axis.
@@ -62,6 +71,7 @@ class Transition(NamedTuple):
     finished_return: jax.Array  # the episode's raw return where it ended this step, else 0
     finished_length: jax.Array
     carry: Carry  # the policy's carry after this step's obs, before any reset: final_obs is seen after it
+    ref_kl: Any = ()  # with the anchor in the reward: each step's estimate of KL(policy || reference)
 
 
 class Batch(NamedTuple):
@@ -77,25 +87,33 @@ class Batch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """The pieces of one compiled PPO program: a validated config, its env and its policy."""
+    """The pieces of one compiled PPO program: a validated config, its env and its policy, and the
+    trained policy a fine-tuning run starts from (`start`, loaded by `acting.starting` only when a run
+    starts: a resume restores its own state)."""
 
     config: PPOConfig
     env: Env
     policy: Policy
+    start: Start | None = None
 
     def init(self, key: jax.Array, hparams: HParams | None = None) -> TrainState:
         hp = HParams.from_config(self.config) if hparams is None else hparams
         key, k_params, k_reset = jax.random.split(key, 3)
-        params = self.policy.init(k_params, self.env.observation_shape)
+        if self.start is None:
+            params, obs_stats = self.policy.init(k_params, self.env.observation_shape), \
+                RunningStats.create(self.env.observation_shape)
+        else:
+            params, obs_stats = jax.tree.map(jnp.asarray, tuple(self.start))
         n = self.config.num_envs
         obs, env_state = jax.vmap(self.env.reset)(jax.random.split(k_reset, n))
         zeros = jnp.zeros(n, jnp.float32)
         return TrainState(
             params=params, opt_state=optim.make_optimizer(self.config, hp).init(params),
-            obs_stats=RunningStats.create(self.env.observation_shape), return_stats=RunningStats.create(()),
+            obs_stats=obs_stats, return_stats=RunningStats.create(()),
             kl_beta=hp.kl_coef, env_state=env_state, obs=obs, carry=self.policy.initial_carry((n,)),
             discounted_return=zeros, episode_return=zeros, episode_length=jnp.zeros(n, jnp.int32),
             key=key, update_step=jnp.zeros((), jnp.int32), hparams=hp,
+            ref=(params, obs_stats) if self.config.ref_kl_coef else (),
         )
 
     def rollout(self, state: TrainState, key: jax.Array) -> tuple[TrainState, Transition]:
@@ -107,16 +125,22 @@ class Trainer:
             k_act, k_env = jax.random.split(step_key)
             dist, value, carry = self.policy.apply(s.params, s.obs_stats, s.obs, s.carry)
             action = dist.sample(k_act)
+            log_prob = dist.log_prob(action)
             out = env_step(jax.random.split(k_env, self.config.num_envs), s.env_state, dist.env_action(action))
             done = out.terminated | out.truncated
             reward = out.reward * hp.reward_scale
+            ref_kl = ()
+            if self.anchored_in("reward"):  # RLHF's form: the anchor is a per-step cost in the reward
+                ref_dist, _, _ = self.policy.apply(*s.ref, s.obs)
+                ref_kl = losses.kl_to_reference(log_prob, ref_dist.log_prob(action), self.ref_kl_estimator)
+                reward = reward - hp.ref_kl_coef * ref_kl
             discounted = s.discounted_return * hp.gamma + reward
             ep_return, ep_length = s.episode_return + out.reward, s.episode_length + 1
             transition = Transition(
-                obs=s.obs, action=action, log_prob=dist.log_prob(action), value=value, reward=reward,
+                obs=s.obs, action=action, log_prob=log_prob, value=value, reward=reward,
                 discounted_return=discounted, terminated=out.terminated, truncated=out.truncated,
                 final_obs=out.final_obs, finished_return=jnp.where(done, ep_return, 0.0),
-                finished_length=jnp.where(done, ep_length, 0), carry=carry,
+                finished_length=jnp.where(done, ep_length, 0), carry=carry, ref_kl=ref_kl,
             )
             s = s.replace(
                 env_state=out.state, obs=out.obs, carry=self.policy.reset(carry, done),
@@ -144,15 +168,34 @@ class Trainer:
             rewards = jnp.clip(rewards, -self.config.reward_clip, self.config.reward_clip)
         return rewards, return_stats
 
+    def learning_advantages(self, minibatch: Batch) -> Batch:
+        """`minibatch` with its advantages as the loss learns from them: normalised over the whole
+        minibatch (normalize_advantages), before any split into micro-batches."""
+        if not self.config.normalize_advantages:
+            return minibatch
+        return minibatch._replace(advantage=losses.normalize(minibatch.advantage))
+
+    def anchored_in(self, mode: str) -> bool:
+        """Whether the KL anchor to the reference policy is on, acting in `mode` (reward or loss)."""
+        return bool(self.config.ref_kl_coef) and self.config.ref_kl_mode == mode
+
+    @property
+    def ref_kl_estimator(self) -> str:
+        estimator = self.config.ref_kl_estimator
+        return {"reward": "k1", "loss": "k3"}[self.config.ref_kl_mode] if estimator == "auto" else estimator
+
     def loss(
         self, params: Any, obs_stats: RunningStats, batch: Batch, hp: HParams, kl_beta: jax.Array,
-        ent_coef: jax.Array, key: jax.Array,
+        ent_coef: jax.Array, keys: jax.Array, ref: Any = (),
     ) -> tuple[jax.Array, Metrics]:
-        """The PPO loss of one minibatch, with the variants the config switches on, and its diagnostics."""
+        """The PPO loss of a (micro-)batch whose advantages are as learned from (`learning_advantages`),
+        with the variants the config switches on, and its diagnostics; `keys`, one per sample, drive the
+        sampled entropy estimates, so a sample's loss does not depend on how its batch is split."""
         config = self.config
         dist, value = self.policy.unroll(params, obs_stats, batch.obs, batch.carry, batch.first)
-        log_ratio = dist.log_prob(batch.action) - batch.log_prob
-        advantage = losses.normalize(batch.advantage) if config.normalize_advantages else batch.advantage
+        log_prob = dist.log_prob(batch.action)
+        log_ratio = log_prob - batch.log_prob
+        advantage = batch.advantage
         dual_clip = hp.dual_clip if config.dual_clip else None
         if config.clip_policy:
             policy_loss = losses.clipped_surrogate(log_ratio, advantage, hp.clip_eps, dual_clip)
@@ -163,12 +206,18 @@ class Trainer:
             value_loss = losses.clipped_value_loss(value, batch.value, batch.target, hp.value_clip_eps)
         else:
             value_loss = losses.value_loss(value, batch.target)
-        entropy = jnp.mean(dist.entropy(key))
+        entropy = jnp.mean(dist.entropy(keys))
         total = policy_loss + hp.vf_coef * value_loss - ent_coef * entropy
         if config.kl_coef:
             total = total + kl_beta * kl
         stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "approx_kl": kl,
                  **diagnostics.minibatch(log_ratio, advantage, hp.clip_eps, dual_clip)}
+        if self.anchored_in("loss"):  # on the rollout's actions, as GRPO's loss term
+            ref_dist, _ = self.policy.unroll(*ref, batch.obs)
+            ref_kl = jnp.mean(losses.kl_to_reference(log_prob, ref_dist.log_prob(batch.action),
+                                                     self.ref_kl_estimator))
+            total = total + hp.ref_kl_coef * ref_kl
+            stats["ref_kl"] = ref_kl
         if not self.policy.action_space.discrete:
             stats["policy_std"] = jnp.mean(dist.std())
         return total, stats
@@ -214,15 +263,36 @@ class Trainer:
         # 3. Epochs of shuffled minibatch steps through clip_by_global_norm + adam. With target_kl, a
         #    minibatch whose KL (before its step) is past 1.5 x target_kl ends the update: it and every
         #    later step are masked out, inside the compiled program.
+        #    With grad_accumulation k, each minibatch's gradient is the mean of its k micro-batches'.
         tx = optim.make_optimizer(config, hp)
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         fraction = state.update_step.astype(jnp.float32) / max(1, config.num_updates - 1)
         ent_coef = optim.entropy_coef(config.ent_schedule, hp.ent_coef, hp.ent_coef_final, fraction)
 
+        def gradients(params: Any, minibatch: Batch, keys: jax.Array) -> tuple[Any, Metrics]:
+            def one(part: tuple[Batch, jax.Array]) -> tuple[Any, Metrics]:
+                (_, stats), grads = grad_fn(params, state.obs_stats, part[0], hp, state.kl_beta, ent_coef, part[1],
+                                            state.ref)
+                return grads, stats
+
+            if config.grad_accumulation == 1:
+                return one((minibatch, keys))
+            parts = jax.tree.map(lambda x: x.reshape((config.grad_accumulation, -1) + x.shape[1:]), (minibatch, keys))
+
+            def accumulate(total: Any, part: tuple[Batch, jax.Array]) -> tuple[Any, Metrics]:
+                grads, stats = one(part)
+                return jax.tree.map(jnp.add, total, grads), stats
+
+            total, stats = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), parts)
+            return jax.tree.map(lambda g: g / config.grad_accumulation, total), diagnostics.combine(stats)
+
         def minibatch_step(carry: tuple, xs: tuple[Batch, jax.Array]) -> tuple[tuple, Metrics]:
             params, opt_state, going = carry
             minibatch, step_key = xs
-            (_, stats), grads = grad_fn(params, state.obs_stats, minibatch, hp, state.kl_beta, ent_coef, step_key)
+            minibatch = self.learning_advantages(minibatch)
+            shape = minibatch.log_prob.shape  # samples, or env sequences x steps
+            keys = jax.random.split(step_key, math.prod(shape)).reshape(shape)
+            grads, stats = gradients(params, minibatch, keys)
             stats["grad_norm"] = optax.global_norm(grads)
             updates, new_opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
@@ -252,6 +322,8 @@ class Trainer:
             metrics["ent_coef"] = ent_coef
         if config.target_kl:
             metrics["minibatch_steps"] = taken.sum()
+        if self.anchored_in("reward"):
+            metrics["ref_kl"] = jnp.mean(traj.ref_kl)
         kl_beta = state.kl_beta
         if config.kl_coef:
             dist, _ = self.policy.unroll(params, state.obs_stats, batch.obs, batch.carry, batch.first)
@@ -289,7 +361,11 @@ def abstract_states(trainer: Trainer, num_runs: int) -> TrainState:
 
 def make_train(config: PPOConfig, env: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
     """A pure `train(key, hparams=None) -> (final state, metrics stacked over updates)`, on the config's
-    env or on `env`, an env object (see `make_trainer`)."""
+    env or on `env`, an env object (see `make_trainer`). It starts from a fresh init: a run with
+    `init_from` goes through `runner.train` (or `acting.starting`), which loads the trained policy."""
+    if config.init_from:
+        raise ConfigError("init_from: make_train builds a fresh init; fine-tune through runner.train, which loads "
+                          "the trained policy it starts from")
     trainer = make_trainer(config, env)
 
     def train(key: jax.Array, hparams: HParams | None = None) -> tuple[TrainState, Metrics]:

@@ -1,6 +1,7 @@
 """Checkpoints with orbax: refused saves, mismatched and corrupt checkpoints, one clear message each."""
 
 import shutil
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from purejaxppo import acting, checkpoint
+from purejaxppo import acting, checkpoint, runner
 from purejaxppo.checkpoint import CheckpointError
 from purejaxppo.train import abstract_states, make_trainer
 
@@ -118,12 +119,32 @@ def test_a_checkpoint_of_the_earlier_format_is_refused_with_the_reason(straight,
         acting.load_policy(old)
 
 
-def test_zero_size_arrays_are_left_out_of_a_checkpoint_and_put_back():
+def test_zero_size_arrays_are_left_out_of_a_checkpoint_and_put_back(tmp_path):
     # an MJX env state holds some (e.g. `act` of a model without actuator state); orbax cannot store them
     tree = {"a": jnp.ones(3), "act": jnp.zeros((4, 0)), "b": {"c": jnp.zeros((0,), jnp.int32), "d": jnp.int32(2)}}
-    stripped = checkpoint.without_empty(tree)
-    assert [x.shape for x in jax.tree.leaves(stripped)] == [(3,), ()]
-    back = checkpoint.with_empty(jax.tree.map(np.asarray, stripped), jax.eval_shape(lambda: tree))
+    assert [x.shape for x in jax.tree.leaves(checkpoint.without_empty(tree))] == [(3,), ()]
+    saver = checkpoint.Checkpointer(tmp_path, keep=1)
+    try:
+        saver.save(1, tree, {"config": TINY.to_dict(), "stacked_runs": 1})
+        saver.wait()
+    finally:
+        saver.close()
+    _, back, _ = checkpoint.restore(tmp_path, jax.eval_shape(lambda: tree))
     assert jax.tree.structure(back) == jax.tree.structure(tree)
     for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
         assert x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
+
+
+# written by commit b1e2f92, before the training state had a reference policy and ref_kl_coef: TINY stopped
+# at update 6 (runner.train(TINY, dir, until_update=4), compilation cache off), its .lock left out
+BEFORE_FINE_TUNING = Path(__file__).parent / "data" / "checkpoint_b1e2f92"
+
+
+def test_a_checkpoint_written_before_the_anchor_restores_and_resumes(tmp_path):
+    run_dir = tmp_path / "old"
+    shutil.copytree(BEFORE_FINE_TUNING, run_dir)
+    resumed = runner.train(TINY, run_dir, resume=True)
+    assert resumed.first_update == 6 and int(resumed.state.update_step[0]) == TINY.num_updates
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(resumed.state.params))
+    assert float(resumed.state.hparams.ref_kl_coef[0]) == 0.0 and resumed.state.ref == ()  # as it was: off
+    assert acting.evaluate_run(run_dir, episodes=2)[1] == TINY.num_updates

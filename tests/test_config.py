@@ -145,7 +145,7 @@ def test_traced_keys_are_declared_once_and_derived_everywhere():
     declared = [name for name, f in config_lib.FIELDS.items() if f.metadata.get("traced")]
     assert list(config_lib.TRACED) == declared
     assert list(HParams.__dataclass_fields__) == declared  # HParams is made from the declaration
-    assert set(config_lib.SWITCHES) == {"dual_clip", "kl_coef", "target_kl"} <= set(declared)
+    assert set(config_lib.SWITCHES) == {"dual_clip", "kl_coef", "target_kl", "ref_kl_coef"} <= set(declared)
     assert "total_timesteps" in config_lib.RUN_CONTROL_KEYS and "lr" not in config_lib.RUN_CONTROL_KEYS
     table = config_lib.reference_markdown()
     for name in config_lib.FIELDS:

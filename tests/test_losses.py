@@ -164,6 +164,44 @@ def test_approx_kl_k1_and_k3():
     np.testing.assert_allclose(jitted(log_ratio, estimator="k1"), k1, rtol=1e-5)
 
 
+def test_kl_to_reference_is_zero_for_the_reference_itself():
+    log_p = jnp.log(jnp.array([0.1, 0.5, 0.9]))
+    for estimator in ("k1", "k3"):
+        np.testing.assert_array_equal(losses.kl_to_reference(log_p, log_p, estimator), 0.0)
+    # hand-computed: p = 0.5, p_ref = 0.25 -> k1 = log 2, k3 = (0.5 - 1) - log 0.5
+    np.testing.assert_allclose(losses.kl_to_reference(jnp.log(0.5), jnp.log(0.25), "k1"), math.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(losses.kl_to_reference(jnp.log(0.5), jnp.log(0.25), "k3"), -0.5 + math.log(2.0),
+                               rtol=1e-6)
+
+
+def _kl_estimates_over_samples(dist, ref, n):
+    samples = jax.vmap(dist.sample)(jax.random.split(jax.random.key(0), n))
+    log_p, log_ref = dist.log_prob(samples), ref.log_prob(samples)
+    return {e: np.asarray(losses.kl_to_reference(log_p, log_ref, e), np.float64) for e in ("k1", "k3")}
+
+
+def test_kl_to_reference_averages_to_the_closed_form_for_two_gaussians():
+    mean, log_std = jnp.array([0.3, -1.0]), jnp.log(jnp.array([0.8, 1.5]))
+    ref_mean, ref_log_std = jnp.array([0.0, -0.4]), jnp.log(jnp.array([1.0, 1.2]))
+    s, r = np.exp(np.asarray(log_std)), np.exp(np.asarray(ref_log_std))
+    closed = np.sum(np.log(r / s) + (s**2 + (np.asarray(mean) - np.asarray(ref_mean)) ** 2) / (2 * r**2) - 0.5)
+    estimates = _kl_estimates_over_samples(DiagGaussian(mean, log_std), DiagGaussian(ref_mean, ref_log_std), 400_000)
+    assert closed > 0 and (estimates["k3"] >= 0).all() and (estimates["k1"] < 0).any()  # k1's samples go negative
+    for estimator, values in estimates.items():
+        assert abs(values.mean() - closed) < 5 * values.std() / math.sqrt(values.size), (estimator, values.mean())
+
+
+def test_kl_to_reference_averages_to_the_closed_form_for_two_categoricals():
+    p, ref = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.5, 0.3])
+    closed = float(np.sum(p * np.log(p / ref)))
+    batch = lambda probs: Categorical(jnp.broadcast_to(jnp.log(probs), (400_000, 3)))  # noqa: E731
+    samples = batch(p).sample(jax.random.key(0))
+    log_p, log_ref = batch(p).log_prob(samples), batch(ref).log_prob(samples)
+    estimates = {e: np.asarray(losses.kl_to_reference(log_p, log_ref, e), np.float64) for e in ("k1", "k3")}
+    for estimator, values in estimates.items():
+        assert abs(values.mean() - closed) < 5 * values.std() / math.sqrt(values.size), (estimator, values.mean())
+
+
 @pytest.mark.parametrize("kl,expected_beta", [
     (0.02, 2.0),    # > 1.5 * 0.01: double
     (0.005, 0.5),   # < 0.01 / 1.5: halve

@@ -113,8 +113,8 @@ def reference(config, params, stats, batch, kl_beta=0.5, ent_coef=0.01):
 
 def computed(config, params, stats, batch, kl_beta=0.5, ent_coef=0.01):
     trainer = make_trainer(config)
-    total, out = trainer.loss(params, stats, batch, HParams.from_config(config), jnp.float32(kl_beta),
-                              jnp.float32(ent_coef), jax.random.key(0))
+    total, out = trainer.loss(params, stats, trainer.learning_advantages(batch), HParams.from_config(config),
+                              jnp.float32(kl_beta), jnp.float32(ent_coef), jax.random.key(0))
     return {"total": total, **out}
 
 

@@ -32,6 +32,9 @@ class ActionSpace:
         """The number of logits (discrete) or of action components (continuous)."""
         return self.n if self.discrete else int(np.prod(self.shape))
 
+    def describe(self) -> str:
+        return f"{self.n} discrete actions" if self.discrete else f"a Box of shape {self.shape}"
+
     @classmethod
     def discrete_actions(cls, n: int) -> ActionSpace:
         return cls(discrete=True, n=int(n))
