@@ -360,10 +360,11 @@ def _named(tree: Any) -> dict[str, Any]:
     return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> None:
+def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> Any:
     """Compare the stored arrays' names and shapes with the target's before reading any data, so a
-    mismatch is one message rather than a storm of failed reads."""
-    shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(_stored_arrays(run_dir, step))}
+    mismatch is one message rather than a storm of failed reads. Returns the stored arrays' metadata."""
+    stored = _stored_arrays(run_dir, step)
+    shapes = {m.name: tuple(m.shape) for m in jax.tree.leaves(stored)}
     wanted = {name: leaf for name, leaf in _named(abstract_state).items() if not _empty(leaf)}
     for name, leaf in wanted.items():
         shape = tuple(leaf.shape)
@@ -382,6 +383,7 @@ def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> None:
     if extra:
         raise CheckpointError(f"checkpoint {step} in {run_dir} does not match the config: it has array {extra[0]}, "
                               f"which this config's training state does not")
+    return stored
 
 
 def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
@@ -392,7 +394,7 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
     later version added (`ADDED_LATER`)."""
     run_dir = Path(run_dir)
     step, meta = read_meta(run_dir, step)
-    check_arrays(run_dir, step, abstract_state)
+    stored = check_arrays(run_dir, step, abstract_state)
     # A leaf without a sharding comes back on this process's first device, whatever devices wrote it.
     # Without one, orbax refuses a checkpoint written on another device count.
     here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -400,7 +402,7 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
         abstract_state,
     )
-    wanted, stored = _named(abstract_state), _stored_arrays(run_dir, step)
+    wanted = _named(abstract_state)
     target = jax.tree.map(lambda m: wanted[m.name], stored)
     reader = None
     try:  # the step's own folder only: a manager would read every step's, which a live run may be deleting

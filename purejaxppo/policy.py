@@ -44,6 +44,11 @@ class Policy:
     def recurrent(self) -> bool:
         return isinstance(self.network, RecurrentActorCritic)
 
+    @property
+    def entropy_is_sampled(self) -> bool:
+        """Whether the distribution's entropy is a sampled estimate, drawn with a key (see TanhGaussian)."""
+        return self.kind == "tanh_gaussian"
+
     def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> Any:
         return self.network.init(key, self.initial_carry(), jnp.zeros(obs_shape, jnp.float32))
 

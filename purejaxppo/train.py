@@ -100,8 +100,8 @@ class Trainer:
         hp = HParams.from_config(self.config) if hparams is None else hparams
         key, k_params, k_reset = jax.random.split(key, 3)
         if self.start is None:
-            params, obs_stats = self.policy.init(k_params, self.env.observation_shape), \
-                RunningStats.create(self.env.observation_shape)
+            params = self.policy.init(k_params, self.env.observation_shape)
+            obs_stats = RunningStats.create(self.env.observation_shape)
         else:
             params, obs_stats = jax.tree.map(jnp.asarray, tuple(self.start))
         n = self.config.num_envs
@@ -186,11 +186,12 @@ class Trainer:
 
     def loss(
         self, params: Any, obs_stats: RunningStats, batch: Batch, hp: HParams, kl_beta: jax.Array,
-        ent_coef: jax.Array, keys: jax.Array, ref: Any = (),
+        ent_coef: jax.Array, keys: jax.Array | None, ref: Any = (),
     ) -> tuple[jax.Array, Metrics]:
         """The PPO loss of a (micro-)batch whose advantages are as learned from (`learning_advantages`),
-        with the variants the config switches on, and its diagnostics; `keys`, one per sample, drive the
-        sampled entropy estimates, so a sample's loss does not depend on how its batch is split."""
+        with the variants the config switches on, and its diagnostics; `keys`, one per sample, drive a
+        sampled entropy estimate (None for an exact entropy), so a sample's loss does not depend on how
+        its batch is split."""
         config = self.config
         dist, value = self.policy.unroll(params, obs_stats, batch.obs, batch.carry, batch.first)
         log_prob = dist.log_prob(batch.action)
@@ -269,8 +270,8 @@ class Trainer:
         fraction = state.update_step.astype(jnp.float32) / max(1, config.num_updates - 1)
         ent_coef = optim.entropy_coef(config.ent_schedule, hp.ent_coef, hp.ent_coef_final, fraction)
 
-        def gradients(params: Any, minibatch: Batch, keys: jax.Array) -> tuple[Any, Metrics]:
-            def one(part: tuple[Batch, jax.Array]) -> tuple[Any, Metrics]:
+        def gradients(params: Any, minibatch: Batch, keys: jax.Array | None) -> tuple[Any, Metrics]:
+            def one(part: tuple[Batch, jax.Array | None]) -> tuple[Any, Metrics]:
                 (_, stats), grads = grad_fn(params, state.obs_stats, part[0], hp, state.kl_beta, ent_coef, part[1],
                                             state.ref)
                 return grads, stats
@@ -279,7 +280,7 @@ class Trainer:
                 return one((minibatch, keys))
             parts = jax.tree.map(lambda x: x.reshape((config.grad_accumulation, -1) + x.shape[1:]), (minibatch, keys))
 
-            def accumulate(total: Any, part: tuple[Batch, jax.Array]) -> tuple[Any, Metrics]:
+            def accumulate(total: Any, part: tuple[Batch, jax.Array | None]) -> tuple[Any, Metrics]:
                 grads, stats = one(part)
                 return jax.tree.map(jnp.add, total, grads), stats
 
@@ -290,8 +291,10 @@ class Trainer:
             params, opt_state, going = carry
             minibatch, step_key = xs
             minibatch = self.learning_advantages(minibatch)
-            shape = minibatch.log_prob.shape  # samples, or env sequences x steps
-            keys = jax.random.split(step_key, math.prod(shape)).reshape(shape)
+            keys = None  # an exact entropy needs none
+            if self.policy.entropy_is_sampled:
+                shape = minibatch.log_prob.shape  # samples, or env sequences x steps
+                keys = jax.random.split(step_key, math.prod(shape)).reshape(shape)
             grads, stats = gradients(params, minibatch, keys)
             stats["grad_norm"] = optax.global_norm(grads)
             updates, new_opt_state = tx.update(grads, opt_state, params)
