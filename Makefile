@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 
 # the tests also cover the optional env families, so they install their extras
 $(BIN)/.installed-extras: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[dev,playground]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -16,7 +16,7 @@ import numpy as np
 from purejaxppo import checkpoint, exploit
 from purejaxppo import metrics as metrics_lib
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.envs import Env, HiddenObs
+from purejaxppo.envs import Env, HiddenObs, action_masks
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.normalization import RunningStats
 from purejaxppo.policy import Carry, Policy
@@ -24,8 +24,8 @@ from purejaxppo.train import Start, Trainer, abstract_states, make_trainer
 
 MAX_EVAL_STEPS = 100_000  # a bound for envs without a time limit; every shipped env ends far sooner
 # the keys that make a network and what it sees: a fine-tuning run's must be its source's
-NETWORK_KEYS = ("hidden_sizes", "activation", "shared_torso", "layer_norm", "memory", "memory_size",
-                "state_dependent_std", "normalize_obs", "obs_clip", "obs_mask")
+NETWORK_KEYS = ("hidden_sizes", "activation", "torso", "cnn_channels", "cnn_kernels", "cnn_strides", "shared_torso",
+                "layer_norm", "memory", "memory_size", "state_dependent_std", "normalize_obs", "obs_clip", "obs_mask")
 MAX_TRIES = 5  # reads of a live run's newest checkpoint, which it may delete in the moment before the pin
 
 
@@ -54,7 +54,8 @@ def evaluate(
     def step(carry: tuple) -> tuple:
         t, key, env_state, obs, policy_carry, done, returns, lengths = carry
         key, k_env = jax.random.split(key)
-        action, policy_carry = policy.act(params, obs_stats, obs, carry=policy_carry)
+        mask = action_masks(env, env_state)
+        action, policy_carry = policy.act(params, obs_stats, obs, carry=policy_carry, mask=mask)
         out = jax.vmap(env.step)(jax.random.split(k_env, num_episodes), env_state, action)
         live = ~done
         returns = returns + jnp.where(live, out.reward, 0.0)
@@ -155,7 +156,8 @@ class LoadedPolicy:
     """A trained policy as jitted functions that apply its run's saved observation statistics exactly
     as training did. Without a key an action is deterministic (the distribution's mode); with a key it
     is sampled. `obs` may be one observation or a batch of them, as the env gives it: with `obs_mask`,
-    the hidden components are dropped here, as the training env dropped them.
+    the hidden components are dropped here, as the training env dropped them. For an env that masks its
+    actions, pass `mask=env.action_mask(state)` (batched like `obs`) so the action is a legal one.
 
     A feedforward policy is called directly: `action = policy(obs)`. Any policy, recurrent or not,
     steps with its carry:
@@ -169,21 +171,24 @@ class LoadedPolicy:
         self.policy = policy
         hide = env.hide if isinstance(env, HiddenObs) else (lambda obs: obs)
         as_obs = lambda obs: hide(jnp.asarray(obs, jnp.float32))  # noqa: E731
-        self._step = jax.jit(lambda obs, carry, key: policy.act(params, obs_stats, as_obs(obs), key, carry))
+        as_mask = lambda mask: None if mask is None else jnp.asarray(mask, bool)  # noqa: E731
+        self._step = jax.jit(lambda obs, carry, key, mask: policy.act(params, obs_stats, as_obs(obs), key, carry,
+                                                                       as_mask(mask)))
         self._reset = jax.jit(policy.reset)
 
     @property
     def recurrent(self) -> bool:
         return self.policy.recurrent
 
-    def __call__(self, obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, obs: jax.Array, key: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
         if self.recurrent:
             raise TypeError("a recurrent policy acts with its carry: action, carry = policy.step(obs, carry, key)")
-        return self._step(obs, (), key)[0]
+        return self._step(obs, (), key, mask)[0]
 
-    def step(self, obs: jax.Array, carry: Carry, key: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+    def step(self, obs: jax.Array, carry: Carry, key: jax.Array | None = None,
+             mask: jax.Array | None = None) -> tuple[jax.Array, Carry]:
         """The action for `obs` seen after `carry`, and the carry to pass with the next observation."""
-        return self._step(obs, carry, key)
+        return self._step(obs, carry, key, mask)
 
     def initial_carry(self, num_envs: int | None = None) -> Carry:
         """The carry at the start of an episode: for `num_envs` envs, or for one unbatched observation."""

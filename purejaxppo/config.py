@@ -46,6 +46,7 @@ def _control(text: str, **checks: Any) -> dict[str, Any]:
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
 MEMORIES = ("none", "gru", "lstm")
+TORSOS = ("mlp", "cnn")
 DISTRIBUTIONS = ("auto", "categorical", "gaussian", "tanh_gaussian", "beta")
 MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits; a larger seed would alias a smaller one
 MAX_COUNT = 2**31 - 1  # the compiled program counts env steps and optimizer steps in int32
@@ -193,10 +194,34 @@ class PPOConfig:
                       "and statistics stay float32. bfloat16 pays on a GPU with large networks or batches.",
                       "Micikevicius et al. 2018 (mixed precision)", choices=("float32", "bfloat16")),
     )
+    resets_per_step: int = field(
+        default=0,
+        metadata=_doc("0: every env that ends an episode starts its own fresh one (exact). R > 0: R fresh "
+                      "starts are drawn per rollout step for all the envs, and the envs that end take them in "
+                      "turn; more than R ending in one step share starts. For envs whose reset costs far more "
+                      "than a step (Craftax's world generation); needs an env with step_without_reset.",
+                      "Matthews et al. 2024 (Craftax's optimistic resets)", min=0),
+    )
     hidden_sizes: tuple[int, ...] = field(
         default=(64, 64), metadata=_doc("Hidden layer widths of the actor and of the critic MLP.", min_each=1)
     )
     activation: str = field(default="tanh", metadata=_doc("Hidden activation.", choices=ACTIVATIONS))
+    torso: str = field(
+        default="mlp",
+        metadata=_doc("mlp: the hidden_sizes Dense layers on the flat observation. cnn: unpadded convolutions "
+                      "(cnn_channels, cnn_kernels, cnn_strides) over an image observation first, for an env that "
+                      "declares its image (MinAtar, Craftax Pixels, XLand-MiniGrid); the default is MinAtar's "
+                      "one 3 x 3 layer of 16 channels.", "Young & Tian 2019 (MinAtar)", choices=TORSOS),
+    )
+    cnn_channels: tuple[int, ...] = field(
+        default=(16,), metadata=_doc("Output channels of each convolution of the cnn torso.", min_each=1)
+    )
+    cnn_kernels: tuple[int, ...] = field(
+        default=(3,), metadata=_doc("Square kernel size of each convolution of the cnn torso.", min_each=1)
+    )
+    cnn_strides: tuple[int, ...] = field(
+        default=(1,), metadata=_doc("Stride of each convolution of the cnn torso.", min_each=1)
+    )
     shared_torso: bool = field(
         default=False, metadata=_doc("One hidden torso for actor and critic heads, instead of two MLPs.")
     )
@@ -315,10 +340,7 @@ class PPOConfig:
         return size
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["hidden_sizes"] = list(self.hidden_sizes)
-        out["obs_mask"] = list(self.obs_mask)
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes: Any) -> PPOConfig:
         return from_dict({**self.to_dict(), **changes})
@@ -526,6 +548,13 @@ def validate(config: PPOConfig) -> PPOConfig:
         what = "env sequences" if config.memory != "none" else "samples"
         raise ConfigError(f"grad_accumulation: {config.grad_accumulation} does not divide a minibatch's {samples} "
                           f"{what}")
+    if config.resets_per_step > config.num_envs:
+        raise ConfigError(f"resets_per_step: {config.resets_per_step} is more than num_envs = {config.num_envs}, "
+                          f"the most envs that can end in one step")
+    if not len(config.cnn_channels) == len(config.cnn_kernels) == len(config.cnn_strides):
+        raise ConfigError(f"cnn_channels: cnn_channels, cnn_kernels and cnn_strides give one entry per convolution, "
+                          f"but have {len(config.cnn_channels)}, {len(config.cnn_kernels)} and "
+                          f"{len(config.cnn_strides)}")
     if config.ent_schedule != "constant" and config.ent_coef_final > config.ent_coef:
         raise ConfigError(f"ent_coef_final: {config.ent_coef_final} is above ent_coef {config.ent_coef}")
     if config.state_dependent_std and config.distribution in ("categorical", "beta"):

@@ -11,6 +11,7 @@ of the mode, and the continuous ones give their per-component `std`.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import flax.struct
@@ -24,27 +25,88 @@ _LOG_2 = math.log(2.0)
 _BETA_EPS = 1e-6
 
 
+def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`logits` with the actions `mask` marks illegal (False) at the dtype's lowest finite value, so they
+    get probability exactly 0 without the infinities that make `0 * log 0` NaN. Where every action is
+    masked, every logit is that value and the distribution is uniform, never NaN."""
+    return logits if mask is None else jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+
+
 @flax.struct.dataclass
 class Categorical:
+    """A Categorical over the last axis of `logits`. With a `mask` (bool, the logits' shape; True where
+    an action is legal), illegal actions have probability 0: they are never sampled and count in no
+    entropy or KL, and a state with one legal action has entropy 0."""
+
     logits: jax.Array
+    mask: jax.Array | None = None
 
     def _log_probs(self) -> jax.Array:
-        return jax.nn.log_softmax(self.logits, axis=-1)
+        return jax.nn.log_softmax(masked_logits(self.logits, self.mask), axis=-1)
+
+    def _over_legal(self, terms: jax.Array) -> jax.Array:
+        """The sum of per-action `terms` over the legal actions."""
+        return jnp.sum(terms if self.mask is None else jnp.where(self.mask, terms, 0.0), axis=-1)
 
     def sample(self, key: jax.Array) -> jax.Array:
-        return jax.random.categorical(key, self.logits, axis=-1)
+        return jax.random.categorical(key, masked_logits(self.logits, self.mask), axis=-1)
 
     def log_prob(self, action: jax.Array) -> jax.Array:
         idx = jnp.expand_dims(action.astype(jnp.int32), -1)
         return jnp.take_along_axis(self._log_probs(), idx, axis=-1)[..., 0]
 
     def entropy(self, key: jax.Array | None = None) -> jax.Array:
-        """Exact entropy; `key` is ignored."""
+        """Exact entropy over the legal actions; `key` is ignored."""
         logp = self._log_probs()
-        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        return -self._over_legal(jnp.exp(logp) * logp)
+
+    def kl(self, other: Categorical) -> jax.Array:
+        """KL(self || other), over the actions legal under `self`'s mask."""
+        logp = self._log_probs()
+        return self._over_legal(jnp.exp(logp) * (logp - other._log_probs()))
 
     def mode(self) -> jax.Array:
-        return jnp.argmax(self.logits, axis=-1)
+        return jnp.argmax(masked_logits(self.logits, self.mask), axis=-1)
+
+    def env_action(self, sample: jax.Array) -> jax.Array:
+        return sample
+
+    def deterministic_action(self) -> jax.Array:
+        return self.mode()
+
+
+@flax.struct.dataclass
+class MultiCategorical:
+    """Independent Categoricals, one per component of a MultiDiscrete action: `logits` (and the optional
+    `mask`) hold each component's `nvec[i]` entries one after the other on the last axis, and an action
+    is the int vector of the components' choices. Log probs, entropies and KLs are the components' sums."""
+
+    logits: jax.Array
+    nvec: tuple[int, ...] = flax.struct.field(pytree_node=False)
+    mask: jax.Array | None = None
+
+    def components(self) -> list[Categorical]:
+        cuts = list(itertools.accumulate(self.nvec))[:-1]
+        logits = jnp.split(self.logits, cuts, axis=-1)
+        masks = [None] * len(self.nvec) if self.mask is None else jnp.split(self.mask, cuts, axis=-1)
+        return [Categorical(lg, m) for lg, m in zip(logits, masks)]
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        keys = jax.random.split(key, len(self.nvec))
+        return jnp.stack([c.sample(k) for c, k in zip(self.components(), keys)], axis=-1)
+
+    def log_prob(self, action: jax.Array) -> jax.Array:
+        return sum(c.log_prob(action[..., i]) for i, c in enumerate(self.components()))
+
+    def entropy(self, key: jax.Array | None = None) -> jax.Array:
+        """Exact entropy, the components' sum; `key` is ignored."""
+        return sum(c.entropy() for c in self.components())
+
+    def kl(self, other: MultiCategorical) -> jax.Array:
+        return sum(c.kl(o) for c, o in zip(self.components(), other.components()))
+
+    def mode(self) -> jax.Array:
+        return jnp.stack([c.mode() for c in self.components()], axis=-1)
 
     def env_action(self, sample: jax.Array) -> jax.Array:
         return sample
@@ -226,4 +288,4 @@ class Beta:
         return jnp.sqrt(self.alpha * self.beta / (total**2 * (total + 1.0))) * (self.high - self.low)
 
 
-Distribution = Categorical | DiagGaussian | TanhGaussian | Beta
+Distribution = Categorical | MultiCategorical | DiagGaussian | TanhGaussian | Beta

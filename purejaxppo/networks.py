@@ -1,5 +1,5 @@
-"""The actor-critic networks: MLP torsos with orthogonal init, an optional recurrent core, and the
-actor and critic heads.
+"""The actor-critic networks: MLP torsos (behind convolutions, for image observations) with orthogonal
+init, an optional recurrent core, and the actor and critic heads.
 
 Both networks take `(carry, obs)` and return `(actor head, free log std or None, value, carry)`; the
 feedforward one's carry is the empty tuple. They know nothing of configs, envs or distributions;
@@ -50,18 +50,49 @@ def orthogonal(scale: float) -> nn.initializers.Initializer:
     return init
 
 
+def conv_output_shape(image_shape: Sequence[int], convs: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The (H, W, C) a stack of unpadded convolutions `(channels, kernel, stride)` makes of an image; a side
+    below 1 means the image is too small for them."""
+    height, width, channels = image_shape
+    for out, kernel, stride in convs:
+        height, width, channels = (height - kernel) // stride + 1, (width - kernel) // stride + 1, out
+    return height, width, channels
+
+
+def patches(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+    """Each unpadded `kernel` x `kernel` window of the images `x` [..., H, W, C] (every `stride`-th), its
+    pixels' channels in row-major order on the last axis: [..., H', W', kernel * kernel * C]. A Dense layer
+    on them is the convolution, with its kernel [kernel, kernel, C, out] raveled. As a convolution op, one
+    training update of configs/breakout_minatar_cnn.yaml took 10x as long on the CPU (6.6 s against 0.67 s)."""
+    height, width = (x.shape[-3] - kernel) // stride + 1, (x.shape[-2] - kernel) // stride + 1
+    windows = [x[..., i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
+               for i in range(kernel) for j in range(kernel)]
+    return jnp.concatenate(windows, axis=-1)
+
+
 class Torso(nn.Module):
-    """Hidden Dense layers with orthogonal init, optional layer norm, and the activation."""
+    """Hidden Dense layers with orthogonal init, optional layer norm, and the activation; with `convs`,
+    unpadded convolutions `(channels, kernel, stride)` first, over the flat observation reshaped to its
+    `image_shape` (H, W, C), then flattened for the Dense layers."""
 
     hidden_sizes: Sequence[int]
     activation: str
     gain: float
     layer_norm: bool
     dtype: Any = jnp.float32  # of the computation; params are always float32
+    convs: Sequence[tuple[int, int, int]] = ()
+    image_shape: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
+        if self.convs:
+            batch = x.shape[:-1]
+            x = x.reshape(batch + tuple(self.image_shape))
+            for channels, kernel, stride in self.convs:
+                x = act(nn.Dense(channels, kernel_init=orthogonal(self.gain), dtype=self.dtype)(
+                    patches(x, kernel, stride)))
+            x = x.reshape(batch + (-1,))
         for width in self.hidden_sizes:
             x = nn.Dense(width, kernel_init=orthogonal(self.gain), dtype=self.dtype)(x)
             x = act(nn.LayerNorm(dtype=self.dtype)(x) if self.layer_norm else x)
@@ -89,6 +120,8 @@ class ActorCritic(nn.Module):
     actor_head_gain: float = 0.01
     critic_head_gain: float = 1.0
     dtype: Any = jnp.float32  # of the computation (bfloat16 for mixed precision); params are float32
+    convs: Sequence[tuple[int, int, int]] = ()  # a CNN torso's (channels, kernel, stride) per layer
+    image_shape: Sequence[int] | None = None  # the (H, W, C) the flat observation is, for the convolutions
 
     def setup(self) -> None:
         self.actor_torso = self.torso()
@@ -97,7 +130,8 @@ class ActorCritic(nn.Module):
         self.setup_heads()
 
     def torso(self) -> Torso:
-        return Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm, self.dtype)
+        return Torso(self.hidden_sizes, self.activation, self.hidden_gain, self.layer_norm, self.dtype, self.convs,
+                     self.image_shape)
 
     def setup_heads(self) -> None:
         self.actor_head = _head(self.actor_outputs, self.actor_head_gain, self.dtype)

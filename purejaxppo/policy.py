@@ -20,9 +20,9 @@ import jax.numpy as jnp
 
 from purejaxppo import recurrent
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, TanhGaussian
+from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, MultiCategorical, TanhGaussian
 from purejaxppo.envs import ActionSpace
-from purejaxppo.networks import ActorCritic, RecurrentActorCritic
+from purejaxppo.networks import ActorCritic, RecurrentActorCritic, conv_output_shape
 from purejaxppo.normalization import RunningStats
 
 MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
@@ -66,9 +66,13 @@ class Policy:
             obs = obs_stats.normalize(obs)
         return jnp.clip(obs, -self.obs_clip, self.obs_clip) if self.obs_clip else obs
 
-    def distribution(self, head: jax.Array, log_std: jax.Array | None) -> Distribution:
+    def distribution(self, head: jax.Array, log_std: jax.Array | None, mask: jax.Array | None = None) -> Distribution:
+        """The action distribution of the network's outputs; `mask` marks the legal actions of a masked
+        discrete space (see `envs.Env.action_mask`)."""
         if self.kind == "categorical":
-            return Categorical(head)
+            if self.action_space.nvec:
+                return MultiCategorical(head, self.action_space.nvec, mask)
+            return Categorical(head, mask)
         low, high = self.action_space.low, self.action_space.high
         if self.kind == "beta":
             x_alpha, x_beta = jnp.split(head, 2, axis=-1)
@@ -81,17 +85,19 @@ class Policy:
         return DiagGaussian(head, log_std, low, high)
 
     def apply(
-        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), mask: jax.Array | None = None
     ) -> tuple[Distribution, jax.Array, Carry]:
-        """One step: the action distribution and value of `obs` seen after `carry`, and the next carry."""
+        """One step: the action distribution (over the legal actions `mask` gives, if any) and value of
+        `obs` seen after `carry`, and the next carry."""
         head, log_std, value, carry = self.network.apply(params, carry, self.observe(obs_stats, obs))
-        return self.distribution(*_float32((head, log_std))), _float32(value), carry
+        return self.distribution(*_float32((head, log_std)), mask), _float32(value), carry
 
     def value(self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()) -> jax.Array:
         return _float32(self.network.apply(params, carry, self.observe(obs_stats, obs), method="value"))
 
     def unroll(
-        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), first: Any = ()
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), first: Any = (),
+        mask: jax.Array | None = None,
     ) -> tuple[Distribution, jax.Array]:
         """The distributions and values of a batch of observations, as `apply` gives them step by step.
 
@@ -100,20 +106,22 @@ class Policy:
         policy reads any batch shape and ignores both.
         """
         if not self.recurrent:
-            dist, value, _ = self.apply(params, obs_stats, obs)
+            dist, value, _ = self.apply(params, obs_stats, obs, mask=mask)
             return dist, value
         time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         features = self.network.apply(params, time_major(self.observe(obs_stats, obs)), method="encode")
         step = lambda c, x: self.network.apply(params, c, x, method="step")  # noqa: E731
         _, hidden = recurrent.unroll(step, carry, self.initial_carry(), features, time_major(first))
         head, log_std, value = _float32(self.network.apply(params, jax.tree.map(time_major, hidden), method="heads"))
-        return self.distribution(head, log_std), value
+        return self.distribution(head, log_std, mask), value
 
     def act(
-        self, params: Any, obs_stats: RunningStats, obs: jax.Array, key: jax.Array | None = None, carry: Carry = ()
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, key: jax.Array | None = None, carry: Carry = (),
+        mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Carry]:
-        """The env action: the distribution's deterministic action without a key, a sample with one."""
-        dist, _, carry = self.apply(params, obs_stats, obs, carry)
+        """The env action (a legal one, given the `mask`): the distribution's deterministic action without a
+        key, a sample with one."""
+        dist, _, carry = self.apply(params, obs_stats, obs, carry, mask)
         action = dist.deterministic_action() if key is None else dist.env_action(dist.sample(key))
         return action, carry
 
@@ -137,8 +145,26 @@ def resolve_distribution(config: PPOConfig, discrete: bool) -> str:
     return kind
 
 
-def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
-    """The policy `config` describes for an env with `action_space`; raises ConfigError when they do not fit."""
+def cnn_torso(config: PPOConfig, image_shape: tuple[int, int, int] | None) -> dict[str, Any]:
+    """The network's convolutions and the image they read, for `torso: cnn`; checked to fit the image."""
+    if config.torso != "cnn":
+        return {}
+    if image_shape is None:
+        raise ConfigError(f"torso: cnn needs an image observation, and {config.env}'s is not one (an env declares "
+                          f"its image_shape: MinAtar, Craftax Pixels and XLand-MiniGrid do); use torso: mlp")
+    convs = tuple(zip(config.cnn_channels, config.cnn_kernels, config.cnn_strides))
+    if min(conv_output_shape(image_shape, convs)[:2]) < 1:
+        raise ConfigError(f"cnn_kernels: the convolutions (kernels {list(config.cnn_kernels)}, strides "
+                          f"{list(config.cnn_strides)}, unpadded) shrink {config.env}'s {image_shape[0]} x "
+                          f"{image_shape[1]} image to nothing")
+    return {"convs": convs, "image_shape": tuple(image_shape)}
+
+
+def make_policy(
+    config: PPOConfig, action_space: ActionSpace, image_shape: tuple[int, int, int] | None = None
+) -> Policy:
+    """The policy `config` describes for an env with `action_space` (whose flat observation is an image of
+    `image_shape`, if it declares one); raises ConfigError when they do not fit."""
     kind = resolve_distribution(config, action_space.discrete)
     dim = action_space.dim
     state_dependent = config.state_dependent_std
@@ -155,6 +181,7 @@ def make_policy(config: PPOConfig, action_space: ActionSpace) -> Policy:
         actor_head_gain=config.actor_head_gain,
         critic_head_gain=config.critic_head_gain,
         dtype=jnp.dtype(config.compute_dtype),
+        **cnn_torso(config, image_shape),
     )
     if config.memory == "none":
         network: ActorCritic | RecurrentActorCritic = ActorCritic(**common)

@@ -246,7 +246,9 @@ class Program:
                                    else x.dtype.itemsize)
         state = sum(size(x) for x in jax.tree.leaves(self.abstract)) * lay.per_call // lay.stacked_runs
         space = trainer.policy.action_space
-        per_step = 4 * (2 * math.prod(trainer.env.observation_shape) + (1 if space.discrete else space.dim) + 10)
+        action = max(1, math.prod(space.shape)) if space.discrete else space.dim
+        mask = space.n // 4 + 1 if space.masked else 0  # one byte per action, in 4-byte words
+        per_step = 4 * (2 * math.prod(trainer.env.observation_shape) + action + mask + 10)
         carry = sum(size(x) for x in jax.tree.leaves(self.abstract.carry)) // (lay.stacked_runs * trainer.config.num_envs)
         return state, lay.per_call * trainer.config.num_steps * trainer.config.num_envs * (3 * per_step + carry)
 

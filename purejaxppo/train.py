@@ -72,6 +72,7 @@ class Transition(NamedTuple):
     finished_length: jax.Array
     carry: Carry  # the policy's carry after this step's obs, before any reset: final_obs is seen after it
     ref_kl: Any = ()  # with the anchor in the reward: each step's estimate of KL(policy || reference)
+    mask: Any = ()  # a masked action space's legal actions in the state the action was chosen in
 
 
 class Batch(NamedTuple):
@@ -83,6 +84,7 @@ class Batch(NamedTuple):
     target: jax.Array
     first: Any = ()  # recurrent: where the carry resets before a step, [B, T]
     carry: Carry = ()  # recurrent: the carry each sequence started with
+    mask: Any = ()  # a masked action space's legal actions per sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +120,20 @@ class Trainer:
 
     def rollout(self, state: TrainState, key: jax.Array) -> tuple[TrainState, Transition]:
         """`num_steps` vmapped env steps; the trajectory comes back time-major `[T, N, ...]`."""
-        env_step = jax.vmap(self.env.step)
         hp = state.hparams
 
         def step(s: TrainState, step_key: jax.Array) -> tuple[TrainState, Transition]:
             k_act, k_env = jax.random.split(step_key)
-            dist, value, carry = self.policy.apply(s.params, s.obs_stats, s.obs, s.carry)
+            mask = envs.action_masks(self.env, s.env_state)
+            dist, value, carry = self.policy.apply(s.params, s.obs_stats, s.obs, s.carry, mask)
             action = dist.sample(k_act)
             log_prob = dist.log_prob(action)
-            out = env_step(jax.random.split(k_env, self.config.num_envs), s.env_state, dist.env_action(action))
+            out = envs.step_all(self.env, k_env, s.env_state, dist.env_action(action), self.config.resets_per_step)
             done = out.terminated | out.truncated
             reward = out.reward * hp.reward_scale
             ref_kl = ()
             if self.anchored_in("reward"):  # RLHF's form: the anchor is a per-step cost in the reward
-                ref_dist, _, _ = self.policy.apply(*s.ref, s.obs)
+                ref_dist, _, _ = self.policy.apply(*s.ref, s.obs, mask=mask)
                 ref_kl = losses.kl_to_reference(log_prob, ref_dist.log_prob(action), self.ref_kl_estimator)
                 reward = reward - hp.ref_kl_coef * ref_kl
             discounted = s.discounted_return * hp.gamma + reward
@@ -141,6 +143,7 @@ class Trainer:
                 discounted_return=discounted, terminated=out.terminated, truncated=out.truncated,
                 final_obs=out.final_obs, finished_return=jnp.where(done, ep_return, 0.0),
                 finished_length=jnp.where(done, ep_length, 0), carry=carry, ref_kl=ref_kl,
+                mask=() if mask is None else mask,
             )
             s = s.replace(
                 env_state=out.state, obs=out.obs, carry=self.policy.reset(carry, done),
@@ -193,7 +196,7 @@ class Trainer:
         sampled entropy estimate (None for an exact entropy), so a sample's loss does not depend on how
         its batch is split."""
         config = self.config
-        dist, value = self.policy.unroll(params, obs_stats, batch.obs, batch.carry, batch.first)
+        dist, value = self.policy.unroll(params, obs_stats, batch.obs, batch.carry, batch.first, _mask(batch))
         log_prob = dist.log_prob(batch.action)
         log_ratio = log_prob - batch.log_prob
         advantage = batch.advantage
@@ -214,7 +217,7 @@ class Trainer:
         stats = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "approx_kl": kl,
                  **diagnostics.minibatch(log_ratio, advantage, hp.clip_eps, dual_clip)}
         if self.anchored_in("loss"):  # on the rollout's actions, as GRPO's loss term
-            ref_dist, _ = self.policy.unroll(*ref, batch.obs)
+            ref_dist, _ = self.policy.unroll(*ref, batch.obs, mask=_mask(batch))
             ref_kl = jnp.mean(losses.kl_to_reference(log_prob, ref_dist.log_prob(batch.action),
                                                      self.ref_kl_estimator))
             total = total + hp.ref_kl_coef * ref_kl
@@ -227,7 +230,7 @@ class Trainer:
         """What the epochs learn from: single samples `[T * N]` for a feedforward policy; for a recurrent
         one, each env's whole sequence `[N, T]` with the carry it started from (`start_carry`, the
         rollout's first) and where its carry resets, so the loss replays it as the rollout ran."""
-        batch = Batch(traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)
+        batch = Batch(traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets, mask=traj.mask)
         if not self.policy.recurrent:
             return jax.tree.map(lambda x: x.reshape((self.config.batch_size,) + x.shape[2:]), batch)
         first = recurrent.starts(traj.terminated | traj.truncated)
@@ -329,7 +332,7 @@ class Trainer:
             metrics["ref_kl"] = jnp.mean(traj.ref_kl)
         kl_beta = state.kl_beta
         if config.kl_coef:
-            dist, _ = self.policy.unroll(params, state.obs_stats, batch.obs, batch.carry, batch.first)
+            dist, _ = self.policy.unroll(params, state.obs_stats, batch.obs, batch.carry, batch.first, _mask(batch))
             update_kl = losses.approx_kl(dist.log_prob(batch.action) - batch.log_prob, config.kl_estimator)
             kl_beta = losses.adapt_kl_coef(kl_beta, update_kl, hp.kl_target)
             metrics.update(update_kl=update_kl, kl_beta=kl_beta)
@@ -338,6 +341,10 @@ class Trainer:
             key=key, update_step=state.update_step + 1,
         )
         return state, metrics
+
+
+def _mask(batch: Batch) -> jax.Array | None:
+    return None if isinstance(batch.mask, tuple) else batch.mask
 
 
 def with_env(config: PPOConfig, env: Any = None) -> PPOConfig:
@@ -352,7 +359,10 @@ def make_trainer(config: PPOConfig, env: Any = None) -> Trainer:
     config = with_env(config, env)
     validate(config)
     made = envs.make_env(config.env if env is None else env, config.env_kwargs, config.obs_mask)
-    return Trainer(config, made, make_policy(config, made.action_space))
+    if config.resets_per_step and not callable(getattr(made, "step_without_reset", None)):
+        raise ConfigError(f"resets_per_step: {config.env} has no step_without_reset, so it draws its own reset "
+                          f"in each step; set resets_per_step: 0")
+    return Trainer(config, made, make_policy(config, made.action_space, envs.image_shape(made)))
 
 
 def abstract_states(trainer: Trainer, num_runs: int) -> TrainState:

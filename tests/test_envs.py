@@ -19,3 +19,16 @@ def test_gymnax_adapter_reports_truncation_and_final_obs():
     assert not np.allclose(out.obs, out.final_obs)  # the returned obs starts a new episode
     flat = make_env("Breakout-MinAtar")
     assert flat.observation_shape == (400,) and flat.action_space.discrete
+    assert make_env("CartPole-v1").image_shape is None
+
+
+def test_minatar_declares_its_image_and_its_flat_obs_ravels_it():
+    from purejaxppo.envs.gymnax import import_gymnax
+
+    env = make_env("Breakout-MinAtar")
+    assert env.image_shape == (10, 10, 4)
+    obs, _ = env.reset(jax.random.key(0))
+    gymnax_env, params = import_gymnax().make("Breakout-MinAtar")
+    image, _ = gymnax_env.reset(jax.random.key(0), params)
+    np.testing.assert_array_equal(np.asarray(obs).reshape(env.image_shape), np.asarray(image, np.float32))
+    assert make_env("Breakout-MinAtar", obs_mask=(0,)).image_shape is None  # hidden components: no image

@@ -7,6 +7,9 @@ names the user registers; import paths to the user's own envs; and env objects g
 | `CartPole-v1`, ...          | gymnax                                        | `envs.gymnax`       |
 | `brax/<name>`               | Brax                                          | `envs.brax`         |
 | `playground/<Task>`         | MuJoCo Playground's DM Control suite on MJX   | `envs.playground`   |
+| `craftax/<name>`            | Craftax and Craftax-Classic                   | `envs.craftax`      |
+| `jumanji/<name>`            | Jumanji's combinatorial and grid tasks        | `envs.jumanji`      |
+| `xminigrid/<name>`          | XLand-MiniGrid's MiniGrid and XLand tasks     | `envs.xminigrid`    |
 | `package.module:Name`       | the user's own env, built with env_kwargs     | `envs.custom`       |
 | a name given `register_env` | the user's own env, from its factory          | `envs.custom`       |
 """
@@ -21,14 +24,18 @@ from typing import Any
 
 from purejaxppo.config import ConfigError
 from purejaxppo.envs import custom
-from purejaxppo.envs.base import ActionSpace, Env, EnvStep, HiddenObs, one_line
+from purejaxppo.envs.base import ActionSpace, Env, EnvStep, HiddenObs, action_masks, image_shape, one_line, step_all
 
-__all__ = ["ActionSpace", "Env", "EnvStep", "HiddenObs", "check_env", "known_envs", "make_env", "register_env"]
+__all__ = ["ActionSpace", "Env", "EnvStep", "HiddenObs", "action_masks", "check_env", "image_shape", "known_envs",
+           "make_env", "register_env", "step_all"]
 
 # name prefix -> (module, the extra that installs its library, or None when it is a dependency)
 FAMILIES: dict[str, tuple[str, str | None]] = {
     "brax/": ("purejaxppo.envs.brax", None),
     "playground/": ("purejaxppo.envs.playground", "playground"),
+    "craftax/": ("purejaxppo.envs.craftax", "craftax"),
+    "jumanji/": ("purejaxppo.envs.jumanji", "jumanji"),
+    "xminigrid/": ("purejaxppo.envs.xminigrid", "xminigrid"),
     "": ("purejaxppo.envs.gymnax", None),  # names without a prefix
 }
 # Packages that declare envs for the CLI: `[project.entry-points."purejaxppo.envs"] MyEnv-v0 = "pkg.mod:MyEnv"`

@@ -19,25 +19,40 @@ from purejaxppo.config import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class ActionSpace:
-    """A Discrete space (`n` actions) or a Box (`shape`, `low`, `high`)."""
+    """A Discrete space (`n` actions), a MultiDiscrete one (`nvec`: one choice among `nvec[i]` per
+    component, `n` their sum) or a Box (`shape`, `low`, `high`). A discrete space is `masked` when its
+    env says which actions are legal in each state (`Env.action_mask`)."""
 
     discrete: bool
     n: int = 0
     shape: tuple[int, ...] = ()
     low: Any = None
     high: Any = None
+    nvec: tuple[int, ...] = ()
+    masked: bool = False
 
     @property
     def dim(self) -> int:
-        """The number of logits (discrete) or of action components (continuous)."""
+        """The number of logits (discrete: `n`, summed over a MultiDiscrete's components) or of action
+        components (continuous)."""
         return self.n if self.discrete else int(np.prod(self.shape))
 
     def describe(self) -> str:
-        return f"{self.n} discrete actions" if self.discrete else f"a Box of shape {self.shape}"
+        masked = ", masked" if self.masked else ""
+        if self.nvec:
+            return f"MultiDiscrete actions {list(self.nvec)}{masked}"
+        return f"{self.n} discrete actions{masked}" if self.discrete else f"a Box of shape {self.shape}"
 
     @classmethod
-    def discrete_actions(cls, n: int) -> ActionSpace:
-        return cls(discrete=True, n=int(n))
+    def discrete_actions(cls, n: int, masked: bool = False) -> ActionSpace:
+        return cls(discrete=True, n=int(n), masked=masked)
+
+    @classmethod
+    def multi_discrete(cls, nvec: Any, masked: bool = False) -> ActionSpace:
+        """Actions of `len(nvec)` components, each an int32 in [0, nvec[i]); a mask, if any, has `sum(nvec)`
+        entries: each component's legal choices, one after the other."""
+        nvec = tuple(int(v) for v in np.ravel(nvec))
+        return cls(discrete=True, n=sum(nvec), shape=(len(nvec),), nvec=nvec, masked=masked)
 
     @classmethod
     def box(cls, low: Any, high: Any, shape: tuple[int, ...]) -> ActionSpace:
@@ -59,7 +74,17 @@ class EnvStep(NamedTuple):
 @runtime_checkable
 class Env(Protocol):
     """What the trainer needs of an env. `observation_shape` is the float32 observation's shape;
-    actions arrive as an int32 scalar (discrete) or a float32 array of `action_space.shape`."""
+    actions arrive as an int32 scalar (discrete), int32 array (MultiDiscrete) or float32 array of
+    `action_space.shape`.
+
+    Optional members, read with `getattr`:
+    - `action_mask(state) -> bool[action_space.n]`, required when `action_space.masked`: the actions
+      legal in `state` (after an auto-reset, in the new episode's first state).
+    - `image_shape`: `(H, W, C)` when the (flat) observation is an image, raveled in C order; a CNN
+      torso reshapes it back.
+    - `step_without_reset(key, state, action) -> EnvStep`: `step` without its reset (`obs` is
+      `final_obs`, `state` the one reached), for `resets_per_step` (see `step_all`).
+    """
 
     observation_shape: tuple[int, ...]
     action_space: ActionSpace
@@ -87,6 +112,9 @@ class HiddenObs:
         self.env = env
         self.observation_shape = (int(self._keep.size),)
         self.action_space = env.action_space
+        self.image_shape = None  # with components hidden, the observation is no longer an image
+        if callable(getattr(env, "step_without_reset", None)):
+            self.step_without_reset = self._step_without_reset
 
     def __getattr__(self, attr: str) -> Any:  # e.g. a Brax env's render_html
         if attr == "env":  # not set yet (or being copied): no recursion
@@ -102,14 +130,61 @@ class HiddenObs:
         return self.hide(obs), state
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
-        out = self.env.step(key, state, action)
+        return self._hidden(self.env.step(key, state, action))
+
+    def _step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        return self._hidden(self.env.step_without_reset(key, state, action))
+
+    def _hidden(self, out: EnvStep) -> EnvStep:
         return out._replace(obs=self.hide(out.obs), final_obs=self.hide(out.final_obs))
+
+
+def action_masks(env: Env, states: Any) -> jax.Array | None:
+    """The legal actions in each of a batch of env states, for an env whose action space is masked."""
+    return jax.vmap(env.action_mask)(states) if env.action_space.masked else None
+
+
+def shared_resets(done: jax.Array, count: int) -> jax.Array:
+    """Which of `count` fresh starts each env takes where `done` (elsewhere the value is unused): the k-th
+    env to end in the step, in env order, takes start k mod count, so up to `count` envs that end together
+    start apart, and any more share starts."""
+    return (jnp.cumsum(done.astype(jnp.int32)) - 1) % count
+
+
+def step_all(env: Env, key: jax.Array, states: Any, actions: jax.Array, resets: int = 0) -> EnvStep:
+    """One step of a batch of envs (the leading axis), auto-reset where an episode ended.
+
+    `resets` 0: each env's own `step`, which draws a reset for every env (under vmap both sides of its
+    select run). `resets` R: the envs step without resetting, R fresh starts are drawn for the whole
+    batch, and the envs that ended take them in turn (`shared_resets`): R resets per step instead of
+    one per env, for envs whose reset costs far more than a step (Craftax's world generation).
+    """
+    n = actions.shape[0]
+    if not resets:
+        return jax.vmap(env.step)(jax.random.split(key, n), states, actions)
+    k_step, k_reset = jax.random.split(key)
+    out = jax.vmap(env.step_without_reset)(jax.random.split(k_step, n), states, actions)
+    fresh_obs, fresh = jax.vmap(env.reset)(jax.random.split(k_reset, resets))
+    done = out.terminated | out.truncated
+    pick = shared_resets(done, resets)
+
+    def take(new: jax.Array, old: jax.Array) -> jax.Array:
+        # lax.select, unlike jnp.where, also takes typed PRNG keys inside an env's state
+        where = jnp.broadcast_to(done.reshape(done.shape + (1,) * (old.ndim - 1)), old.shape)
+        return jax.lax.select(where, new[pick], old)
+
+    return out._replace(obs=take(fresh_obs, out.obs), state=jax.tree.map(take, fresh, out.state))
 
 
 def abstract_action(space: ActionSpace) -> jax.ShapeDtypeStruct:
     """The shape and dtype of one action in `space`, for tracing an env's `step`."""
-    return jax.ShapeDtypeStruct((), jnp.int32) if space.discrete else jax.ShapeDtypeStruct(tuple(space.shape),
-                                                                                              jnp.float32)
+    return jax.ShapeDtypeStruct(tuple(space.shape), jnp.int32 if space.discrete else jnp.float32)
+
+
+def image_shape(env: Any) -> tuple[int, int, int] | None:
+    """The `(H, W, C)` image an env's flat observation is, if it declares one."""
+    shape = getattr(env, "image_shape", None)
+    return None if shape is None else tuple(int(s) for s in shape)
 
 
 def described(out: Any) -> str:
@@ -118,8 +193,15 @@ def described(out: Any) -> str:
 
 
 def flat(obs: Any) -> jax.Array:
-    """An observation (an array, or any pytree of them, e.g. a dict) as one float32 vector, for an MLP."""
+    """An observation (an array, or any pytree of them, e.g. a dict) as one float32 vector, for an MLP:
+    its leaves in the pytree's order, each raveled in C order."""
     return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(obs)])
+
+
+def image_of(obs: Any) -> tuple[int, int, int] | None:
+    """The `(H, W, C)` shape of an observation that is one image (a single array of rank 3), else None."""
+    leaves = jax.tree.leaves(obs)
+    return tuple(int(s) for s in leaves[0].shape) if len(leaves) == 1 and leaves[0].ndim == 3 else None
 
 
 def one_line(err: BaseException) -> str:

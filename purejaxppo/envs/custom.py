@@ -180,6 +180,8 @@ class ProtocolEnv:
         self.name = label
         self.observation_shape = tuple(int(s) for s in env.observation_shape)
         self.action_space = env.action_space
+        if callable(getattr(env, "step_without_reset", None)):
+            self.step_without_reset = self._step_without_reset
 
     def __getattr__(self, attr: str) -> Any:
         if attr == "env":
@@ -194,12 +196,17 @@ class ProtocolEnv:
         return _numeric(obs, f"env: {self.name}.reset's obs").astype(jnp.float32), state
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
-        out = self.env.step(key, state, action)
+        return self._cast(self.env.step(key, state, action), "step")
+
+    def _step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        return self._cast(self.env.step_without_reset(key, state, action), "step_without_reset")
+
+    def _cast(self, out: Any, method: str) -> EnvStep:
         if not isinstance(out, tuple) or len(out) != len(EnvStep._fields):
-            raise ConfigError(f"env: {self.name}.step must return an EnvStep({', '.join(EnvStep._fields)}), got "
-                              f"{described(out)}")
+            raise ConfigError(f"env: {self.name}.{method} must return an EnvStep({', '.join(EnvStep._fields)}), "
+                              f"got {described(out)}")
         out = EnvStep(*out)
-        field = lambda name, dtype: _numeric(getattr(out, name), f"env: {self.name}.step's {name}").astype(dtype)  # noqa: E731
+        field = lambda name, dtype: _numeric(getattr(out, name), f"env: {self.name}.{method}'s {name}").astype(dtype)  # noqa: E731
         return EnvStep(obs=field("obs", jnp.float32), state=out.state, reward=field("reward", jnp.float32),
                        terminated=field("terminated", bool), truncated=field("truncated", bool),
                        final_obs=field("final_obs", jnp.float32))
@@ -223,6 +230,14 @@ def check(env: Env, label: str) -> None:
         if getattr(out, name).shape != ():
             raise ConfigError(f"env: {label}.step's {name} has shape {getattr(out, name).shape}; it must be a "
                               f"scalar (the trainer vmaps one env)")
+    if env.action_space.masked:
+        if not callable(getattr(env, "action_mask", None)):
+            raise ConfigError(f"env: {label}: its action space is masked, but it has no action_mask(state) method")
+        mask = _traced(label, "action_mask", lambda: jax.eval_shape(env.action_mask, state))
+        if getattr(mask, "shape", None) != (env.action_space.n,) or mask.dtype != bool:
+            raise ConfigError(f"env: {label}.action_mask returns {getattr(mask, 'dtype', '?')}"
+                              f"{list(getattr(mask, 'shape', []))}; it must be bool[{env.action_space.n}], one "
+                              f"entry per action")
     before, after = jax.tree.flatten_with_path(state)[0], jax.tree.flatten_with_path(out.state)[0]
     if jax.tree.structure(state) != jax.tree.structure(out.state):
         raise ConfigError(f"env: {label}.step returns a state of another structure than reset's: "

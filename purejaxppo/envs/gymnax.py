@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, abstract_action, described, flat
+from purejaxppo.envs.base import ActionSpace, EnvStep, abstract_action, described, flat, image_of
 
 # gymnax envs whose constructor downloads a dataset: purejaxppo loads nothing from the internet.
 DOWNLOADING_ENVS = ("MNISTBandit-bsuite",)
@@ -59,7 +59,8 @@ def action_space_of(space: Any) -> ActionSpace:
 
 class GymnaxEnv:
     """A gymnax `Environment` with its params behind the adapter interface. Observations (any pytree of
-    arrays, e.g. MinAtar's boolean images) are flattened to one float32 vector."""
+    arrays, e.g. MinAtar's boolean images) are flattened to one float32 vector; one that is an image
+    declares its `image_shape`, for a CNN torso."""
 
     def __init__(self, env: Any, params: Any = None, name: str | None = None, old_api: bool = False) -> None:
         self._env = env
@@ -67,8 +68,9 @@ class GymnaxEnv:
         self.name = name or type(env).__name__
         self.old_api = old_api
         self.action_space = action_space_of(env.action_space(self._params))
-        obs = jax.eval_shape(self.reset, jax.random.key(0))[0]
-        self.observation_shape = tuple(obs.shape)
+        obs = jax.eval_shape(lambda k: self._env.reset(k, self._params), jax.random.key(0))[0]
+        self.image_shape = image_of(obs)
+        self.observation_shape = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(obs)),)
 
     @classmethod
     def from_name(cls, name: str, env_kwargs: dict[str, Any] | None = None) -> GymnaxEnv:
@@ -126,6 +128,9 @@ def _like(name: str, value: Any, default: Any) -> Any:
     typo is a ConfigError here instead of a traceback from inside the traced env."""
     default = np.asarray(default)
     kind = default.dtype.kind  # b, i, u or f
+    if kind not in "biuf":  # e.g. a tuple of None: not a value a config can give
+        raise ConfigError(f"{name}: this parameter is not a number or a flag (its default is {default.tolist()!r}), "
+                          f"so env_kwargs cannot set it")
 
     def fits(v: Any) -> bool:
         if kind == "b":

@@ -1,0 +1,126 @@
+"""Craftax: `craftax/<name>`, the open-world survival game and its smaller Classic version, each with a
+symbolic (flat) or a pixel observation. Needs the `craftax` extra.
+
+The adapter steps Craftax's no-auto-reset env (`make_craftax_env_from_name(name, auto_reset=False)`)
+through its `step_env`, and resets itself, splitting the step's key as Craftax's own auto-reset base
+(`environment_bases.EnvironmentAutoReset.step`) does, so its rollouts are the library's own. The flags
+come from reading craftax 1.6.1: `step_env` returns `done = is_terminal(state)`, which is `is_game_over`
+of the state after the step: `state.timestep >= params.max_timesteps` (the time limit) or a true end,
+the player's health at or below 0 (and, in Craftax, the final boss beaten; in Classic, standing in
+lava). `craftax_step` adds one to `timestep`, which `generate_world` sets to 0, so the time limit ends
+the episode on its `max_timesteps`-th step. `terminated` is `is_terminal` with the time limit lifted,
+so a death on the last step is a termination; `truncated` is `done` without a termination.
+
+env_kwargs are overrides of the variant's `EnvParams` (`max_timesteps`, `day_length`, `god_mode`, spawn
+chances, ...), each checked against its default's kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purejaxppo.config import ConfigError
+from purejaxppo.envs.base import ActionSpace, EnvStep, flat, image_of
+from purejaxppo.envs.gymnax import with_params
+
+PREFIX = "craftax/"
+# The names `craftax.craftax_env.make_craftax_env_from_name` builds without auto-reset; its
+# `-AutoReset-v1` aliases name the same games with the library's own reset, which drops the final obs.
+NAMES = ("Craftax-Symbolic-v1", "Craftax-Pixels-v1", "Craftax-Classic-Symbolic-v1", "Craftax-Classic-Pixels-v1")
+# `timestep` is an int32, so a larger limit could not be compared with it; this one is never reached.
+NO_LIMIT = int(np.iinfo(np.int32).max)
+
+
+def _make_env(name: str) -> Any:
+    from craftax.craftax_env import make_craftax_env_from_name
+
+    return make_craftax_env_from_name(name.removeprefix(PREFIX), auto_reset=False)
+
+
+def _default_params(name: str) -> Any:
+    """The variant's default EnvParams, without building the env (a pixel one loads its textures)."""
+    if "Classic" in name:
+        from craftax.craftax_classic.envs.craftax_state import EnvParams
+    else:
+        from craftax.craftax.craftax_state import EnvParams
+    return EnvParams()
+
+
+def names() -> list[str]:
+    import craftax.craftax_env  # noqa: F401  # the registry calls names() to learn the extra is installed
+
+    return [PREFIX + n for n in NAMES]
+
+
+def _params(default: Any, env_kwargs: dict[str, Any], name: str) -> Any:
+    """`default` EnvParams with `env_kwargs` set, each checked against its default."""
+    params = with_params(default, env_kwargs, name)
+    if int(params.max_timesteps) > NO_LIMIT:
+        raise ConfigError(f"env_kwargs.max_timesteps: Craftax counts steps in an int32, so at most {NO_LIMIT}; "
+                          f"got {params.max_timesteps!r}")
+    return params
+
+
+class CraftaxEnv:
+    """A Craftax no-auto-reset env and its params behind the adapter interface. The pixel variants'
+    observations are (H, W, C) images, raveled, with their `image_shape` declared for a CNN torso."""
+
+    def __init__(self, env: Any, params: Any, name: str) -> None:
+        self._env = env
+        self._params = params
+        self._no_limit = params.replace(max_timesteps=NO_LIMIT)
+        self.name = name
+        self.action_space = ActionSpace.discrete_actions(int(env.action_space(params).n))
+        obs = jax.eval_shape(lambda k: env.reset_env(k, params), jax.random.key(0))[0]
+        self.image_shape = image_of(obs)
+        self.observation_shape = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(obs)),)
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        obs, state = self._env.reset_env(key, self._params)
+        return flat(obs), _strong(state)
+
+    def step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        """One step, not reset where the episode ended (`obs` is `final_obs`): for `resets_per_step`, where
+        the trainer draws fewer resets than envs, since a reset (world generation) costs about 10x a step."""
+        k_step, _ = jax.random.split(key)  # in the order of Craftax's own auto-reset
+        obs, state, reward, done, _ = self._env.step_env(k_step, state, action, self._params)
+        terminated = jnp.asarray(self._env.is_terminal(state, self._no_limit), bool)
+        return EnvStep(
+            obs=flat(obs),
+            state=state,
+            reward=jnp.asarray(reward, jnp.float32),
+            terminated=terminated,
+            truncated=jnp.asarray(done, bool) & ~terminated,
+            final_obs=flat(obs),
+        )
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        out = self.step_without_reset(key, state, action)
+        ended = out.terminated | out.truncated
+        fresh_obs, fresh = self.reset(jax.random.split(key)[1])
+        return out._replace(obs=jnp.where(ended, fresh_obs, out.obs),
+                            state=jax.tree.map(lambda a, b: jnp.where(ended, a, b), fresh, out.state))
+
+
+def check(name: str, env_kwargs: dict[str, Any]) -> None:
+    """Raise ConfigError for a bad env_kwargs of `name`, without building the env."""
+    _params(_default_params(name), env_kwargs, name)
+
+
+def _strong(state: Any) -> Any:
+    """`state` with no weak-typed leaves: Classic's `generate_world` sets some from Python numbers, and a
+    reset state typed unlike a stepped one would make every jitted function taking it compile twice."""
+    def strong(x: Any) -> Any:
+        x = jnp.asarray(x)
+        return x if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else jax.lax.convert_element_type(x, x.dtype)
+
+    return jax.tree.map(strong, state)
+
+
+def make(name: str, env_kwargs: dict[str, Any]) -> CraftaxEnv:
+    env = _make_env(name)
+    return CraftaxEnv(env, _params(env.default_params, env_kwargs, name), name)
