@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test install clean
+.PHONY: train test test-all install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/purejaxppo train
 
+# every test but the GPU script's CPU dry run (about 3 minutes), which test-all adds
 test: $(BIN)/.installed-extras
+	$(BIN)/python -m pytest -q -m "not gpu_script"
+
+test-all: $(BIN)/.installed-extras
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,6 +1,7 @@
 """Train one config per env suite on the CPU and write experiments/results/env_suites.md.
 
     python experiments/env_suites.py [--cases breakout_mlp breakout_cnn craftax ...] [--seeds 1] [--steps N]
+    python experiments/env_suites.py --cases     # no case: only writes the page from the stored ones
 
 Each case trains its shipped config for the budget below (the config's own total_timesteps unless the
 case sets one), through `runner.train`, so compile time is apart from the run's wall time. A case's
@@ -185,8 +186,9 @@ def main() -> None:
         result["wall_s"] = time.time() - started
         (STORE / f"{name}.json").write_text(json.dumps(result))
     stored = [json.loads((STORE / f"{n}.json").read_text()) for n in CASES if (STORE / f"{n}.json").is_file()]
-    text = report(stored, "python experiments/env_suites.py --cases CASE ... (one call per case; see each case's "
-                          "command in env_suites/<case>.json)")
+    commands = sorted({r["command"] for r in stored})
+    text = report(stored, commands[0] if len(commands) == 1 else
+                  "python experiments/env_suites.py --cases CASE ... (each case's own in env_suites/<case>.json)")
     (RESULTS / "env_suites.md").write_text(text)
     print(text)
 

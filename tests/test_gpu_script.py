@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import CACHE, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.gpu_script]
 
 
 def run_sh(out, *args, timeout=900):
