@@ -66,9 +66,10 @@ EPISODES = 256
 MAX_STEPS = 10_000
 
 
-def first_episodes(env: Any, choose: Any, key: jax.Array, episodes: int = EPISODES) -> float:
-    """The mean return of the first episode of `episodes` envs, each played to its end (at most MAX_STEPS
-    steps) with `choose(key, obs, env_states, carry) -> (actions, carry)`."""
+def first_episodes(env: Any, choose: Any, episodes: int = EPISODES) -> Any:
+    """A function of (key, initial carry) giving the return of the first episode of `episodes` envs, each
+    played to its end (at most MAX_STEPS steps) with `choose(key, obs, env_states, carry) -> (actions,
+    carry)`."""
     # each env plays one episode, so its reset after the end is never needed
     step = getattr(env, "step_without_reset", env.step)
 
@@ -91,7 +92,7 @@ def first_episodes(env: Any, choose: Any, key: jax.Array, episodes: int = EPISOD
         init = (jnp.int32(0), k_steps, obs, state, carry, jnp.zeros(episodes, bool), jnp.zeros(episodes))
         return jax.lax.while_loop(running, body, init)[-1]
 
-    return run, episodes
+    return run
 
 
 def random_return(env: Any, key: jax.Array) -> float:
@@ -106,8 +107,7 @@ def random_return(env: Any, key: jax.Array) -> float:
         dist = MultiCategorical(logits, space.nvec, mask) if space.nvec else Categorical(logits, mask)
         return dist.sample(key), carry
 
-    run, _ = first_episodes(env, choose, key)
-    return float(np.mean(np.asarray(jax.jit(run)(key, ()))))
+    return float(np.mean(np.asarray(jax.jit(first_episodes(env, choose))(key, ()))))
 
 
 def policy_return(trainer: Any, params: Any, obs_stats: Any, key: jax.Array) -> float:
@@ -118,8 +118,8 @@ def policy_return(trainer: Any, params: Any, obs_stats: Any, key: jax.Array) -> 
         dist, _, carry = policy.apply(params, obs_stats, obs, carry, envs.action_masks(env, states))
         return dist.env_action(dist.sample(key)), carry
 
-    run, episodes = first_episodes(env, choose, key)
-    return float(np.mean(np.asarray(jax.jit(run)(key, policy.initial_carry((episodes,))))))
+    run = first_episodes(env, choose)
+    return float(np.mean(np.asarray(jax.jit(run)(key, policy.initial_carry((EPISODES,))))))
 
 
 def measure(name: str, seeds: int, steps: int = 0) -> dict[str, Any]:

@@ -151,6 +151,22 @@ def shared_resets(done: jax.Array, count: int) -> jax.Array:
     return (jnp.cumsum(done.astype(jnp.int32)) - 1) % count
 
 
+def where_done(done: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where `done`, else `old`, leaf by leaf over two pytrees of one structure; `done` (a scalar for
+    one env, or one flag per env of a batch) broadcasts over each leaf's trailing axes. Typed PRNG keys,
+    which jnp.where refuses, go through lax.select."""
+    done = jnp.asarray(done)
+
+    def pick(a: Any, b: Any) -> jax.Array:
+        a, b = jnp.asarray(a), jnp.asarray(b)  # a leaf may be a Python number (some libraries' states hold them)
+        flag = done.reshape(done.shape + (1,) * (b.ndim - done.ndim))
+        if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key):
+            return jax.lax.select(jnp.broadcast_to(flag, b.shape), a, b)
+        return jnp.where(flag, a, b)
+
+    return jax.tree.map(pick, new, old)
+
+
 def step_all(env: Env, key: jax.Array, states: Any, actions: jax.Array, resets: int = 0) -> EnvStep:
     """One step of a batch of envs (the leading axis), auto-reset where an episode ended.
 
@@ -167,13 +183,9 @@ def step_all(env: Env, key: jax.Array, states: Any, actions: jax.Array, resets: 
     fresh_obs, fresh = jax.vmap(env.reset)(jax.random.split(k_reset, resets))
     done = out.terminated | out.truncated
     pick = shared_resets(done, resets)
-
-    def take(new: jax.Array, old: jax.Array) -> jax.Array:
-        # lax.select, unlike jnp.where, also takes typed PRNG keys inside an env's state
-        where = jnp.broadcast_to(done.reshape(done.shape + (1,) * (old.ndim - 1)), old.shape)
-        return jax.lax.select(where, new[pick], old)
-
-    return out._replace(obs=take(fresh_obs, out.obs), state=jax.tree.map(take, fresh, out.state))
+    starts = jax.tree.map(lambda x: x[pick], (fresh_obs, fresh))
+    obs, state = where_done(done, starts, (out.obs, out.state))
+    return out._replace(obs=obs, state=state)
 
 
 def abstract_action(space: ActionSpace) -> jax.ShapeDtypeStruct:
@@ -196,6 +208,11 @@ def flat(obs: Any) -> jax.Array:
     """An observation (an array, or any pytree of them, e.g. a dict) as one float32 vector, for an MLP:
     its leaves in the pytree's order, each raveled in C order."""
     return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(obs)])
+
+
+def flat_shape(obs: Any) -> tuple[int]:
+    """The shape `flat` gives an observation (arrays or shapes of them, any pytree)."""
+    return (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(obs)),)
 
 
 def image_of(obs: Any) -> tuple[int, int, int] | None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat
+from purejaxppo.envs.base import ActionSpace, EnvStep, flat, where_done
 
 PREFIX = "brax/"
 EPISODE_LENGTH = 1000  # Brax's, and Playground's DM Control suite's, time limit when none is given
@@ -56,7 +56,7 @@ class StateEnv:
         final_obs = flat(stepped.obs)
         return EnvStep(
             obs=jnp.where(done, obs, final_obs),
-            state=jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, stepped),
+            state=where_done(done, fresh, stepped),
             reward=jnp.asarray(stepped.reward, jnp.float32),
             terminated=done & ~truncated,
             truncated=truncated,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, image_of
+from purejaxppo.envs.base import ActionSpace, EnvStep, flat, flat_shape, image_of, where_done
 from purejaxppo.envs.gymnax import with_params
 
 PREFIX = "craftax/"
@@ -77,7 +77,7 @@ class CraftaxEnv:
         self.action_space = ActionSpace.discrete_actions(int(env.action_space(params).n))
         obs = jax.eval_shape(lambda k: env.reset_env(k, params), jax.random.key(0))[0]
         self.image_shape = image_of(obs)
-        self.observation_shape = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(obs)),)
+        self.observation_shape = flat_shape(obs)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
         obs, state = self._env.reset_env(key, self._params)
@@ -86,8 +86,17 @@ class CraftaxEnv:
     def step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         """One step, not reset where the episode ended (`obs` is `final_obs`): for `resets_per_step`, where
         the trainer draws fewer resets than envs, since a reset (world generation) costs about 10x a step."""
-        k_step, _ = jax.random.split(key)  # in the order of Craftax's own auto-reset
-        obs, state, reward, done, _ = self._env.step_env(k_step, state, action, self._params)
+        return self._advance(jax.random.split(key)[0], state, action)
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        k_step, k_reset = jax.random.split(key)  # in the order of Craftax's own auto-reset
+        out = self._advance(k_step, state, action)
+        fresh = self.reset(k_reset)
+        obs, state = where_done(out.terminated | out.truncated, fresh, (out.obs, out.state))
+        return out._replace(obs=obs, state=state)
+
+    def _advance(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
+        obs, state, reward, done, _ = self._env.step_env(key, state, action, self._params)
         terminated = jnp.asarray(self._env.is_terminal(state, self._no_limit), bool)
         return EnvStep(
             obs=flat(obs),
@@ -97,13 +106,6 @@ class CraftaxEnv:
             truncated=jnp.asarray(done, bool) & ~terminated,
             final_obs=flat(obs),
         )
-
-    def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
-        out = self.step_without_reset(key, state, action)
-        ended = out.terminated | out.truncated
-        fresh_obs, fresh = self.reset(jax.random.split(key)[1])
-        return out._replace(obs=jnp.where(ended, fresh_obs, out.obs),
-                            state=jax.tree.map(lambda a, b: jnp.where(ended, a, b), fresh, out.state))
 
 
 def check(name: str, env_kwargs: dict[str, Any]) -> None:

@@ -21,7 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, abstract_action, described, flat, image_of
+from purejaxppo.envs.base import (
+    ActionSpace,
+    EnvStep,
+    abstract_action,
+    described,
+    flat,
+    flat_shape,
+    image_of,
+    where_done,
+)
 
 # gymnax envs whose constructor downloads a dataset: purejaxppo loads nothing from the internet.
 DOWNLOADING_ENVS = ("MNISTBandit-bsuite",)
@@ -70,7 +79,7 @@ class GymnaxEnv:
         self.action_space = action_space_of(env.action_space(self._params))
         obs = jax.eval_shape(lambda k: self._env.reset(k, self._params), jax.random.key(0))[0]
         self.image_shape = image_of(obs)
-        self.observation_shape = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(obs)),)
+        self.observation_shape = flat_shape(obs)
 
     @classmethod
     def from_name(cls, name: str, env_kwargs: dict[str, Any] | None = None) -> GymnaxEnv:
@@ -104,7 +113,7 @@ class GymnaxEnv:
         fresh_obs, fresh = self._env.reset(k_reset, self._params)
         return EnvStep(
             obs=jnp.where(done, flat(fresh_obs), flat(obs)),
-            state=jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, state),
+            state=where_done(done, fresh, state),
             reward=jnp.asarray(reward, jnp.float32),
             terminated=done,
             truncated=jnp.zeros((), bool),

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, image_of, one_line
+from purejaxppo.envs.base import ActionSpace, EnvStep, flat, flat_shape, image_of, one_line, where_done
 from purejaxppo.envs.brax import positive_int
 
 PREFIX = "jumanji/"
@@ -186,7 +186,7 @@ class JumanjiEnv:
         mask_shape = None if mask is None else tuple(int(s) for s in mask.shape)
         self.action_space, self._to_env, self._mask_of = action_space_of(env.action_spec, mask_shape, name)
         self.image_shape = image_of(obs)
-        self.observation_shape = (sum(int(np.prod(x.shape)) for x in obs),)
+        self.observation_shape = flat_shape(obs)
         action = jax.ShapeDtypeStruct(self.action_space.shape, jnp.int32 if self.action_space.discrete
                                       else jnp.float32)
         try:
@@ -218,11 +218,9 @@ class JumanjiEnv:
         ended = last if self.time_limit is None else last | (t >= self.time_limit)
         truncated = ended & ~terminated
         done = terminated | truncated
-        fresh_obs, fresh = self.reset(key)
-        # lax.select, unlike jnp.where, also takes the typed PRNG keys inside Jumanji's states
-        new = jax.tree.map(lambda a, b: jax.lax.select(done, a, b), fresh, JumanjiState(env_state, mask, t))
+        new_obs, new = where_done(done, self.reset(key), (obs, JumanjiState(env_state, mask, t)))
         return EnvStep(
-            obs=jnp.where(done, fresh_obs, obs),
+            obs=new_obs,
             state=new,
             reward=jnp.asarray(ts.reward, jnp.float32),
             terminated=terminated,

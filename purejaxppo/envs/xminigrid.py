@@ -21,10 +21,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, image_of
+from purejaxppo.envs.base import ActionSpace, EnvStep, flat, flat_shape, image_of, where_done
 from purejaxppo.envs.gymnax import with_params
 
 PREFIX = "xminigrid/"
@@ -86,7 +85,7 @@ class XMiniGridEnv:
         self.action_space = ActionSpace.discrete_actions(env.num_actions(params))
         obs = jax.eval_shape(lambda k: env.reset(params, k), jax.random.key(0)).observation
         self.image_shape = image_of(obs)
-        self.observation_shape = (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(obs)),)
+        self.observation_shape = flat_shape(obs)
 
     @classmethod
     def from_name(cls, name: str, env_kwargs: dict[str, Any] | None = None) -> XMiniGridEnv:
@@ -106,7 +105,7 @@ class XMiniGridEnv:
         last = timestep.last()
         terminated = last & (timestep.discount == 0)
         fresh = self._reset(key)
-        new = jax.tree.map(lambda a, b: jnp.where(last, a, b), fresh, timestep)
+        new = where_done(last, fresh, timestep)
         return EnvStep(
             obs=flat(new.observation),
             state=new,
