@@ -1,5 +1,3 @@
-import sys
+from purejaxppo.cli import entry
 
-from purejaxppo.cli import main
-
-sys.exit(main())
+entry()

@@ -19,7 +19,6 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from purejaxppo import config as config_lib
+from purejaxppo import rundir
 from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.errors import CheckpointSaveError
+from purejaxppo.errors import SaveError
 
 CHECKPOINT_DIR = "checkpoints"
 READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>-<id>`, locked while it reads
@@ -104,14 +104,12 @@ class Checkpointer:
                 continue  # a prune cannot fail a run: the checkpoint stays, to go at the next one
             shutil.rmtree(gone, ignore_errors=True)
 
-    def _failed(self, err: Exception) -> CheckpointSaveError:
+    def _failed(self, err: Exception) -> SaveError:
         text = str(err)
         found = re.search(r"\[Errno \d+\] ([^\]\"\n]+)|(No space left on device)", text)
         reason = (found.group(1) or found.group(2)) if found else (text.strip().splitlines() or [type(err).__name__])[0]
-        steps = _completed(self._dir)
-        last = f"checkpoint {steps[-1]}" if steps else "none (no checkpoint was completed)"
-        return CheckpointSaveError(f"checkpoint {self._pending} could not be written to {self._dir}: {reason[:200]}; "
-                                   f"the last good one is {last}")
+        return SaveError(f"checkpoint {self._pending} could not be written to {self._dir}: {reason[:200]}; "
+                         f"the last good one is {last_good(self._dir.parent)}")
 
     def close(self) -> None:
         self._manager.close()
@@ -175,11 +173,10 @@ def reading(run_dir: str | Path, step: int | None = None) -> Iterator[int]:
 RUN_FILES = ("metrics.csv", "runs.csv")  # what a run or sweep writes besides checkpoints
 
 
-def check_fresh(run_dir: str | Path, move: bool = True) -> Path | None:
+def check_fresh(run_dir: str | Path) -> list[str]:
     """Refuse to start a new run in a run dir that holds a run with a checkpoint, whose files it would
-    overwrite. A run that ended before its first checkpoint (a kill, an out-of-memory error) has nothing
-    to resume: its files are moved (by the one process that `move`s) into
-    `RUN_DIR/superseded/no-checkpoint-<time>/`, which is returned."""
+    overwrite. Returns the files of a run that ended before its first checkpoint (a kill, an
+    out-of-memory error), which has nothing to resume: `set_aside` moves them before the new run writes."""
     run_dir = Path(run_dir)
     steps = available_steps(run_dir) if checkpoint_dir(run_dir).is_dir() else []
     held = [name for name in (*RUN_FILES, "config.yaml", "tensorboard") if (run_dir / name).exists()]
@@ -188,31 +185,43 @@ def check_fresh(run_dir: str | Path, move: bool = True) -> Path | None:
             f"run dir {run_dir} already holds a run (checkpoints {steps}, {', '.join(held)}); resume it with "
             f"--resume {run_dir}, or choose another run dir"
         )
-    if not held or not move:
+    return held
+
+
+def set_aside(run_dir: str | Path, names: list[str]) -> Path | None:
+    """Move the files `names` of a run that ended before its first checkpoint into
+    `RUN_DIR/superseded/no-checkpoint-<time>/`, which is returned (None when there are none)."""
+    if not names:
         return None
-    target = run_dir / "superseded" / f"no-checkpoint-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
-    target.mkdir(parents=True)
-    for name in held:
-        (run_dir / name).rename(target / name)
+    target = rundir.superseded_folder(Path(run_dir), "no-checkpoint")
+    for name in names:
+        (Path(run_dir) / name).rename(target / name)
     return target
 
 
 def supersede_later(run_dir: str | Path, step: int) -> Path | None:
-    """Move the checkpoints after `step`, and the metrics files as they stand, into
-    `RUN_DIR/superseded/<time>/`, so a run resumed from an earlier checkpoint writes its own future
-    without destroying the one it replaces. Returns that folder, or None when nothing came after `step`."""
+    """Move the checkpoints after `step`, and copy the metrics files as they stand, into
+    `RUN_DIR/superseded/after-<step>-<time>/`, so a run resumed from an earlier checkpoint writes its own
+    future without destroying the one it replaces. Returns that folder, or None when nothing came after
+    `step`."""
     run_dir = Path(run_dir)
     later = [s for s in available_steps(run_dir) if s > step]
     if not later:
         return None
-    target = run_dir / "superseded" / f"after-{step}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
-    (target / CHECKPOINT_DIR).mkdir(parents=True)
+    target = rundir.superseded_folder(run_dir, f"after-{step}")
+    (target / CHECKPOINT_DIR).mkdir()
     for name in RUN_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, target / name)
     for s in later:
         (checkpoint_dir(run_dir) / str(s)).rename(target / CHECKPOINT_DIR / str(s))
     return target
+
+
+def last_good(run_dir: str | Path) -> str:
+    """The newest completed checkpoint of a run dir, in words."""
+    steps = _completed(checkpoint_dir(run_dir))
+    return f"checkpoint {steps[-1]}" if steps else "none (no checkpoint was completed)"
 
 
 def available_steps(run_dir: str | Path) -> list[int]:

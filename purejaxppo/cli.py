@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import math
 import os
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,12 +18,11 @@ from typing import Any, NoReturn
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
 from purejaxppo.console import ProgressPrinter
-from purejaxppo.errors import CheckpointSaveError, NonFiniteError
+from purejaxppo.errors import NOTES, Interrupted, NonFiniteError, SaveError
 
 EXIT_NON_FINITE = 3
 EXIT_SAVE_FAILED = 4
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
-_PROGRESS: ProgressPrinter | None = None  # the running command's progress, for what an interrupt reports
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole.yaml"  # the repo checkout
 
@@ -163,8 +165,9 @@ def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
     return config_lib.load(args.config or default, args.overrides)
 
 
-def _resume_hint(command: str, run_dir: Path) -> None:
-    print(f"stopped; checkpoint written. Resume with:\n  purejaxppo {command} --resume {run_dir}", flush=True)
+def _resume_hint(command: str, run_dir: Path, update: int) -> None:
+    print(f"stopped at update {update}, which checkpoint {update} holds. Resume with:\n"
+          f"  purejaxppo {command} --resume {run_dir}", flush=True)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -183,8 +186,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
     primary = runner.is_primary()
     say = print if primary else (lambda *_, **__: None)  # the other processes of a multi-host run stay quiet
-    global _PROGRESS
-    progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
+    progress = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
     verb = "resuming" if args.resume else "training"
     where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
     origin = f" from the policy in {config.init_from}" if config.init_from and not args.resume else ""
@@ -203,7 +205,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{result.superseded}", flush=True)
     if result.stopped:
         if primary:
-            _resume_hint("train", run_dir)
+            _resume_hint("train", run_dir, result.update)
         return 0
     say(
         f"final return {result.final_return:.2f} (mean over the last 10% of updates)\n"
@@ -238,14 +240,13 @@ def _sweep(args: argparse.Namespace) -> int:
               f"runs of {config.num_updates * config.batch_size:,} env steps, one compiled program on "
               f"{len(jax.local_devices())} device(s); writing {run_dir}")
 
-    global _PROGRESS
-    progress = _PROGRESS = ProgressPrinter(config.num_updates * config.batch_size)
+    progress = ProgressPrinter(config.num_updates * config.batch_size)
     result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_progress=progress,
                    resume=bool(args.resume), step=args.step, on_ready=lambda: print(header, flush=True))
     if result.superseded is not None:
         print(f"the earlier files that this sweep replaces are in {result.superseded}")
     if result.stopped:
-        _resume_hint("sweep", run_dir)
+        _resume_hint("sweep", run_dir, result.update)
         return 0
     total_steps = len(result.runs) * config.num_updates * config.batch_size
     print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, "
@@ -295,13 +296,12 @@ def _pbt(args: argparse.Namespace) -> int:
               f"{total:,} env steps each, one compiled program on {len(jax.local_devices())} device(s); "
               f"writing {run_dir}", flush=True)
 
-    global _PROGRESS
-    progress = _PROGRESS = ProgressPrinter(total)
+    progress = ProgressPrinter(total)
     result = pbt(config, spec, run_dir, progress, resume=bool(args.resume), step=args.step, on_ready=ready)
     if result.superseded is not None:
         print(f"the earlier files that this run replaces are in {result.superseded}")
     if result.stopped:
-        _resume_hint("pbt", run_dir)
+        _resume_hint("pbt", run_dir, result.update)
         return 0
     steps = len(result.population) * total
     print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, "
@@ -435,6 +435,19 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "tensorstore")
 
 
+class _NoteLines(logging.Handler):
+    """The package's notes (errors.notify) as `purejaxppo: note: ...` lines on stderr as it is at each note."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"purejaxppo: note: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _print_notes() -> None:
+    if not any(isinstance(h, _NoteLines) for h in NOTES.handlers):  # once per process
+        NOTES.addHandler(_NoteLines())
+        NOTES.propagate = False
+
+
 def _quiet_library_noise() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # and asyncio its tasks' ("never retrieved")
@@ -461,6 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
+    _print_notes()
     commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "eval": _eval, "render": _render, "plot": _plot,
                 "envs": _envs}
     try:
@@ -473,21 +487,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return EXIT_NON_FINITE
-    except CheckpointSaveError as err:
+    except SaveError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return EXIT_SAVE_FAILED
     except OSError as err:  # a path the user gave that cannot be read or written
         where = f"{err.filename}: " if err.filename else ""
         print(f"purejaxppo: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
+    except Interrupted as err:  # a second Ctrl-C once the run had begun to write its run dir
+        print(f"purejaxppo: interrupted; {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        # once training runs, Ctrl-C is a stop request (a checkpoint, then exit 0); this one came before any
-        # chunk was reported, so before any checkpoint or metrics row, or was a second Ctrl-C during a stop
-        started = _PROGRESS.reported if _PROGRESS is not None else False
-        print("purejaxppo: interrupted" + ("; the last checkpoint written is where a resume starts" if started
-                                           else " before training started; nothing was written"), file=sys.stderr)
+        # once a run writes its run dir, Ctrl-C is a stop request (a checkpoint, then exit 0); this one came
+        # before that
+        print("purejaxppo: interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
+# An interrupted command's process ends within this many seconds, whatever interpreter shutdown waits on
+# (an XLA computation that never returns keeps its thread busy for ever).
+EXIT_WITHIN_S = 10.0
+
+
+def _exit_within(status: int, seconds: float) -> None:
+    """End the process with `status` after `seconds`, should it still be shutting down then: from a thread
+    (which needs Python to run), and, last, faulthandler's C watchdog (which does not; it exits 1)."""
+
+    def force() -> None:
+        time.sleep(seconds)
+        os._exit(status)
+
+    threading.Thread(target=force, daemon=True, name="purejaxppo-exit").start()
+    faulthandler.dump_traceback_later(seconds + 5, exit=True, file=open(os.devnull, "w"))  # noqa: SIM115
+
+
+def entry() -> NoReturn:
+    """The `purejaxppo` command: `main`, and an interrupted command's bounded exit."""
+    status = main()
+    if status == EXIT_INTERRUPTED:
+        _exit_within(status, EXIT_WITHIN_S)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -14,7 +14,6 @@ class ProgressPrinter:
         from rich.console import Console
 
         self.console = Console()
-        self.reported = False  # whether any progress record arrived
         self._bar = None
         if show and self.console.is_terminal:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -28,7 +27,6 @@ class ProgressPrinter:
             self._bar.start()
 
     def __call__(self, p: Any) -> None:
-        self.reported = True
         ret = "-" if math.isnan(p.episode_return) else f"{p.episode_return:.1f}"
         if self._bar is not None:
             self._bar.update(self._task, completed=p.env_steps, sps=p.steps_per_second, ret=ret)

@@ -2,18 +2,25 @@
 
 Columns: `run`, `update`, then every metric. Floats are written with 9 significant digits, which
 round-trips float32 exactly. Rows are appended and flushed after each chunk, so a crashed run keeps
-them; a resume keeps the rows before its checkpoint and drops the rest, and a row torn by a crash is
-ignored. Everything that reads metrics (a resume, `plot`, the result of a call) reads this file.
+them; a resume cuts the file after the rows before its checkpoint and appends, never rewriting it,
+and a row torn by a crash is ignored. Everything that reads metrics (a resume, `plot`, the result of
+a call) reads this file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from purejaxppo import rundir
+from purejaxppo.errors import notify
 
 FILE = "metrics.csv"
 
@@ -71,20 +78,50 @@ def read(path: str | Path, before: int | None = None) -> dict[str, np.ndarray]:
 
 
 class MetricsStore:
-    """Appends the rows of each chunk to `RUN_DIR/metrics.csv`; on resume, keeps the rows before the
-    restored update (`resume_from`) in `previous`, as `[runs, updates]` arrays."""
+    """Appends the rows of each chunk to `RUN_DIR/metrics.csv`, flushed at once.
 
-    def __init__(self, run_dir: Path, resume_from: int | None = None) -> None:
-        path = run_dir / FILE
-        self.previous = read(path, before=resume_from) if resume_from is not None and path.is_file() else {}
-        self._names: list[str] | None = list(self.previous) or None
-        self._file = path.open("w", newline="")
+    A resume from update `resume_from` never rewrites the file in place: it checks that the rows of every
+    one of the `runs` runs before that update are there, then cuts the file after them (one `truncate`,
+    which a kill cannot leave half done; or, where an earlier version left them in another order, a new
+    file renamed over the old one) and appends, so the file reads as a straight run's would. The rows it
+    kept are in `previous`, as `[runs, updates]` arrays. A file that cannot be read that far is moved
+    into `RUN_DIR/superseded/`, the user is told in one line, and the file starts again at the resume
+    point. Writes that fail raise OSError."""
+
+    def __init__(self, run_dir: Path, runs: int, resume_from: int | None = None) -> None:
+        self.path = run_dir / FILE
+        self.previous: dict[str, np.ndarray] = {}
+        self._names: list[str] | None = None
+        append = False
+        if resume_from is not None and self.path.is_file():
+            try:
+                kept, is_prefix, self._names, self.previous = rows_before(self.path, resume_from, runs)
+            except ValueError as err:
+                moved = rundir.superseded_folder(run_dir, "unreadable-metrics")
+                self.path.rename(moved / FILE)
+                notify(f"{self.path}: {err}; it is now {moved / FILE}, and this run's {FILE} starts at update "
+                       f"{resume_from}")
+            else:
+                if is_prefix:
+                    os.truncate(self.path, len(kept))
+                else:  # rows in another order (an earlier version rewrote them on resume): a new file
+                    fresh = self.path.with_name(f".{FILE}.new")
+                    fresh.write_bytes(kept)
+                    os.replace(fresh, self.path)
+                append = True
+        elif resume_from:
+            notify(f"{self.path}: missing; this run's {FILE} starts at update {resume_from}")
+        self._file = self.path.open("a" if append else "w", newline="")
         self._writer = csv.writer(self._file)
-        if self._names is not None:
-            self._writer.writerow(["run", "update", *self._names])
-            self._write_rows(0, self.previous)
 
-    def _write_rows(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
+    def write(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
+        """`metrics`: each `[runs, updates]`, the updates from `first_update` on."""
+        names = metric_names(metrics)
+        if self._names is None:
+            self._names = names
+            self._writer.writerow(["run", "update", *names])
+        elif names != self._names:  # kept rows of an earlier version, which reported other metrics
+            self._renamed(names)
         columns = [metrics[n] for n in self._names]
         runs, count = columns[0].shape
         self._writer.writerows(
@@ -92,15 +129,73 @@ class MetricsStore:
         )
         self._file.flush()
 
-    def write(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
-        """`metrics`: each `[runs, updates]`, the updates from `first_update` on."""
-        if self._names is None:
-            self._names = metric_names(metrics)
-            self._writer.writerow(["run", "update", *self._names])
-        self._write_rows(first_update, metrics)
+    def _renamed(self, names: list[str]) -> None:
+        """The kept rows under `names` (NaN where they lack one), written to a new file that replaces the
+        old one in one rename; the old file is kept in `RUN_DIR/superseded/`."""
+        self._file.close()
+        kept = rundir.superseded_folder(self.path.parent, "earlier-metrics") / FILE
+        shutil.copy2(self.path, kept)
+        runs, count = next(iter(self.previous.values())).shape if self.previous else (0, 0)
+        fresh = self.path.with_name(f".{FILE}.new")
+        with fresh.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["run", "update", *names])
+            lacking = np.full((runs, count), np.nan)
+            columns = [self.previous.get(n, lacking) for n in names]
+            writer.writerows([k, i, *(_fmt(c[k, i]) for c in columns)] for k in range(runs) for i in range(count))
+        os.replace(fresh, self.path)
+        notify(f"{self.path}: its earlier rows had the metrics of another version; rewritten with this version's "
+               f"columns (NaN where they lack one), the file as it was kept in {kept}")
+        self._names = names
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.writer(self._file)
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # every write flushes: a failing one has raised already
+            self._file.close()
+
+
+def _parse_row(line: bytes, width: int) -> tuple[int, int, list[float]] | None:
+    fields = line.decode("utf-8", "replace").rstrip("\r\n").split(",")
+    if len(fields) != width:
+        return None
+    try:
+        return int(fields[0]), int(fields[1]), [float(v) for v in fields[2:]]
+    except ValueError:
+        return None
+
+
+def rows_before(path: Path, before: int, runs: int) -> tuple[bytes, bool, list[str], dict[str, np.ndarray]]:
+    """What a resume from update `before` keeps of a metrics file: (its header and rows before `before`,
+    as the bytes they are in the file and in its order; whether those bytes begin the file, so that
+    cutting it keeps them; the metric names; the rows as `[runs, before]` arrays). Rows that do not parse,
+    such as one torn by a crash, are dropped. Raises ValueError, saying what is wrong, when the header
+    does not parse or a row of the `runs` runs before `before` is missing."""
+    data = path.read_bytes()
+    end = data.find(b"\n")
+    header = data[:end].decode("utf-8", "replace").rstrip("\r").split(",") if end >= 0 else []
+    names = header[2:]
+    if header[:2] != ["run", "update"] or not names or len(set(names)) != len(names) or "" in names:
+        shown = ",".join(header[:4]) + ("..." if len(header) > 4 else "")
+        raise ValueError(f"its header {shown!r} is not run,update,<metrics>")
+    rows: dict[tuple[int, int], list[float]] = {}
+    kept, start = [data[:end + 1]], end + 1
+    while start < len(data):
+        stop = data.find(b"\n", start)
+        stop = len(data) if stop < 0 else stop + 1
+        row = _parse_row(data[start:stop], len(header)) if data[stop - 1:stop] == b"\n" else None  # else torn
+        if row is not None and row[1] < before and (row[0], row[1]) not in rows:
+            rows[(row[0], row[1])] = row[2]
+            kept.append(data[start:stop])
+        start = stop
+    wanted = runs * before
+    if len(rows) != wanted or any(not (0 <= r < runs and 0 <= u < before) for r, u in rows):
+        raise ValueError(f"it holds {len(rows)} readable rows before update {before} where {runs} run(s) need "
+                         f"{wanted}")
+    table = np.array([[rows[(r, u)] for u in range(before)] for r in range(runs)], np.float64).reshape(
+        runs, before, len(names))
+    kept_bytes = b"".join(kept)
+    return kept_bytes, data.startswith(kept_bytes), names, {n: table[..., i] for i, n in enumerate(names)} if before else {}
 
 
 def final_return(returns: np.ndarray) -> float:

@@ -272,12 +272,17 @@ def pbt(
                             env=env)
         out = PBTResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)}, spec=spec)
         if out.run_dir is not None and not out.stopped and runner.is_primary():
-            rows = lineage_rows(out)
-            metrics_lib.write_table(out.run_dir / "lineage.csv", rows)
-            best = out.metrics["episode_return"][out.best()[0]]
-            plots.plot_pbt(rows, [e.name for e in spec.explore], out.metrics["env_steps"][0], best,
-                           out.run_dir / "pbt.png")
+            with runner.finishing(run_dir, "pbt"):
+                write_lineage(out, spec)
     return out
+
+
+def write_lineage(out: PBTResult, spec: PBTConfig) -> None:
+    """lineage.csv and pbt.png (the loop has written config.yaml, metrics.csv and runs.csv)."""
+    rows = lineage_rows(out)
+    metrics_lib.write_table(out.run_dir / "lineage.csv", rows)
+    best = out.metrics["episode_return"][out.best()[0]]
+    plots.plot_pbt(rows, [e.name for e in spec.explore], out.metrics["env_steps"][0], best, out.run_dir / "pbt.png")
 
 
 def lineage_rows(result: PBTResult) -> list[dict[str, Any]]:

@@ -15,11 +15,13 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from purejaxppo.config import ConfigError
 
 LOCK_FILE = ".lock"
+SUPERSEDED = "superseded"  # where files a run replaces are kept, never deleted
 
 
 class RunDirError(ConfigError):
@@ -42,6 +44,13 @@ def prepare(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise RunDirError(f"run dir {run_dir}: cannot write there ({err.strerror or err})") from None
+
+
+def superseded_folder(run_dir: Path, label: str) -> Path:
+    """A new folder `RUN_DIR/superseded/<label>-<time>/` for files that a run replaces."""
+    folder = Path(run_dir) / SUPERSEDED / f"{label}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    folder.mkdir(parents=True)
+    return folder
 
 
 @contextlib.contextmanager

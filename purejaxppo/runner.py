@@ -28,7 +28,7 @@ from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.loggers import Loggers
-from purejaxppo.errors import NonFiniteError
+from purejaxppo.errors import Interrupted, NonFiniteError, SaveError
 from purejaxppo.population import Layout, Population, Program, check_fits, plan
 from purejaxppo.train import TrainState, make_trainer, with_env
 
@@ -62,6 +62,7 @@ class RunResult:
     layout: Layout
     timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds before the first update, by stage
     first_update: int = 0  # where this call started: > 0 when resumed
+    update: int = 0  # where it ended
     stopped: bool = False  # stopped early by a signal or `until_update`, with a checkpoint to resume from
     superseded: Path | None = None  # where the checkpoints after the resumed one, or a stranded run's files, went
 
@@ -93,37 +94,41 @@ def default_run_dir(config: PPOConfig, root: str | Path = "runs", suffix: str = 
 
 
 class StopSignal:
-    """Turns SIGINT/SIGTERM into a request to stop after the current chunk; a second signal interrupts.
+    """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) into a request to stop
+    after the current chunk; a second signal interrupts.
 
-    With `interrupt`, for the time before training starts, the first signal raises KeyboardInterrupt at
-    once, and is recorded as well: Python drops an exception raised inside a garbage-collection
-    callback, and the caller then raises it itself.
+    While `interrupting` (the checks and the compile, before anything is written), the first signal
+    raises KeyboardInterrupt at once, and is recorded as well: Python drops an exception raised inside a
+    garbage-collection callback, and the caller then raises it itself.
 
     Python runs signal handlers between bytecodes of the main thread, so a process stuck inside one
     XLA computation (a deadlock, or a wait for memory) would ignore every signal. A watcher thread sees
     each signal through `signal.set_wakeup_fd`, which the C-level handler writes to whatever the main
-    thread does: when the signal that should interrupt (the first with `interrupt`, else the second)
-    has not ended the process within FORCE_AFTER_S, it says so in one line and exits at once.
+    thread does: when the signal that should interrupt (the first while `interrupting`, else the second)
+    has not ended the process within FORCE_AFTER_S, it says so in one line, with what `written()` says the
+    run dir holds, and exits at once.
     """
 
     FORCE_AFTER_S = 10.0
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, interrupt: bool = False) -> None:
         self.requested: str | None = None
-        self.interrupt = interrupt
+        self.interrupting = interrupt
+        self.written: Callable[[], str] = lambda: "nothing new was written"
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopSignal]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
 
         def handler(signum: int, _frame: Any) -> None:
             self.requested = signal.Signals(signum).name
             for sig, old in previous.items():  # a second signal acts as usual
                 signal.signal(sig, old)
-            if self.interrupt:
+            if self.interrupting:
                 raise KeyboardInterrupt
 
         for sig in previous:
@@ -146,19 +151,25 @@ class StopSignal:
             os.close(read_fd)
             os.close(write_fd)
 
+    @contextlib.contextmanager
+    def stop_requests(self) -> Iterator[None]:
+        """For the block, a first signal is a stop request, not an interruption."""
+        self.interrupting = False
+        try:
+            yield
+        finally:
+            self.interrupting = True
+
     def _watch(self, read_fd: int, done: threading.Event) -> None:
-        needed = 1 if self.interrupt else 2
         seen = 0
         while not done.is_set():
             for signum in os.read(read_fd, 64):
-                if signum in (signal.SIGINT, signal.SIGTERM):
+                if signum in self.SIGNALS:
                     seen += 1
-                    if seen >= needed and not done.wait(self.FORCE_AFTER_S):
+                    if seen >= (1 if self.interrupting else 2) and not done.wait(self.FORCE_AFTER_S):
                         name = signal.Signals(signum).name
-                        what = (" before training started: stopped at once; nothing new was written" if self.interrupt
-                                else ": stopped at once, without a checkpoint; a resume starts from the last "
-                                     "checkpoint written, if any")
-                        os.write(2, f"purejaxppo: {name} while stuck inside a computation{what}\n".encode())
+                        os.write(2, f"purejaxppo: {name} while stuck inside a computation: stopped at once, without "
+                                    f"a checkpoint; {self.written()}\n".encode())
                         os._exit(128 + signum)
 
 
@@ -198,16 +209,49 @@ def stopping(stop: StopSignal) -> bool:
     return bool(multihost_utils.process_allgather(np.array(stop.requested is not None)).any())
 
 
-Started = tuple[Program, list[TrainState], int, "Path | None", dict[str, float], float]
+def _command(kind: str) -> str:
+    return {"run": "train"}.get(kind, kind)
+
+
+def written(run_dir: Path | None, kind: str) -> str:
+    """What a run dir holds for the run that is writing it, and how to go on, in words."""
+    if run_dir is None:
+        return "nothing was kept (no run dir)"
+    steps = checkpoint.available_steps(run_dir) if checkpoint.checkpoint_dir(run_dir).is_dir() else []
+    if steps:
+        return f"checkpoint {steps[-1]} is the newest; resume with purejaxppo {_command(kind)} --resume {run_dir}"
+    return (f"no checkpoint was written; purejaxppo {_command(kind)} --run-dir {run_dir} starts the run again "
+            f"(its files are moved aside)")
+
+
+@contextlib.contextmanager
+def finishing(run_dir: Path | None, kind: str) -> Iterator[None]:
+    """For a front end's own outputs after `run`: a Ctrl-C there says what the run dir holds."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(written(run_dir, kind)) from None
+
+
+@dataclasses.dataclass
+class Started:
+    """What `_start` has built, checked, compiled and initialised or restored, before anything is written."""
+
+    program: Program
+    resume_step: int | None
+    stranded: list[str]  # the files of an earlier run in the run dir that never reached a checkpoint
+    timings: dict[str, float]  # seconds before the first update, by stage
+    compile_time: float = 0.0  # the compile and the init or restore
+    first: int = 0  # the update the states have reached
+    states: list[TrainState] = dataclasses.field(default_factory=list)  # one per call
 
 
 def _start(
     population: Population, run_dir: Path | None, resume_step: int | None, max_runs_per_call: int | None,
     on_ready: Callable[[], None] | None = None, env: Any = None,
 ) -> Started:
-    """Everything before the first update: build, check, compile, then init or restore. `on_ready` is
-    called once every check has passed, before the compile. Returns the program, the calls' states,
-    the first update, where earlier files went, the timings by stage and the compile time."""
+    """Build, check, compile, then init or restore. `on_ready` is called once every check has passed, before
+    the compile. Writes nothing."""
     config = population.config
     clock = time.perf_counter()
     trainer = make_trainer(config, env)
@@ -216,9 +260,8 @@ def _start(
     use_compilation_cache(config)
     program = plan(trainer, population, max_runs_per_call)
     check_fits(program)
-    timings = {"build": time.perf_counter() - clock}
+    started = Started(program, resume_step, [], {"build": time.perf_counter() - clock})
     lay = program.layout
-    superseded = None  # where earlier files of the run dir went
     if resume_step is not None:  # every check before anything compiles
         _, saved = checkpoint.read_meta(run_dir, resume_step)
         if int(saved.get("stacked_runs", -1)) != lay.stacked_runs:
@@ -228,26 +271,21 @@ def _start(
                 f"(--cpu-devices N)")
         checkpoint.check_arrays(run_dir, resume_step, program.abstract)
     elif run_dir is not None:
-        superseded = checkpoint.check_fresh(run_dir, move=is_primary())
+        started.stranded = checkpoint.check_fresh(run_dir)
     if on_ready is not None:
         on_ready()
-
     start = time.perf_counter()
     program.compile()
-    timings.update(program.timings)
+    started.timings.update(program.timings)
     clock = time.perf_counter()
     if resume_step is not None:
-        first, restored, _ = checkpoint.restore(run_dir, program.restore_target(), resume_step)
-        states = program.split(restored)
+        started.first, restored, _ = checkpoint.restore(run_dir, program.restore_target(), resume_step)
+        started.states = program.split(restored)
     else:
-        first, states = 0, jax.block_until_ready(program.initial_states())
-    timings["init" if resume_step is None else "restore"] = time.perf_counter() - clock
-    compile_time = time.perf_counter() - start
-    if resume_step is not None:
-        superseded = checkpoint.supersede_later(run_dir, first) if is_primary() else None
-        _sync("purejaxppo: later checkpoints moved aside")
-
-    return program, states, first, superseded, timings, compile_time
+        started.states = jax.block_until_ready(program.initial_states())
+    started.timings["init" if resume_step is None else "restore"] = time.perf_counter() - clock
+    started.compile_time = time.perf_counter() - start
+    return started
 
 
 def _whole(states: list[TrainState]) -> TrainState:
@@ -275,86 +313,110 @@ def run(
 
     The caller holds the run dir (`rundir.claimed`). With a run dir: `config.yaml`, `metrics.csv` (every
     run), the optional loggers, and checkpoints of the whole stacked state every `checkpoint_every`
-    updates, at the end, and on a stop (SIGINT, SIGTERM, or `until_update`). With `guard`, a non-finite
-    loss, gradient norm or parameter in any run stops the call with NonFiniteError, after checkpointing
-    the last good state. `meta` is stored with each checkpoint, beside what the loop itself needs.
+    updates, at the end, and on a stop (SIGINT, SIGTERM, SIGHUP, or `until_update`). With `guard`, a
+    non-finite loss, gradient norm or parameter in any run stops the call with NonFiniteError, after
+    checkpointing the last good state. `meta` is stored with each checkpoint, beside what the loop
+    itself needs.
+
+    A signal during the checks, the compile and the init or restore interrupts at once (KeyboardInterrupt),
+    before anything is written; from then on the first asks for a stop at the next chunk's end, with a
+    checkpoint, and a second interrupts at once (errors.Interrupted, saying what the run dir holds).
     """
     population = dataclasses.replace(population, config=with_env(population.config, env))
-    config = population.config
     run_dir = Path(run_dir) if run_dir is not None else None
-    early = StopSignal(interrupt=True)
-    with early.installed():
-        program, states, first, superseded, timings, compile_time = _start(
-            population, run_dir, resume_step, max_runs_per_call, on_ready, env)
-    if early.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
-        raise KeyboardInterrupt
-    lay = program.layout
+    stop = StopSignal(interrupt=True)
+    with stop.installed():
+        started = _start(population, run_dir, resume_step, max_runs_per_call, on_ready, env)
+        if stop.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
+            raise KeyboardInterrupt
+        with stop.stop_requests():
+            try:
+                return _train_population(started, run_dir, kind, meta, max_runs_per_call, until_update, guard,
+                                         on_progress, stop)
+            except KeyboardInterrupt:
+                raise Interrupted(written(run_dir, kind)) from None
 
-    store = loggers = ckpt = None
+
+def _train_population(
+    started: Started, run_dir: Path | None, kind: str, meta: dict[str, Any] | None, max_runs_per_call: int | None,
+    until_update: int | None, guard: bool, on_progress: Callable[[Progress], None] | None, stop: StopSignal,
+) -> RunResult:
+    """Set up the run dir's files, then the chunk loop."""
+    program, resume_step, first, states = started.program, started.resume_step, started.first, started.states
+    population, lay = program.population, program.layout
+    config = population.config
+
+    store = loggers = ckpt = superseded = None
+    n = len(population)
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if is_primary():
-            config_lib.save(config, run_dir / "config.yaml")
-            store = metrics_lib.MetricsStore(run_dir, resume_from=first if resume_step is not None else None)
-            loggers = Loggers.create(config, run_dir, len(population))
-            metrics_lib.write_runs(run_dir, population.to_meta())
+            stop.written = lambda: written(run_dir, kind)
+            superseded = (checkpoint.supersede_later(run_dir, first) if resume_step is not None
+                          else checkpoint.set_aside(run_dir, started.stranded))
+        _sync("purejaxppo: earlier files moved aside")
+        if is_primary():
+            with _writing(run_dir / "config.yaml", run_dir):
+                config_lib.save(config, run_dir / "config.yaml")
+            with _writing(run_dir / metrics_lib.FILE, run_dir):
+                store = metrics_lib.MetricsStore(run_dir, n, resume_from=first if resume_step is not None else None)
+            loggers = Loggers.create(config, run_dir, n)
+            with _writing(run_dir / metrics_lib.RUNS_FILE, run_dir):
+                metrics_lib.write_runs(run_dir, population.to_meta())
         ckpt = checkpoint.Checkpointer(run_dir, config.keep_checkpoints)
     meta = {**(meta or {}), "config": config.to_dict(), "kind": kind, "members": population.to_meta(),
-            "num_runs": len(population), "stacked_runs": lay.stacked_runs, "devices": lay.devices,
+            "num_runs": n, "stacked_runs": lay.stacked_runs, "devices": lay.devices,
             "max_runs_per_call": max_runs_per_call}
-    n = len(population)
 
     def save(update: int, to_save: list[TrainState]) -> None:
         if ckpt is not None:
             ckpt.save(update, _whole(to_save), {**meta, "update": update, "env_steps": update * config.batch_size})
 
     collected: list[dict[str, np.ndarray]] = [store.previous] if store is not None and store.previous else []
-    done, stopped, stop, last_saved = first, False, StopSignal(), first
+    done, stopped, last_saved = first, False, first
     start = time.perf_counter()
     try:
-        with stop.installed():
-            while done < config.num_updates:
-                active = min(config.chunk_size, config.num_updates - done)
-                outputs = [program.chunk(s, done, active) for s in states]
-                # copies, not views: a view would keep the chunk's whole device buffer alive for the run
-                parts = [{k: np.array(v[:, :active]) for k, v in jax.device_get(o[1]).items()} for o in outputs]
-                chunk_metrics = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
-                if store is not None:  # a bad chunk's rows too, for the post-mortem
-                    store.write(done, chunk_metrics)
-                if guard:
-                    bad = metrics_lib.first_non_finite(chunk_metrics)
-                    params_ok = all(bool(np.asarray(jax.device_get(o[2]))[:n].all()) for o in outputs)
-                    if bad is not None or not params_ok:
-                        where = (f"update {done + bad[0]} (env steps {(done + bad[0] + 1) * config.batch_size:,}): "
-                                 f"{bad[1]} is not finite") if bad else \
-                            f"the params of updates {done}-{done + active - 1}"
-                        save(done, states)
-                        kept = f"; the last good state is checkpoint {done} in {checkpoint.checkpoint_dir(run_dir)}" \
-                            if ckpt is not None else ""
-                        raise NonFiniteError(f"training stopped at {where}{kept}")
-                states = [o[0] for o in outputs]
-                collected.append(chunk_metrics)
-                if loggers is not None:
-                    loggers.log(done, chunk_metrics)
-                done += active
-                if on_progress is not None and is_primary():
-                    elapsed = time.perf_counter() - start
-                    returns = [metrics_lib.last_finite(r) for r in chunk_metrics["episode_return"]]
-                    on_progress(Progress(
-                        done, config.num_updates, done * config.batch_size, config.num_updates * config.batch_size,
-                        n, (done - first) * config.batch_size * n / elapsed,
-                        float(np.nanmean(returns)) if np.isfinite(returns).any() else float("nan"), elapsed))
-                if done >= config.num_updates:
-                    break
-                if stopping(stop) or (until_update is not None and done >= until_update):
-                    stopped = True
-                    save(done, states)
-                    break
-                if config.checkpoint_every and done // config.checkpoint_every > last_saved // config.checkpoint_every:
-                    save(done, states)
-                    last_saved = done
-            if not stopped:
+        while done < config.num_updates:
+            if stopping(stop) or (until_update is not None and done >= until_update and done > first):
+                stopped = True
                 save(done, states)
+                break
+            active = min(config.chunk_size, config.num_updates - done)
+            outputs = [program.chunk(s, done, active) for s in states]
+            # copies, not views: a view would keep the chunk's whole device buffer alive for the run
+            parts = [{k: np.array(v[:, :active]) for k, v in jax.device_get(o[1]).items()} for o in outputs]
+            chunk_metrics = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+            if store is not None:  # a bad chunk's rows too, for the post-mortem
+                with _writing(store.path, run_dir, ckpt):
+                    store.write(done, chunk_metrics)
+            if guard:
+                bad = metrics_lib.first_non_finite(chunk_metrics)
+                params_ok = all(bool(np.asarray(jax.device_get(o[2]))[:n].all()) for o in outputs)
+                if bad is not None or not params_ok:
+                    where = (f"update {done + bad[0]} (env steps {(done + bad[0] + 1) * config.batch_size:,}): "
+                             f"{bad[1]} is not finite") if bad else \
+                        f"the params of updates {done}-{done + active - 1}"
+                    save(done, states)
+                    kept = f"; the last good state is checkpoint {done} in {checkpoint.checkpoint_dir(run_dir)}" \
+                        if ckpt is not None else ""
+                    raise NonFiniteError(f"training stopped at {where}{kept}")
+            states = [o[0] for o in outputs]
+            collected.append(chunk_metrics)
+            if loggers is not None:
+                loggers.log(done, chunk_metrics)
+            done += active
+            if on_progress is not None and is_primary():
+                elapsed = time.perf_counter() - start
+                returns = [metrics_lib.last_finite(r) for r in chunk_metrics["episode_return"]]
+                on_progress(Progress(
+                    done, config.num_updates, done * config.batch_size, config.num_updates * config.batch_size,
+                    n, (done - first) * config.batch_size * n / elapsed,
+                    float(np.nanmean(returns)) if np.isfinite(returns).any() else float("nan"), elapsed))
+            if (config.checkpoint_every and done < config.num_updates
+                    and done // config.checkpoint_every > last_saved // config.checkpoint_every):
+                save(done, states)
+                last_saved = done
+        if not stopped:
+            save(done, states)
     finally:
         for closing in (store, loggers):
             if closing is not None:
@@ -373,9 +435,24 @@ def run(
     state = _whole(states)
     state = jax.tree.map(lambda x: x[:n], state) if lay.stacked_runs != n else state
     if run_dir is not None and is_primary() and not stopped:
-        metrics_lib.write_runs(run_dir, population.to_meta(), stacked)
-    return RunResult(config, population, state, stacked, compile_time, run_time, run_dir, lay, timings, first,
-                     stopped, superseded)
+        with _writing(run_dir / metrics_lib.RUNS_FILE, run_dir):
+            metrics_lib.write_runs(run_dir, population.to_meta(), stacked)
+    return RunResult(config, population, state, stacked, started.compile_time, run_time, run_dir, lay,
+                     started.timings, first, done, stopped, superseded)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, run_dir: Path, ckpt: checkpoint.Checkpointer | None = None) -> Iterator[None]:
+    """A failure to write the run file `path` (a full disk, a lost mount) as one SaveError line naming the
+    file and the newest checkpoint, once `ckpt`'s save under way has ended."""
+    try:
+        yield
+    except OSError as err:
+        if ckpt is not None:
+            with contextlib.suppress(Exception):
+                ckpt.wait()
+        raise SaveError(f"{err.filename or path} could not be written: {err.strerror or err}; the last good "
+                        f"checkpoint is {checkpoint.last_good(run_dir).removeprefix('checkpoint ')}") from None
 
 
 def train(

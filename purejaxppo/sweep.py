@@ -114,7 +114,8 @@ def sweep(
         out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)},
                           grid=grid, points=points, seeds=[config.seed + i for i in range(seeds)])
         if out.run_dir is not None and not out.stopped:
-            write_results(out, out.run_dir)
+            with runner.finishing(run_dir, "sweep"):
+                write_results(out, out.run_dir)
     return out
 
 

@@ -100,6 +100,42 @@ def test_ctrl_c_before_training_is_one_line_and_exit_130(tmp_path):
     assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
 
 
+TWO_CTRL_C = """
+import atexit, os, signal, sys, time
+from purejaxppo import cli, console
+cli.EXIT_WITHIN_S = 1.0
+atexit.register(time.sleep, 3600)  # a shutdown that waits on something that never ends
+shown, at = console.ProgressPrinter.__call__, int(sys.argv.pop(1))
+def progress(self, p):
+    shown(self, p)
+    if p.update == at:  # a stop request, then an interruption, at a chunk's end
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+console.ProgressPrinter.__call__ = progress
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("at, newest", [(3, None), (6, 3)])
+def test_a_second_ctrl_c_says_what_the_run_dir_holds_and_how_to_go_on(tmp_path, at, newest):
+    run_dir = tmp_path / "run"
+    args = ["train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=768", "--set", "log_every=3",
+            "--set", "checkpoint_every=3", "--set", "lr_schedule=constant"]
+    proc = subprocess.run([sys.executable, "-c", TWO_CTRL_C, str(at), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)  # its shutdown never ends: the CLI's own bound ends it
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    if newest is None:  # the checkpoint of update 3 was due after the progress report
+        assert proc.stderr.strip() == (f"purejaxppo: interrupted; no checkpoint was written; purejaxppo train "
+                                       f"--run-dir {run_dir} starts the run again (its files are moved aside)")
+        again = cli(*args)
+    else:
+        assert proc.stderr.strip() == (f"purejaxppo: interrupted; checkpoint {newest} is the newest; resume with "
+                                       f"purejaxppo train --resume {run_dir}")
+        again = cli("train", "--resume", str(run_dir))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert checkpoint.available_steps(run_dir)[-1] == 12
+
+
 def test_anything_given_twice_is_refused():
     line = one_error_line(cli("train", "--set", "lr=1e-3", "--set", "lr=2e-3"))
     assert line == "purejaxppo: error: lr: given twice ('lr=1e-3' and 'lr=2e-3'); give each key once"
@@ -214,3 +250,34 @@ def one_error_line_of(proc: subprocess.CompletedProcess, status: int) -> str:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == status and len(lines) == 1, proc.stderr[-3000:]
     return lines[0]
+
+
+METRICS_ON_A_FULL_DISK = """
+import csv, sys
+from purejaxppo import metrics
+from purejaxppo.cli import main
+write = metrics.MetricsStore.write
+def full(self, first_update, chunk):
+    if first_update >= 6:  # the disk is full from the third chunk on: /dev/full refuses every write
+        self._file = open("/dev/full", "w", newline="")
+        self._writer = csv.writer(self._file)
+    write(self, first_update, chunk)
+metrics.MetricsStore.write = full
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_under_metrics_csv_is_one_line_naming_it_and_the_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=768", "--set", "log_every=3",
+            "--set", "checkpoint_every=3"]
+    proc = subprocess.run([sys.executable, "-c", METRICS_ON_A_FULL_DISK, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    line = one_error_line_of(proc, 4)
+    assert line == (f"purejaxppo: error: {run_dir / 'metrics.csv'} could not be written: No space left on device; "
+                    f"the last good checkpoint is 6")
+    resumed = cli("train", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = cli(*args[:2], str(tmp_path / "straight"), *args[3:])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert (run_dir / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()

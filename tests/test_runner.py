@@ -81,6 +81,48 @@ def test_a_resume_keeps_the_rows_before_it_even_after_a_torn_row(resumed, straig
     assert (run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
 
 
+INTERRUPTED_AT_THE_CUT = """
+import os, signal, sys
+sys.path.insert(0, "tests")
+from conftest import TINY
+from purejaxppo import runner
+from purejaxppo.sweep import sweep
+kind, run_dir, sig = sys.argv[1], sys.argv[2], getattr(signal, sys.argv[3])
+real = os.truncate
+def truncate(path, length):  # the resume cuts metrics.csv at checkpoint 6, and the signal lands at once
+    real(path, length)
+    os.kill(os.getpid(), sig)
+os.truncate = truncate
+resumed = runner.train(TINY, run_dir, resume=True, step=6) if kind == "run" else sweep(TINY, run_dir=run_dir, resume=True, step=6)
+print("stopped", resumed.stopped, "at", resumed.update)
+"""
+
+
+@pytest.mark.parametrize("kind", ["run", "sweep"])
+def test_a_resume_interrupted_as_it_cuts_the_metrics_loses_no_row(kind, resumed, straight, tmp_path):
+    if kind == "run":
+        whole, run_dir = straight.run_dir / "metrics.csv", tmp_path / "run"
+        shutil.copytree(resumed[1].run_dir, run_dir)  # checkpoints 6 and 8, and every row
+    else:  # two runs, whose rows a rewrite would reorder: chunks of 3 updates, so two chunks before update 6
+        whole, run_dir = sweep(TINY, 2, None, tmp_path / "straight").run_dir / "metrics.csv", tmp_path / "sweep"
+        sweep(TINY, 2, None, run_dir, until_update=4)
+        sweep(TINY, run_dir=run_dir, resume=True)
+    assert (run_dir / "metrics.csv").read_text() == whole.read_text()
+    killed = subprocess.run([sys.executable, "-c", INTERRUPTED_AT_THE_CUT, kind, str(run_dir), "SIGKILL"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rows = (run_dir / "metrics.csv").read_text()
+    assert rows == whole.read_text()[:len(rows)] and len(rows.splitlines()) == 1 + 6 * (1 + (kind == "sweep"))
+    # Ctrl-C as the file is cut: a stop request, honoured before the first chunk, with the truth about it
+    stopped = python(INTERRUPTED_AT_THE_CUT, kind, str(run_dir), "SIGINT")
+    assert stopped.stdout.strip() == "stopped True at 6" and stopped.stderr == ""
+    assert (run_dir / "metrics.csv").read_text() == rows
+    again = runner.train(TINY, run_dir, resume=True) if kind == "run" else sweep(TINY, run_dir=run_dir, resume=True)
+    assert again.first_update == 6
+    assert (run_dir / "metrics.csv").read_text() == whole.read_text()
+    assert (run_dir / "runs.csv").read_text() == (whole.parent / "runs.csv").read_text()  # the AUC from every row
+
+
 def test_a_new_run_refuses_a_run_dir_that_holds_a_run(straight):
     with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv, runs.csv, config"):
         runner.train(TINY, straight.run_dir)
@@ -161,17 +203,18 @@ def _train_until(run_dir, line: str, sig: signal.Signals, *extra: str) -> subpro
     return proc
 
 
-def test_sigint_finishes_the_chunk_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])  # SIGHUP: a closed terminal, a dropped ssh session
+def test_a_signal_finishes_the_chunk_checkpoints_and_resumes(tmp_path, sig):
     # a constant learning rate, so the resume may shorten the run (a schedule spans the run's length)
     run_dir = tmp_path / "sig"
-    proc = _train_until(run_dir, "update 5/", signal.SIGINT)
+    proc = _train_until(run_dir, "update 5/", sig)
     out = proc.stdout.read()
     assert proc.returncode == 0, proc.stderr.read()
     assert f"purejaxppo train --resume {run_dir}" in out
     step = checkpoint.available_steps(run_dir)[-1]
     assert step >= 5
     _, meta = checkpoint.read_meta(run_dir)
-    assert meta["update"] == step
+    assert meta["update"] == step and f"stopped at update {step}, which checkpoint {step} holds" in out
     _resume_for_more_updates(run_dir, step, 3)
 
 
@@ -380,6 +423,7 @@ with StopSignal(interrupt=sys.argv[1] == "early").installed():
 @pytest.mark.parametrize("phase, signals, status", [
     ("training", [signal.SIGINT, signal.SIGINT], 130),  # the first asks for a stop at the chunk's end
     ("training", [signal.SIGTERM, signal.SIGTERM], 143),
+    ("training", [signal.SIGHUP, signal.SIGHUP], 129),
     ("early", [signal.SIGINT], 130),  # before training, the first interrupts
 ])
 def test_a_process_stuck_inside_a_computation_still_yields_to_signals(phase, signals, status):
