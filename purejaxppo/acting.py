@@ -156,8 +156,8 @@ class LoadedPolicy:
     """A trained policy as jitted functions that apply its run's saved observation statistics exactly
     as training did. Without a key an action is deterministic (the distribution's mode); with a key it
     is sampled. `obs` may be one observation or a batch of them, as the env gives it: with `obs_mask`,
-    the hidden components are dropped here, as the training env dropped them. For an env that masks its
-    actions, pass `mask=env.action_mask(state)` (batched like `obs`) so the action is a legal one.
+    the hidden components are dropped here, as the training env dropped them. A policy whose env masks
+    its actions needs `mask=env.action_mask(state)` (batched like `obs`), so the action is a legal one.
 
     A feedforward policy is called directly: `action = policy(obs)`. Any policy, recurrent or not,
     steps with its carry:
@@ -183,11 +183,15 @@ class LoadedPolicy:
     def __call__(self, obs: jax.Array, key: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
         if self.recurrent:
             raise TypeError("a recurrent policy acts with its carry: action, carry = policy.step(obs, carry, key)")
-        return self._step(obs, (), key, mask)[0]
+        return self.step(obs, (), key, mask)[0]
 
     def step(self, obs: jax.Array, carry: Carry, key: jax.Array | None = None,
              mask: jax.Array | None = None) -> tuple[jax.Array, Carry]:
         """The action for `obs` seen after `carry`, and the carry to pass with the next observation."""
+        space = self.policy.action_space
+        if space.masked and mask is None:
+            raise TypeError(f"this policy's env masks its actions ({space.describe()}): pass "
+                            f"mask=env.action_mask(state), bool[{space.n}] batched like obs, or it may act illegally")
         return self._step(obs, carry, key, mask)
 
     def initial_carry(self, num_envs: int | None = None) -> Carry:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
 from purejaxppo.console import ProgressPrinter
-from purejaxppo.errors import NOTES, Interrupted, NonFiniteError, SaveError
+from purejaxppo.errors import Interrupted, NonFiniteError, SaveError
 
 EXIT_NON_FINITE = 3
 EXIT_SAVE_FAILED = 4
@@ -435,19 +435,6 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "tensorstore")
 
 
-class _NoteLines(logging.Handler):
-    """The package's notes (errors.notify) as `purejaxppo: note: ...` lines on stderr as it is at each note."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"purejaxppo: note: {record.getMessage()}", file=sys.stderr, flush=True)
-
-
-def _print_notes() -> None:
-    if not any(isinstance(h, _NoteLines) for h in NOTES.handlers):  # once per process
-        NOTES.addHandler(_NoteLines())
-        NOTES.propagate = False
-
-
 def _quiet_library_noise() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # and asyncio its tasks' ("never retrieved")
@@ -474,7 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
-    _print_notes()
     commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "eval": _eval, "render": _render, "plot": _plot,
                 "envs": _envs}
     try:

@@ -1,15 +1,18 @@
 """Faults at run time that the CLI reports in one line, and notes for the user. Imports nothing of the
 package, so the CLI can catch them without starting JAX."""
 
-import logging
+import sys
 
-NOTES = logging.getLogger("purejaxppo")
+_SAID: set[str] = set()
 
 
-def notify(message: str) -> None:
-    """Tell the user, in one line, something they should know that does not stop the run (the CLI prints
-    it as `purejaxppo: note: ...`; elsewhere it goes to Python's logging, shown by default)."""
-    NOTES.warning(message)
+def notify(message: str, once: bool = False) -> None:
+    """Tell the user, in one `purejaxppo: note:` line on stderr, something they should know that does not
+    stop the run; with `once`, only the first time in the process."""
+    if once and message in _SAID:
+        return
+    _SAID.add(message)
+    print(f"purejaxppo: note: {message}", file=sys.stderr, flush=True)
 
 
 class NonFiniteError(RuntimeError):

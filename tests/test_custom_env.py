@@ -147,6 +147,66 @@ class Raising(Protocol):
         raise IndexError("cell 9 is outside the corridor")
 
 
+class UndeclaredMask(Protocol):
+    """pgx-style: it knows its legal actions, but its space does not say they are masked."""
+
+    def action_mask(self, state):
+        return jnp.array([True, False])
+
+
+class IntShape(Protocol):
+    observation_shape = 2  # (2) where (2,) was meant
+
+
+class BadImage(Protocol):
+    image_shape = (2, 2, 1)
+
+
+class NoActions(Protocol):
+    action_space = ActionSpace.discrete_actions(0)
+
+
+class EmptyComponent(Protocol):
+    action_space = ActionSpace.multi_discrete([3, 0])
+
+
+class CrossedBox(Protocol):
+    action_space = ActionSpace.box(1.0, -1.0, (2,))
+
+    def step(self, key, state, action):
+        return super().step(key, state, 0)
+
+
+class HostCallback(Protocol):
+    """A reward computed on the host, which a single env traces but a vmapped batch does not."""
+
+    def step(self, key, state, action):
+        reward = jax.pure_callback(lambda t: np.float32(t > 2), jax.ShapeDtypeStruct((), jnp.float32), state)
+        return super().step(key, state, action)._replace(reward=reward)
+
+
+class Board(Protocol):
+    """Observations of rank 3 (a 4 x 4 board of 3 planes), as pgx and board-game envs give them."""
+
+    observation_shape = (4, 4, 3)
+
+    def reset(self, key):
+        return jnp.zeros((4, 4, 3)), jnp.int32(0)
+
+    def observe(self, t):
+        return jnp.zeros((4, 4, 3)).at[t % 4, 0, 0].set(1.0)
+
+
+class Scalar(Protocol):
+    observation_shape = ()
+
+    def reset(self, key):
+        return jnp.float32(0), jnp.int32(0)
+
+    def observe(self, t):
+        return t.astype(jnp.float32)
+
+
 def failing_factory():
     raise ValueError("no corridor today")
 
@@ -291,12 +351,27 @@ BAD = [
     ("test_custom_env:INSTANCE", {"length": 3}, r"INSTANCE is an env object, not a class or factory, so it takes no"),
     ("object:my_module.MyEnv", {}, r"an env object given from Python \(my_module.MyEnv\), which a config cannot"),
     ("CartPoel-v1", {}, r"unknown environment 'CartPoel-v1'.*did you mean 'CartPole-v1'"),
+    ("exiting_env_module:Env", {}, r"cannot import exiting_env_module for 'exiting_env_module:Env': SystemExit: 3$"),
+    ("test_custom_env:UndeclaredMask", {}, r"UndeclaredMask has an action_mask method, but its action space is not "
+                                           r"masked, so training would never see the mask; declare it: "
+                                           r"ActionSpace.discrete_actions\(n, masked=True\)"),
+    ("test_custom_env:IntShape", {}, r"IntShape.observation_shape must be a tuple of positive ints, like \(4,\) or "
+                                     r"\(10, 10, 3\); got 2$"),
+    ("test_custom_env:BadImage", {}, r"BadImage.image_shape \(2, 2, 1\) is not an \(H, W, C\) image of its "
+                                     r"observation's 2 components"),
+    ("test_custom_env:NoActions", {}, r"NoActions: its action space has 0 actions; it needs at least 1"),
+    ("test_custom_env:EmptyComponent", {}, r"MultiDiscrete action space \[3, 0\] has a component with no choice"),
+    ("test_custom_env:CrossedBox", {}, r"Box action space has low 1.0 and high -1.0 at component 0; each needs "
+                                       r"low <= high"),
+    ("test_custom_env:HostCallback", {}, r"HostCallback fails under jax.vmap, which training steps many envs with: "
+                                         r"NotImplementedError: vmap is only supported for the pure_callback"),
 ]
 
 
 @pytest.mark.parametrize("name, kwargs, message", BAD, ids=[b[0] for b in BAD])
 def test_bad_envs_are_one_line_and_exit_2_before_compiling(name, kwargs, message, tmp_path, monkeypatch, capsys):
     (tmp_path / "broken_env_module.py").write_text("raise RuntimeError('needs a robot')\n")
+    (tmp_path / "exiting_env_module.py").write_text("import sys\nsys.exit(3)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     run_dir = tmp_path / "run"
     args = ["train", "--set", f"env={name}", "--set", f"env_kwargs={kwargs}", "--run-dir", str(run_dir)]
@@ -306,6 +381,19 @@ def test_bad_envs_are_one_line_and_exit_2_before_compiling(name, kwargs, message
     assert len(lines) == 1 and lines[0].startswith("purejaxppo: error: "), err
     assert re.search(message, lines[0]), lines[0]
     assert out == "" and not run_dir.exists()  # refused before the start line and before the run dir
+
+
+def test_observations_of_any_rank_are_raveled_and_a_board_is_an_image_that_trains():
+    board, scalar = make_env(Board()), make_env(Scalar())
+    assert board.observation_shape == (48,) and board.image_shape == (4, 4, 3)
+    assert scalar.observation_shape == (1,) and scalar.image_shape is None
+    obs, state = board.reset(jax.random.key(0))
+    out = board.step(jax.random.key(1), state, 1)
+    np.testing.assert_array_equal(out.obs, jnp.zeros((4, 4, 3)).at[1, 0, 0].set(1.0).ravel())  # in C order
+    config = CONFIG.replace(total_timesteps=8 * 16 * 2, torso="cnn", cnn_channels=(4,), cnn_kernels=(2,),
+                            cnn_strides=(1,))
+    state, metrics = jax.jit(make_train(config, env=Board()))(jax.random.key(0))
+    assert np.isfinite(metrics["policy_loss"]).all() and metrics["policy_loss"].shape == (2,)
 
 
 def test_a_bad_import_path_is_one_line_from_a_fresh_cli_process(tmp_path):

@@ -258,3 +258,6 @@ def test_the_trainer_never_takes_an_illegal_action(nvec):
     expected = choices if nvec else choices[:, 0]
     for key in (None, jax.random.key(4)):
         np.testing.assert_array_equal(loaded(only.astype(np.float32), key, mask=only), expected)
+    with pytest.raises(TypeError, match=r"masks its actions .*: pass mask=env.action_mask\(state\), "
+                                        rf"bool\[{env.action_space.n}\] batched like obs, or it may act illegally"):
+        loaded(only.astype(np.float32))

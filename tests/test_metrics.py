@@ -89,7 +89,7 @@ def test_the_kept_rows_are_not_rewritten(tmp_path):
     (lambda text: "\n".join(line for line in text.split("\n") if not line.startswith("1,2,")),
      "it holds 7 readable rows before update 4 where 2 run(s) need 8"),
 ])
-def test_a_file_that_cannot_be_read_to_the_resume_point_is_set_aside_with_one_note(tmp_path, caplog, damage, reason):
+def test_a_file_that_cannot_be_read_to_the_resume_point_is_set_aside_with_one_note(tmp_path, capsys, damage, reason):
     straight_file(tmp_path, 2, [(0, 6)])
     damaged = damage((tmp_path / metrics.FILE).read_text())
     (tmp_path / metrics.FILE).write_text(damaged)
@@ -97,15 +97,14 @@ def test_a_file_that_cannot_be_read_to_the_resume_point_is_set_aside_with_one_no
     assert store.previous == {}
     (moved,) = (tmp_path / "superseded").iterdir()
     assert (moved / metrics.FILE).read_text() == damaged  # kept as it was
-    (note,) = caplog.messages
-    assert note == (f"{tmp_path / metrics.FILE}: {reason}; it is now {moved / metrics.FILE}, and this run's "
-                    f"metrics.csv starts at update 4")
+    assert capsys.readouterr().err == (f"purejaxppo: note: {tmp_path / metrics.FILE}: {reason}; it is now "
+                                       f"{moved / metrics.FILE}, and this run's metrics.csv starts at update 4\n")
     store.write(4, chunk(2, 4, 2, 4))
     store.close()
     assert metrics.read(tmp_path / metrics.FILE)["env_steps"].shape == (2, 2)
 
 
-def test_rows_of_an_earlier_versions_metrics_are_rewritten_in_one_rename(tmp_path, caplog):
+def test_rows_of_an_earlier_versions_metrics_are_rewritten_in_one_rename(tmp_path, capsys):
     old = {"env_steps": np.array([[64, 128]]), "gone": np.array([[1.5, 2.5]])}
     store = metrics.MetricsStore(tmp_path, 1)
     store.write(0, old)
@@ -117,7 +116,7 @@ def test_rows_of_an_earlier_versions_metrics_are_rewritten_in_one_rename(tmp_pat
     assert (tmp_path / metrics.FILE).read_text().splitlines() == [
         "run,update,env_steps,new", "0,0,64,nan", "0,1,128,nan", "0,2,192,0.5"]
     (kept,) = (tmp_path / "superseded").glob("earlier-metrics-*/metrics.csv")
-    assert kept.read_text() == written and "rewritten with this version's columns" in caplog.text
+    assert kept.read_text() == written and "rewritten with this version's columns" in capsys.readouterr().err
 
 
 def test_final_return_and_the_guard():

@@ -24,12 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from purejaxppo.config import ConfigError
+from purejaxppo.errors import notify
 from purejaxppo.envs.base import ActionSpace, Env, EnvStep, abstract_action, described, one_line
 from purejaxppo.envs.brax import EPISODE_LENGTH, StateEnv, is_state_env, is_training_wrapped
 from purejaxppo.envs.gymnax import adapt as adapt_gymnax
 from purejaxppo.envs.gymnax import is_gymnax_like, with_params
 
 OBJECT_PREFIX = "object:"
+# what the user's code may raise while it is imported, built or traced: a `sys.exit()` in it too
+USER_ERRORS = (Exception, SystemExit)
 
 
 def is_import_path(name: str) -> bool:
@@ -53,7 +56,7 @@ def load(path: str, env_kwargs: dict[str, Any]) -> Env:
         sys.path.append(os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as err:  # the module's own error, whatever it is, in one line
+    except USER_ERRORS as err:  # the module's own error, whatever it is (a sys.exit too), in one line
         raise ConfigError(f"env: cannot import {module_name} for '{path}': {one_line(err)}") from err
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -74,7 +77,7 @@ def build(target: Any, env_kwargs: dict[str, Any], label: str) -> Env:
     taken, rest = _split(target, env_kwargs)
     try:
         obj = target(**taken)
-    except Exception as err:
+    except USER_ERRORS as err:
         raise ConfigError(f"env: {label}(**env_kwargs) with env_kwargs {env_kwargs} failed: {one_line(err)}") from err
     params = None
     if rest:
@@ -117,8 +120,8 @@ def adapt(obj: Any, label: str | None = None) -> Env:
     elif is_gymnax_like(obj):
         env = _traced(label, "step", lambda: adapt_gymnax(obj, params, label))
         if env.old_api:
-            note(f"{label}.step returns five values (gymnax before 1.0): its `done` is taken as termination, "
-                 f"so an episode cut by a time limit is not bootstrapped")
+            notify(f"{label}.step returns five values (gymnax before 1.0): its `done` is taken as termination, "
+                   f"so an episode cut by a time limit is not bootstrapped", once=True)
     elif is_state_env(obj):
         if is_training_wrapped(obj):
             raise ConfigError(f"env: {label} is wrapped by {type(obj).__name__}; give the env unwrapped (e.g. "
@@ -130,6 +133,12 @@ def adapt(obj: Any, label: str | None = None) -> Env:
         env = _traced(label, "reset", lambda: StateEnv(obj, episode_length, action_repeat, label))
     else:
         raise ConfigError(f"env: {label} fits none of the env kinds purejaxppo trains: {_missing(obj)}")
+    if callable(getattr(obj, "action_mask", None)) and not env.action_space.masked:
+        how = ("declare it: ActionSpace.discrete_actions(n, masked=True), or multi_discrete(nvec, masked=True)"
+               if isinstance(env, ProtocolEnv) else "give it purejaxppo's protocol (envs.Env) with a masked "
+               "ActionSpace, which says which actions are legal in each state")
+        raise ConfigError(f"env: {label} has an action_mask method, but its action space is not masked, so "
+                          f"training would never see the mask; {how}")
     check(env, label)
     return env
 
@@ -158,7 +167,7 @@ def _traced(label: str, what: str, fn: Any) -> Any:
         return fn()
     except ConfigError:
         raise
-    except Exception as err:
+    except USER_ERRORS as err:
         raise ConfigError(f"env: {label}.{what} failed when traced: {one_line(err)}") from err
 
 
@@ -173,12 +182,27 @@ def _numeric(value: Any, what: str) -> jax.Array:
 
 class ProtocolEnv:
     """An env that follows purejaxppo's protocol, with its outputs cast to the trainer's dtypes (float32
-    observations and rewards, bool flags); any other kind of output is a ConfigError."""
+    observations and rewards, bool flags) and its observations of any rank raveled, as the suites'
+    adapters ravel theirs (one of rank 3 declares itself an image, unless the env says otherwise); any
+    other kind of output is a ConfigError."""
 
     def __init__(self, env: Any, label: str) -> None:
         self.env = env
         self.name = label
-        self.observation_shape = tuple(int(s) for s in env.observation_shape)
+        declared = env.observation_shape
+        if not isinstance(declared, (tuple, list)) or not all(
+                isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in declared):
+            raise ConfigError(f"env: {label}.observation_shape must be a tuple of positive ints, like (4,) or "
+                              f"(10, 10, 3); got {declared!r}")
+        self.declared_shape = tuple(int(s) for s in declared)
+        self.observation_shape = (int(np.prod(self.declared_shape)),)
+        image = getattr(env, "image_shape", None)
+        if image is None and len(self.declared_shape) == 3:
+            image = self.declared_shape
+        if image is not None and (len(tuple(image)) != 3 or int(np.prod(image)) != self.observation_shape[0]):
+            raise ConfigError(f"env: {label}.image_shape {tuple(image)} is not an (H, W, C) image of its "
+                              f"observation's {self.observation_shape[0]} components")
+        self.image_shape = None if image is None else tuple(int(s) for s in image)
         self.action_space = env.action_space
         if callable(getattr(env, "step_without_reset", None)):
             self.step_without_reset = self._step_without_reset
@@ -193,7 +217,7 @@ class ProtocolEnv:
         if not isinstance(out, tuple) or len(out) != 2:
             raise ConfigError(f"env: {self.name}.reset must return (obs, state), got {described(out)}")
         obs, state = out
-        return _numeric(obs, f"env: {self.name}.reset's obs").astype(jnp.float32), state
+        return self._flat(obs, "reset's obs"), state
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         return self._cast(self.env.step(key, state, action), "step")
@@ -207,19 +231,57 @@ class ProtocolEnv:
                               f"got {described(out)}")
         out = EnvStep(*out)
         field = lambda name, dtype: _numeric(getattr(out, name), f"env: {self.name}.{method}'s {name}").astype(dtype)  # noqa: E731
-        return EnvStep(obs=field("obs", jnp.float32), state=out.state, reward=field("reward", jnp.float32),
-                       terminated=field("terminated", bool), truncated=field("truncated", bool),
-                       final_obs=field("final_obs", jnp.float32))
+        return EnvStep(obs=self._flat(out.obs, f"{method}'s obs"), state=out.state,
+                       reward=field("reward", jnp.float32), terminated=field("terminated", bool),
+                       truncated=field("truncated", bool), final_obs=self._flat(out.final_obs, f"{method}'s final_obs"))
+
+    def _flat(self, obs: Any, what: str) -> jax.Array:
+        obs = _numeric(obs, f"env: {self.name}.{what}")
+        if obs.shape != self.declared_shape:
+            raise ConfigError(f"env: {self.name}: {what} has shape {obs.shape}, but its observation_shape is "
+                              f"{self.declared_shape}")
+        return obs.astype(jnp.float32).reshape(self.observation_shape)
+
+
+def check_action_space(space: ActionSpace, label: str) -> None:
+    """Refuse an action space no policy can act in: no actions, a component without choices, a Box whose
+    bounds are not numbers or cross (every action would be clipped to one value)."""
+    if space.discrete:
+        if space.nvec and min(space.nvec) < 1:
+            raise ConfigError(f"env: {label}: its MultiDiscrete action space {list(space.nvec)} has a component "
+                              f"with no choice; each needs at least 1")
+        if space.n < 1:
+            raise ConfigError(f"env: {label}: its action space has {space.n} actions; it needs at least 1")
+        return
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+    if not space.shape or min(space.shape) < 1:
+        raise ConfigError(f"env: {label}: its Box action space has shape {space.shape}; it needs at least one "
+                          f"component")
+    if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
+        i = int(np.argmax(np.isnan(low) | np.isnan(high) | (low > high)))
+        raise ConfigError(f"env: {label}: its Box action space has low {low.ravel()[i]} and high {high.ravel()[i]} "
+                          f"at component {i}; each needs low <= high")
 
 
 def check(env: Env, label: str) -> None:
-    """Trace `env.reset` and `env.step` once and refuse outputs that do not fit the protocol: shapes other
-    than the declared ones, non-scalar rewards or flags, or a state whose structure, shapes or dtypes
-    change in a step (the rollout's scan carries it)."""
+    """Trace `env.reset` and `env.step` once alone and once under `jax.vmap` over two envs, as training
+    runs them, and refuse outputs that do not fit the protocol: shapes other than the declared ones,
+    non-scalar rewards or flags, or a state whose structure, shapes or dtypes change in a step (the
+    rollout's scan carries it)."""
+    check_action_space(env.action_space, label)
     key = jax.random.key(0)
     action = abstract_action(env.action_space)
     obs, state = _traced(label, "reset", lambda: jax.eval_shape(env.reset, key))
     out = _traced(label, "step", lambda: jax.eval_shape(env.step, key, state, action))
+    keys = jax.random.split(key, 2)
+    actions = jax.ShapeDtypeStruct((2, *action.shape), action.dtype)
+    try:
+        jax.eval_shape(lambda k, a: jax.vmap(env.step)(k, jax.vmap(env.reset)(k)[1], a), keys, actions)
+    except ConfigError:
+        raise
+    except USER_ERRORS as err:
+        raise ConfigError(f"env: {label} fails under jax.vmap, which training steps many envs with: "
+                          f"{one_line(err)}") from err
     shape = tuple(env.observation_shape)
     wrong = [f"reset's obs has shape {obs.shape}" for _ in [0] if obs.shape != shape]
     wrong += [f"step's {f} has shape {getattr(out, f).shape}" for f in ("obs", "final_obs")
@@ -247,13 +309,3 @@ def check(env: Env, label: str) -> None:
             raise ConfigError(f"env: {label}.step changes the state's {jax.tree_util.keystr(path) or 'value'} from "
                               f"{a.dtype}{list(a.shape)} to {b.dtype}{list(b.shape)}; a state keeps its shapes and "
                               f"dtypes")
-
-
-_NOTED: set[str] = set()
-
-
-def note(message: str) -> None:
-    """Say something about the user's env once per process, on stderr."""
-    if message not in _NOTED:
-        _NOTED.add(message)
-        print(f"purejaxppo: note: {message}", file=sys.stderr)
