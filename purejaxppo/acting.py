@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo import checkpoint, exploit
+from purejaxppo import checkpoint, exploit, limits
 from purejaxppo import metrics as metrics_lib
 from purejaxppo.config import ConfigError, PPOConfig
 from purejaxppo.envs import Env, HiddenObs, action_masks
@@ -245,6 +245,16 @@ def evaluate_run(run_dir: str | Path, episodes: int, step: int | None = None, ru
     """(config, step, returns, lengths) of `episodes` deterministic episodes of a run dir's policy
     (`env` as in `load_policy`)."""
     trainer, params, obs_stats, step = restore_policy(run_dir, step, run, env)
+    check_episodes_fit(trainer.env, episodes)
     returns, lengths = jax.jit(lambda key: evaluate(trainer.policy, trainer.env, params, obs_stats, key, episodes))(
         jax.random.key(seed))
     return trainer.config, step, returns, lengths
+
+
+def check_episodes_fit(env: Env, episodes: int) -> None:
+    """Refuse, before compiling, more evaluation episodes (one env each, all at once) than memory holds: each
+    env's state and observation, held twice by the loop that steps them."""
+    need, have = 2 * episodes * limits.nbytes(jax.eval_shape(env.reset, jax.random.key(0))), limits.device_headroom()
+    if have is not None and need > have.bytes:
+        raise ConfigError(f"episodes: {episodes:,} episodes, one env each, need at least {limits.gib(need)}, more "
+                          f"than the {limits.gib(have.bytes)} available (bound by {have.source}); evaluate fewer")

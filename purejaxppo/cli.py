@@ -18,10 +18,11 @@ from typing import Any, NoReturn
 from purejaxppo import config as config_lib
 from purejaxppo.config import ConfigError
 from purejaxppo.console import ProgressPrinter
-from purejaxppo.errors import Interrupted, NonFiniteError, SaveError
+from purejaxppo.errors import DeviceError, Interrupted, NonFiniteError, SaveError, device_error, is_device_error
 
 EXIT_NON_FINITE = 3
 EXIT_SAVE_FAILED = 4
+EXIT_DEVICE = 5  # the device refused a computation (out of memory)
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole.yaml"  # the repo checkout
@@ -370,6 +371,23 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _population_size(args: argparse.Namespace) -> int | None:
+    """The runs of a sweep or PBT command: from its checkpoint on resume (None where it cannot be read: the
+    resume itself reports that), else from its options."""
+    if args.resume:
+        from purejaxppo import checkpoint
+
+        try:
+            return int(checkpoint.read_raw_meta(args.resume, args.step)[1]["num_runs"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    if args.command == "pbt":
+        return args.population * args.seeds
+    from purejaxppo.sweep import parse_grid
+
+    return args.seeds * math.prod(len(v) for v in parse_grid(args.grid).values())
+
+
 def _sweep_cpu_devices(args: argparse.Namespace) -> int | None:
     """A sweep's default: one CPU device per core, no more than its runs (per call); on resume (of a sweep or
     a PBT run), the devices the checkpoint was written with (1 for checkpoints that do not say). None for a
@@ -386,9 +404,7 @@ def _sweep_cpu_devices(args: argparse.Namespace) -> int | None:
             return None  # the resume itself reports what is wrong with the checkpoint
     if args.command == "pbt":
         return None
-    from purejaxppo.sweep import parse_grid
-
-    runs = args.seeds * math.prod(len(v) for v in parse_grid(args.grid).values())
+    runs = _population_size(args)
     if args.max_runs_per_call:
         runs = min(runs, args.max_runs_per_call)
     return max(1, min(cpu_cores(), runs))
@@ -404,6 +420,10 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
         return
     if count < 1:
         raise ConfigError(f"--cpu-devices: must be >= 1, got {count}")
+    runs = _population_size(args) if asked is not None and args.command in ("sweep", "pbt") else None
+    if runs is not None and asked > runs:
+        raise ConfigError(f"--cpu-devices: {asked} devices for {runs} run(s) would pad the population to {asked} runs, "
+                          f"one a device, and train the filler runs too; use at most {runs}")
     import jax
 
     try:
@@ -476,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SaveError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
         return EXIT_SAVE_FAILED
+    except DeviceError as err:
+        print(f"purejaxppo: error: {err}", file=sys.stderr)
+        return EXIT_DEVICE
     except OSError as err:  # a path the user gave that cannot be read or written
         where = f"{err.filename}: " if err.filename else ""
         print(f"purejaxppo: error: {where}{err.strerror or err}", file=sys.stderr)
@@ -488,6 +511,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # before that
         print("purejaxppo: interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:
+        if not is_device_error(err):
+            raise
+        advice = "episodes: evaluate fewer" if args.command == "eval" else "num_envs: use fewer envs or steps"
+        print(f"purejaxppo: error: {device_error(err, advice)}", file=sys.stderr)
+        return EXIT_DEVICE
 
 
 # An interrupted command's process ends within this many seconds, whatever interpreter shutdown waits on

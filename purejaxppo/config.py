@@ -337,7 +337,7 @@ class PPOConfig:
         size = self.log_every if self.log_every > 0 else max(1, math.ceil(self.num_updates / 20))
         for every in (self.checkpoint_every, self.eval_every):
             size = min(size, every) if every > 0 else size
-        return size
+        return min(size, self.num_updates)  # a chunk past the run's end would only hold skipped updates
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -24,6 +24,26 @@ class SaveError(RuntimeError):
     the last good checkpoint."""
 
 
+class DeviceError(RuntimeError):
+    """The device refused a computation (out of memory, an invalid argument). One line: what, and the key
+    to change."""
+
+
+def device_error(err: BaseException, out_of_memory: str) -> DeviceError:
+    """XLA's error (a JaxRuntimeError) as one line; `out_of_memory` says what to change when it ran out of
+    memory, e.g. `num_envs: ...; use fewer envs`."""
+    first = " ".join((str(err).strip().splitlines() or [type(err).__name__])[0].split())[:300]
+    if "RESOURCE_EXHAUSTED" in first or "out of memory" in first.lower():
+        key, _, advice = out_of_memory.partition(": ")
+        return DeviceError(f"{key}: the device ran out of memory ({first}); {advice}")
+    return DeviceError(f"the device refused the computation: {first}")
+
+
+def is_device_error(err: BaseException) -> bool:
+    """Whether `err` is XLA's runtime error (jax.errors.JaxRuntimeError), without importing JAX."""
+    return any(t.__name__ == "JaxRuntimeError" for t in type(err).__mro__)
+
+
 class Interrupted(KeyboardInterrupt):
     """A run interrupted at once (a second Ctrl-C) after it began to write its run dir; the message says
     what the run dir holds now and how to go on."""

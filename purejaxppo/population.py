@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from purejaxppo import acting
+from purejaxppo import acting, limits
 from purejaxppo.config import TRACED, ConfigError, PPOConfig
 from purejaxppo.hparams import HParams
+from purejaxppo.limits import gib, nbytes
 from purejaxppo.train import ENV_AXIS_FIELDS, Trainer, TrainState, abstract_states
 
 Metrics = dict[str, jax.Array]
+METRICS_PER_UPDATE = 48  # a bound on the metrics one run reports per update (about 20 without variants)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,20 +239,25 @@ class Program:
         shardings = self.layout.state_shardings(parts[0])
         return [jax.device_put(p, shardings) if shardings is not None else p for p in parts]
 
-    def memory_estimate(self) -> tuple[int, int]:
-        """Bytes one call plainly needs, as (its stacked states, its rollout): the rollout held three
-        times over (the trajectory, the flattened batch, an epoch's shuffled copy), with a recurrent
-        policy's carry stored at each step of the trajectory. A floor, not a forecast."""
-        trainer, lay = self.trainer, self.layout
-        size = lambda x: x.size * (8 if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
-                                   else x.dtype.itemsize)
-        state = sum(size(x) for x in jax.tree.leaves(self.abstract)) * lay.per_call // lay.stacked_runs
+    def memory_estimate(self) -> dict[str, int]:
+        """Bytes one call plainly needs, by part: its stacked states; its rollout, held three times over (the
+        trajectory, the flattened batch, an epoch's shuffled copy), with a recurrent policy's carry stored
+        at each step of the trajectory; the evaluation episodes' envs; and the chunk's metrics, on the
+        device and on the host (at most METRICS_PER_UPDATE a run and update). A floor, not a forecast."""
+        trainer, lay, config = self.trainer, self.layout, self.trainer.config
+        per_env = lambda tree: nbytes(tree) // (lay.stacked_runs * config.num_envs)  # noqa: E731
+        state = nbytes(self.abstract) * lay.per_call // lay.stacked_runs
         space = trainer.policy.action_space
         action = max(1, math.prod(space.shape)) if space.discrete else space.dim
         mask = space.n // 4 + 1 if space.masked else 0  # one byte per action, in 4-byte words
-        per_step = 4 * (2 * math.prod(trainer.env.observation_shape) + action + mask + 10)
-        carry = sum(size(x) for x in jax.tree.leaves(self.abstract.carry)) // (lay.stacked_runs * trainer.config.num_envs)
-        return state, lay.per_call * trainer.config.num_steps * trainer.config.num_envs * (3 * per_step + carry)
+        obs = 4 * math.prod(trainer.env.observation_shape)
+        per_step = 2 * obs + 4 * (action + mask + 10)
+        rollout = lay.per_call * config.num_steps * config.num_envs * (3 * per_step + per_env(self.abstract.carry))
+        episodes = config.eval_episodes if config.eval_every else 0
+        evaluation = lay.per_call * episodes * (per_env(self.abstract.env_state) + 2 * obs)
+        metrics = 2 * lay.per_call * config.chunk_size * METRICS_PER_UPDATE * 4
+        return {"the training state": state, "the rollout": rollout, "the evaluation envs": evaluation,
+                "the chunk's metrics": metrics}
 
     def restore_target(self) -> TrainState:
         """What to restore a checkpoint onto: sharded as the calls run when there is one call."""
@@ -266,38 +273,30 @@ def _placed(abstract: TrainState, shardings: Any) -> TrainState:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def device_memory() -> int | None:
-    """Bytes a program may use: a GPU's limit, or on a CPU the host memory available now; None if unknown."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) * len(jax.local_devices())
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_fits(program: Program) -> None:
-    """Refuse, before compiling, a program that plainly cannot fit the devices' memory, naming what to
-    shrink: the network when its parameters and optimizer state take the most, else the rollout."""
-    (state, rollout), have = program.memory_estimate(), device_memory()
-    need = state + rollout
-    if have is None or need <= have:
+    """Refuse, before compiling, a program that plainly cannot fit the devices' memory, naming the key to
+    change for its largest part and what bounds the memory."""
+    parts, have = program.memory_estimate(), limits.device_headroom()
+    need = sum(parts.values())
+    if have is None or need <= have.bytes:
         return
-    config = program.trainer.config
-    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
-    fewer = " or --max-runs-per-call," if len(program.population) > 1 else ""
-    where = f"the training state {gib(state)} and the rollout {gib(rollout)}"
-    if state > rollout:
-        key = "memory_size" if config.memory != "none" else "hidden_sizes"
-        raise ConfigError(f"{key}: {program.layout.per_call} run(s) need at least {gib(need)} ({where}), more than "
-                          f"the {gib(have)} available; use a smaller network{fewer} or a larger device")
-    raise ConfigError(f"num_envs: {program.layout.per_call} run(s) of {config.num_envs} envs x {config.num_steps} "
-                      f"steps need at least {gib(need)} ({where}), more than the {gib(have)} available; "
-                      f"use fewer envs or steps{fewer} or a larger device")
+    config, population = program.trainer.config, program.population
+    pbt = population.step is not None
+    fewer = "" if len(population) == 1 else " or a smaller --population," if pbt else " or --max-runs-per-call,"
+    largest = max(parts, key=parts.get)
+    key, advice = {
+        "the training state": ("memory_size" if config.memory != "none" else "hidden_sizes",
+                               f"use a smaller network{fewer} or a larger device"),
+        "the rollout": ("num_envs", f"use fewer envs or steps{fewer} or a larger device"),
+        "the evaluation envs": ("eval_episodes", "use fewer evaluation episodes"),
+        "the chunk's metrics": ("interval" if pbt else "log_every",
+                                f"use fewer updates per chunk ({'--interval' if pbt else 'log_every'})"),
+    }[largest]
+    what = f"{program.layout.per_call} run(s)" + (
+        f" of {config.num_envs} envs x {config.num_steps} steps" if largest == "the rollout" else "")
+    shown = ", ".join(f"{name} {gib(n)}" for name, n in parts.items() if n >= need // 100)
+    raise ConfigError(f"{key}: {what} need at least {gib(need)} ({shown}), more than the {gib(have.bytes)} "
+                      f"available (bound by {have.source}); {advice}")
 
 
 def plan(trainer: Trainer, population: Population, max_runs_per_call: int | None = None) -> Program:

@@ -28,7 +28,7 @@ from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.loggers import Loggers
-from purejaxppo.errors import Interrupted, NonFiniteError, SaveError
+from purejaxppo.errors import Interrupted, NonFiniteError, SaveError, device_error, is_device_error
 from purejaxppo.population import Layout, Population, Program, check_fits, plan
 from purejaxppo.train import TrainState, make_trainer, with_env
 
@@ -325,8 +325,15 @@ def run(
     population = dataclasses.replace(population, config=with_env(population.config, env))
     run_dir = Path(run_dir) if run_dir is not None else None
     stop = StopSignal(interrupt=True)
+    fewer = {"sweep": ", or fewer runs per call (max_runs_per_call)", "pbt": ", or a smaller population"}.get(kind, "")
+    out_of_memory = f"num_envs: use fewer envs or steps (num_envs, num_steps) or a smaller network{fewer}"
     with stop.installed():
-        started = _start(population, run_dir, resume_step, max_runs_per_call, on_ready, env)
+        try:
+            started = _start(population, run_dir, resume_step, max_runs_per_call, on_ready, env)
+        except Exception as err:
+            if is_device_error(err):
+                raise device_error(err, out_of_memory) from None
+            raise
         if stop.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
             raise KeyboardInterrupt
         with stop.stop_requests():
@@ -335,6 +342,10 @@ def run(
                                          on_progress, stop)
             except KeyboardInterrupt:
                 raise Interrupted(written(run_dir, kind)) from None
+            except Exception as err:
+                if is_device_error(err):
+                    raise device_error(err, f"{out_of_memory}; {written(run_dir, kind)}") from None
+                raise
 
 
 def _train_population(

@@ -87,12 +87,14 @@ def test_sizes_that_cannot_work_are_refused_before_compiling(tmp_path):
     line = one_error_line(cli("train", "--set", "num_envs=1000000", "--set", "num_steps=1000",
                               "--set", "total_timesteps=1000000000", "--run-dir", str(tmp_path / "b")))
     assert line.startswith("purejaxppo: error: num_envs: 1 run(s) of 1000000 envs x 1000 steps need at least ")
-    assert "GiB available; use fewer envs or steps or a larger device" in line
+    assert line.endswith("GiB available (bound by the host's available memory); use fewer envs or steps or a larger "
+                         "device")
     # a network too large for memory names the network's key, not the envs
     line = one_error_line(cli("train", "--set", "memory=gru", "--set", "memory_size=16384", "--set",
                               "hidden_sizes=[16384]", "--run-dir", str(tmp_path / "c")))
     assert line.startswith("purejaxppo: error: memory_size: 1 run(s) need at least ")
-    assert line.endswith("GiB available; use a smaller network or a larger device")
+    assert line.endswith("GiB available (bound by the host's available memory); use a smaller network or a larger "
+                         "device")
     line = one_error_line(cli("train", "--set", "memory_size=16385", "--run-dir", str(tmp_path / "d")))
     assert line == "purejaxppo: error: memory_size: must be <= 16384, got 16385"
     assert not any((tmp_path / d).exists() for d in "abcd")
