@@ -16,6 +16,7 @@ import numpy as np
 from purejaxppo import checkpoint, exploit, limits
 from purejaxppo import metrics as metrics_lib
 from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo.errors import notify
 from purejaxppo.envs import Env, HiddenObs, action_masks
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.normalization import RunningStats
@@ -83,6 +84,9 @@ def restore_policy(
                 num_runs = int(meta["num_runs"])
                 if not 0 <= picked < num_runs:
                     raise checkpoint.CheckpointError(f"run {picked}: {run_dir} holds runs 0..{num_runs - 1}")
+                if run is None and num_runs > 1 and meta.get("kind") != "pbt":
+                    notify(f"{run_dir} holds {num_runs} runs; this is run 0 (choose another with --run, or run= "
+                           f"from Python; runs.csv lists them)", once=True)
                 trainer = make_trainer(checkpoint.config_of(meta), env)
                 abstract = abstract_states(trainer, int(meta["stacked_runs"]))
                 _, state, _ = checkpoint.restore(run_dir, abstract, chosen)

@@ -40,8 +40,16 @@ class CheckpointError(ConfigError):
     """A run dir or checkpoint that cannot be used. One line, shown without a traceback."""
 
 
+def resolved(run_dir: str | Path) -> Path:
+    """A run dir's absolute path, its links followed; a link that leads back to itself is one line."""
+    try:
+        return Path(run_dir).resolve()
+    except (RuntimeError, OSError):  # Python raises RuntimeError for a symlink loop
+        raise CheckpointError(f"run dir {run_dir}: a symbolic link that leads back to itself") from None
+
+
 def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir).resolve() / CHECKPOINT_DIR
+    return resolved(run_dir) / CHECKPOINT_DIR
 
 
 class Checkpointer:
@@ -52,7 +60,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: str | Path, keep: int) -> None:
         self._dir = checkpoint_dir(run_dir)
-        self._readers = Path(run_dir).resolve() / READERS_DIR
+        self._readers = resolved(run_dir) / READERS_DIR
         self._keep = keep
         self._pending: int | None = None  # the step of the save under way
         self._manager = ocp.CheckpointManager(
@@ -144,7 +152,7 @@ def reading(run_dir: str | Path, step: int | None = None) -> Iterator[int]:
     the run dir cannot be written (a finished run on a read-only disk, which no run is writing), the
     checkpoint is read unpinned."""
     run_dir = Path(run_dir)
-    readers = run_dir.resolve() / READERS_DIR
+    readers = resolved(run_dir) / READERS_DIR
     while True:
         chosen = _pick_step(run_dir, step)
         name = f"{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -224,14 +232,16 @@ def last_good(run_dir: str | Path) -> str:
     return f"checkpoint {steps[-1]}" if steps else "none (no checkpoint was completed)"
 
 
-def available_steps(run_dir: str | Path) -> list[int]:
-    """The completed checkpoints of a run dir (orbax renames a save into place only once it is whole)."""
+def available_steps(run_dir: str | Path, kind: str = "run") -> list[int]:
+    """The completed checkpoints of a run dir (orbax renames a save into place only once it is whole). `kind`
+    ("run", "sweep" or "pbt") is what the caller expects it to hold, for the hint of a stranded one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist")
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
-        raise CheckpointError(f"run dir {run_dir} has no checkpoints (no {CHECKPOINT_DIR}/ folder){_again(run_dir)}")
+        raise CheckpointError(f"run dir {run_dir} has no checkpoints (no {CHECKPOINT_DIR}/ folder)"
+                              f"{_again(run_dir, kind)}")
     return _completed(directory)
 
 
@@ -243,18 +253,20 @@ def _completed(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _again(run_dir: Path) -> str:
+def _again(run_dir: Path, kind: str) -> str:
     """For a run dir whose run ended before its first checkpoint: how to train it again."""
     if not any((run_dir / name).exists() for name in RUN_FILES):
         return ""
-    return (f"; its run ended before its first checkpoint, so there is nothing to resume or load: train it again "
-            f"with purejaxppo train --run-dir {run_dir} (its files are moved aside)")
+    again = (f"train it again with purejaxppo train --run-dir {run_dir}" if kind == "run" else
+             f"start it again with purejaxppo {kind} --run-dir {run_dir} and its other options")
+    return (f"; its run ended before its first checkpoint, so there is nothing to resume or load: {again} (its "
+            f"files are moved aside)")
 
 
-def _pick_step(run_dir: Path, step: int | None) -> int:
-    steps = available_steps(run_dir)
+def _pick_step(run_dir: Path, step: int | None, kind: str = "run") -> int:
+    steps = available_steps(run_dir, kind)
     if not steps:
-        raise CheckpointError(f"run dir {run_dir} has no completed checkpoint{_again(run_dir)}")
+        raise CheckpointError(f"run dir {run_dir} has no completed checkpoint{_again(run_dir, kind)}")
     if step is None:
         return steps[-1]
     if step not in steps:
@@ -273,10 +285,11 @@ def read_raw_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, di
     return step, _load_meta(Path(run_dir), step)
 
 
-def read_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """The step and metadata (config included) of a checkpoint, the latest one by default."""
+def read_meta(run_dir: str | Path, step: int | None = None, kind: str = "run") -> tuple[int, dict[str, Any]]:
+    """The step and metadata (config included) of a checkpoint, the latest one by default (`kind` as in
+    `available_steps`)."""
     run_dir = Path(run_dir)
-    step = _pick_step(run_dir, step)
+    step = _pick_step(run_dir, step, kind)
     try:
         meta = _load_meta(run_dir, step)
         config_lib.from_dict(meta["config"])
@@ -315,7 +328,7 @@ def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config
     fit `config`; raises CheckpointError otherwise."""
     if run_dir is None:
         raise CheckpointError("resume needs a run dir")
-    step, meta = read_meta(run_dir, step)
+    step, meta = read_meta(run_dir, step, kind)
     if meta.get("kind") != kind:
         command = {"run": "train", "sweep": "sweep", "pbt": "pbt"}.get(meta.get("kind"), "train")
         what = {"pbt": "PBT run"}.get(meta.get("kind"), meta.get("kind"))

@@ -157,13 +157,23 @@ def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
 
         if args.config:
             return config_lib.load(args.config, args.overrides)
-        _, meta = checkpoint.read_meta(args.resume, args.step)
-        return config_lib.from_dict(config_lib.apply_overrides(meta["config"], args.overrides))
+        _, meta = checkpoint.read_meta(args.resume, args.step, {"train": "run"}.get(args.command, args.command))
+        config = config_lib.from_dict(config_lib.apply_overrides(meta["config"], args.overrides))
+        config_lib.check_given(config, [config_lib.parse_override(o)[0] for o in args.overrides])
+        return config
     if getattr(args, "step", None) is not None:
         raise ConfigError("--step: only with --resume")
     # PPOConfig's defaults are configs/cartpole.yaml's values, for installs without the repo's configs/
     default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
     return config_lib.load(args.config or default, args.overrides)
+
+
+def _refuse_on_resume(args: argparse.Namespace, what: str, options: Sequence[str]) -> None:
+    """Refuse options a resume would ignore, since it takes them from its checkpoint."""
+    given = [name for name in options if name in getattr(args, "_given", ())]
+    if given:
+        flag = f"--{given[0].replace('_', '-')}"
+        raise ConfigError(f"{flag}: a resumed {what} keeps its {flag} from the checkpoint; drop {flag}")
 
 
 def _resume_hint(command: str, run_dir: Path, update: int) -> None:
@@ -231,6 +241,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume:
         if args.grid or args.run_dir:
             raise ConfigError("--resume: a resumed sweep keeps its grid and run dir; drop --grid and --run-dir")
+        _refuse_on_resume(args, "sweep", ("seeds", "max_runs_per_call"))
         from purejaxppo import checkpoint
 
         _, meta = checkpoint.resume_point(args.resume, args.step, "sweep", config)
@@ -280,6 +291,7 @@ def _pbt(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_dir or args.explore:
             raise ConfigError("--resume: a resumed PBT run keeps its setup and run dir; drop --explore and --run-dir")
+        _refuse_on_resume(args, "PBT run", ("population", "interval", "quantile", "perturb", "resample", "score", "seeds"))
         from purejaxppo import checkpoint
 
         spec = PBTConfig.from_meta(checkpoint.resume_point(args.resume, args.step, "pbt", config)[1]["pbt"])
@@ -346,9 +358,9 @@ def _render(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from purejaxppo import plots
 
-    curves = [plots.read_curves(d, args.metric) for d in args.run_dirs]
-    out = Path(args.out) if args.out else (
+    out = plots.image_path(args.out, f"{args.metric}.png") if args.out else (
         Path(args.run_dirs[0]) / f"{args.metric}.png" if len(args.run_dirs) == 1 else Path(f"{args.metric}.png"))
+    curves = [plots.read_curves(d, args.metric) for d in args.run_dirs]
     plots.plot_learning_curves(curves, out, args.metric)
     print(f"wrote {out}")
     return 0
@@ -458,6 +470,7 @@ SHUTDOWN_NOISE = ("Event loop is closed", "sys.meta_path is None", "orbax", "ten
 def _quiet_library_noise() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax logs its threads' failures through absl
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # and asyncio its tasks' ("never retrieved")
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # a read-only home: it falls back to a temporary folder
     # orbax's save coroutines, left unawaited when a save fails, warn at interpreter exit
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     default = sys.unraisablehook

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import importlib.util
 import math
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -354,6 +355,9 @@ SWITCHES: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.metadata.get
 RUN_CONTROL_KEYS: frozenset[str] = frozenset(n for n, f in FIELDS.items() if f.metadata.get("run_control"))
 
 
+DEFAULTS = PPOConfig()
+
+
 def inert_reason(config: PPOConfig, name: str) -> str | None:
     """Why `name` has no effect on runs of `config`, or None when it acts."""
     rule = FIELDS[name].metadata.get("inert_when")
@@ -513,6 +517,10 @@ def validate(config: PPOConfig) -> PPOConfig:
             f"num_minibatches: num_envs * num_steps = {config.batch_size} is not divisible by "
             f"num_minibatches = {config.num_minibatches}"
         )
+    if config.normalize_advantages and config.batch_size == config.num_minibatches:
+        raise ConfigError(f"num_minibatches: {config.num_minibatches} minibatches of one sample each, with "
+                          f"normalize_advantages, make every advantage 0 and the policy loss 0 for the whole run; use "
+                          f"fewer minibatches, or normalize_advantages: false")
     if config.num_updates * config.batch_size > MAX_COUNT:
         raise ConfigError(f"total_timesteps: {config.num_updates * config.batch_size:,} env steps overflow the "
                           f"program's int32 step counters; at most {MAX_COUNT:,} per run")
@@ -565,6 +573,31 @@ def validate(config: PPOConfig) -> PPOConfig:
     return config
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as a config means it: a key given twice in one mapping is an error, not its last value; and
+    numbers with an exponent but no dot (3e-4, which YAML 1.1 reads as a string) are floats."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{key}: given twice in one mapping (line {key_node.start_mark.line + 1}); give "
+                                  f"each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """One YAML document, read as a config means it (see _Loader)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one `key=value` override. The value is read as YAML, then checked against the field's type."""
     if "=" not in text:
@@ -574,7 +607,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key not in FIELDS:
         raise unknown_key_error(key, FIELDS)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if _type_of(key) is str and not isinstance(value, str):
@@ -590,7 +623,9 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PPOCo
         if not path.is_file():
             raise ConfigError(f"config: no such file {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml_load(path.read_text())
+        except ConfigError as err:
+            raise ConfigError(f"config: {path}: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
         if loaded is None:
@@ -598,7 +633,21 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PPOCo
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config: {path} must hold a mapping of keys to values")
         values.update(loaded)
-    return from_dict(apply_overrides(values, overrides))
+    overrides = list(overrides)
+    config = from_dict(apply_overrides(values, overrides))
+    check_given(config, [*values, *(parse_override(o)[0] for o in overrides)])
+    return config
+
+
+def check_given(config: PPOConfig, keys: Iterable[str]) -> None:
+    """Refuse a key given a value other than its default, in a config file or an override, that has no
+    effect on `config`'s runs, rather than ignore it (sweeps and PBT refuse such keys the same way). A
+    saved config.yaml, which lists every key, stays reusable."""
+    for key in dict.fromkeys(keys):
+        given = key in FIELDS and getattr(config, key) != getattr(DEFAULTS, key)
+        reason = inert_reason(config, key) if given else None
+        if reason:
+            raise ConfigError(f"{key}: has no effect because {reason}; drop it, or change what makes it inert")
 
 
 def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

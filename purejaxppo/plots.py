@@ -24,6 +24,23 @@ class Curves:
     values: np.ndarray
 
 
+def image_path(out: str, default_name: str) -> Path:
+    """Where `plot --out OUT` writes: OUT, or `OUT/default_name` when OUT is a folder (or ends in a slash);
+    a name without a suffix gets `.png`. A suffix matplotlib cannot write is one ConfigError line."""
+    from matplotlib.figure import Figure
+
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", "\\")):
+        path = path / default_name
+    if not path.suffix:
+        path = path.with_name(f"{path.name}.png")
+    kinds = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in kinds:
+        raise ConfigError(f"--out: {path} ends in {path.suffix}, an image type matplotlib cannot write; use one of "
+                          f"{', '.join(f'.{k}' for k in sorted(kinds))}")
+    return path
+
+
 def smooth_curves(curves: np.ndarray) -> np.ndarray:
     """Carry the last finite value forward over updates where none was reported (no episode ended)."""
     out = np.array(curves, np.float64)

@@ -149,6 +149,9 @@ def cnn_torso(config: PPOConfig, image_shape: tuple[int, int, int] | None) -> di
     """The network's convolutions and the image they read, for `torso: cnn`; checked to fit the image."""
     if config.torso != "cnn":
         return {}
+    if image_shape is None and config.obs_mask:
+        raise ConfigError(f"torso: cnn needs an image observation, and obs_mask hides components of {config.env}'s, "
+                          f"so the policy no longer sees an image; drop obs_mask, or use torso: mlp")
     if image_shape is None:
         raise ConfigError(f"torso: cnn needs an image observation, and {config.env}'s is not one (an env declares "
                           f"its image_shape: MinAtar, Craftax Pixels and XLand-MiniGrid do); use torso: mlp")

@@ -28,7 +28,7 @@ from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.loggers import Loggers
-from purejaxppo.errors import Interrupted, NonFiniteError, SaveError, device_error, is_device_error
+from purejaxppo.errors import Interrupted, NonFiniteError, SaveError, device_error, is_device_error, notify
 from purejaxppo.population import Layout, Population, Program, check_fits, plan
 from purejaxppo.train import TrainState, make_trainer, with_env
 
@@ -186,7 +186,13 @@ def use_compilation_cache(config: PPOConfig) -> None:
         jax.config.update("jax_enable_compilation_cache", False)
         return
     path = Path(config.compilation_cache).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        rundir.prepare(path)
+    except rundir.RunDirError as err:  # a read-only home: the cache is an optimisation, not a need
+        jax.config.update("jax_enable_compilation_cache", False)
+        notify(f"compilation_cache: {str(err).removeprefix('run dir ')}; running without the cache (every run "
+               f"compiles afresh)", once=True)
+        return
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -54,6 +54,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[float]]:
         for text in raw.split(","):
             name, value = config_lib.parse_override(f"{key}={text}")
             values.append(config_lib.coerce(name, value))
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+        if twice:
+            raise ConfigError(f"{key}: the grid axis lists {twice[0]} twice, which would train the same runs twice; "
+                              f"give each value once")
         grid[key] = values
     return grid
 

@@ -45,7 +45,14 @@ def test_overrides_are_parsed_to_the_field_type(tmp_path):
 def test_yaml_round_trip(tmp_path):
     config = PPOConfig(lr=1e-3, hidden_sizes=(8, 8), env_kwargs={"max_steps_in_episode": 100})
     config_lib.save(config, tmp_path / "c.yaml")
-    assert config_lib.load(tmp_path / "c.yaml") == config
+    assert config_lib.load(tmp_path / "c.yaml") == config  # every key, inert ones at their defaults too
+
+
+def test_exponents_without_a_dot_are_numbers_everywhere(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 3e-4\nenv: Pendulum-v1\nenv_kwargs: {dt: 5e-2}\n")
+    config = config_lib.load(tmp_path / "c.yaml", ["ent_coef=1E-3"])
+    assert (config.lr, config.env_kwargs["dt"], config.ent_coef) == (3e-4, 0.05, 1e-3)
+    assert config_lib.load(None, ["env=Pendulum-v1", "env_kwargs={dt: 5e-2}"]).env_kwargs == {"dt": 0.05}
 
 
 @pytest.mark.parametrize(
@@ -72,6 +79,11 @@ def test_yaml_round_trip(tmp_path):
         (["seed=4294967296"], "seed: must be <= 4294967295"),
         (["lr=1e-3", "lr_end=2e-3"], "lr_end: 0.002 is above the peak lr 0.001"),
         (["hidden_sizes=[]"], "hidden_sizes: needs at least one entry"),
+        (["num_envs=4", "num_steps=2", "num_minibatches=8"], "num_minibatches: 8 minibatches of one sample each, with "
+                                                             "normalize_advantages, make every advantage 0"),
+        (["ent_coef_final=0.001"], "ent_coef_final: has no effect because ent_schedule is constant; drop it"),
+        (["lr_schedule=constant", "lr_end=1e-5"], "lr_end: has no effect because lr_schedule is constant"),
+        (["env_kwargs={a: 1, a: 2}"], "a: given twice in one mapping (line 1); give each key once"),
     ],
 )
 def test_validation_errors_name_the_key(overrides, message):
@@ -116,6 +128,7 @@ def test_validation_builds_no_env(monkeypatch):
         ("bad.yaml", "lr: [1, 2\n", "is not valid YAML"),
         ("list.yaml", "- lr\n", "must hold a mapping of keys to values"),
         ("typo.yaml", "gama: 0.9\n", "gama: unknown config key; did you mean 'gamma'"),
+        ("twice.yaml", "lr: 1e-3\ngamma: 0.9\nlr: 3e-4\n", r"twice.yaml: lr: given twice in one mapping \(line 3\)"),
         ("missing.yaml", None, "config: no such file"),
     ],
 )

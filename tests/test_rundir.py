@@ -178,6 +178,27 @@ def test_a_read_only_run_dir_is_one_line_for_new_and_existing_runs_and_resumes(s
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def test_a_compilation_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path):
+    disk = tmp_path / "home"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0
+    if not mounted:  # where the machine allows no mount: a cache folder under a file cannot be made either
+        (disk / ".cache").write_text("a file")
+    cache = disk / ".cache" / "purejaxppo"
+    try:
+        proc = cli("train", "--run-dir", str(tmp_path / "run"), *TINY_SHAPE, "--set", "total_timesteps=128",
+                   "--set", f"compilation_cache={cache}")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    problem = "cannot create it (Read-only file system)" if mounted else "a part of its path is a file, not a folder"
+    assert proc.stderr == (f"purejaxppo: note: compilation_cache: {cache}: {problem}; running without the cache "
+                           f"(every run compiles afresh)\n")
+    assert checkpoint.available_steps(tmp_path / "run") == [2]
+
+
 def test_env_lengths_and_limits_must_be_positive():
     line = one_error_line(cli("train", "--set", "env_kwargs={max_steps_in_episode: 0}"))
     assert line == ("purejaxppo: error: env_kwargs.max_steps_in_episode: a length, count or limit, so it must be >= 1; "

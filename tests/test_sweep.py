@@ -64,6 +64,14 @@ def test_sweep_stop_and_resume_is_bit_identical(result, tmp_path):
         assert (tmp_path / "part" / name).read_text() == (result.run_dir / name).read_text(), name
 
 
+def test_eval_of_a_sweep_says_which_run_it_evaluates(result, capsys):
+    assert cli_lib.main(["eval", str(result.run_dir), "--episodes", "1"]) == 0
+    assert capsys.readouterr().err == (f"purejaxppo: note: {result.run_dir} holds 4 runs; this is run 0 (choose another "
+                                       f"with --run, or run= from Python; runs.csv lists them)\n")
+    assert cli_lib.main(["eval", str(result.run_dir), "--episodes", "1", "--run", "2"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_one_run_of_a_sweep_acts_as_its_trained_policy(result):
     act = acting.load_policy(result.run_dir, run=3)
     trainer = acting.make_trainer(SMALL)
