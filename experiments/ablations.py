@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from purejaxppo import config as config_lib  # noqa: E402
-from purejaxppo import stats  # noqa: E402
+from purejaxppo.host import stats  # noqa: E402
 from purejaxppo.config import PPOConfig  # noqa: E402
 from purejaxppo.sweep import SweepResult, sweep  # noqa: E402
 

@@ -117,17 +117,17 @@ def ceiling(config: Any, seeds: int) -> dict[str, float]:
     """Env steps/s of the training rollout alone (policy forward pass, sampling, env step), no learning."""
     import jax
 
-    from purejaxppo.train import make_trainer
+    from purejaxppo.program.ppo import make_ppo
 
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
 
     def act_only(key: jax.Array) -> jax.Array:
         def body(carry: tuple, step_key: jax.Array) -> tuple[tuple, None]:
             state, total = carry
-            state, traj = trainer.rollout(state, step_key)
+            state, traj = ppo.rollout(state, step_key)
             return (state, total + traj.value.sum() + traj.log_prob.sum()), None  # keeps them from being pruned
 
-        init = (trainer.init(key), jax.numpy.float32(0.0))
+        init = (ppo.init(key), jax.numpy.float32(0.0))
         (_, total), _ = jax.lax.scan(body, init, jax.random.split(key, config.num_updates))
         return total
 
@@ -158,7 +158,7 @@ def measure(case_key: str, cache: str, with_ceiling: bool, spawned: float) -> di
     """Train the case once in this process and measure it; `spawned` is when the parent started the process."""
     import jax
 
-    from purejaxppo import runner
+    from purejaxppo import train
     from purejaxppo.cli import cpu_cores
     from purejaxppo.sweep import sweep
 
@@ -173,7 +173,7 @@ def measure(case_key: str, cache: str, with_ceiling: bool, spawned: float) -> di
         loop.setdefault("start", time.time() - p.seconds)
 
     if case.seeds == 1:
-        result = runner.train(config, on_progress=on_progress)
+        result = train(config, on_progress=on_progress)
     else:
         result = sweep(config, seeds=case.seeds, on_progress=on_progress)
     finals = [float(f) for f in result.final_returns()]

@@ -79,7 +79,7 @@ class Side:
 
     @property
     def iqm(self) -> float:
-        from purejaxppo import stats
+        from purejaxppo.host import stats
 
         finals = np.asarray(self.final_returns, np.float64)
         return float(stats.iqm(finals)) if np.isfinite(finals).all() else float("nan")
@@ -132,7 +132,7 @@ def last_finite(values: np.ndarray) -> float:
 
 
 def run_ours(env: str, config: Any, seeds: int) -> Side:
-    from purejaxppo.metrics import first_non_finite
+    from purejaxppo.host.metrics import first_non_finite
     from purejaxppo.sweep import sweep
 
     chunk_ends: list[list[float]] = []  # [update, seconds since the call began] at each chunk's end

@@ -4,7 +4,7 @@
     python experiments/env_suites.py --cases     # no case: only writes the page from the stored ones
 
 Each case trains its shipped config for the budget below (the config's own total_timesteps unless the
-case sets one), through `runner.train`, so compile time is apart from the run's wall time. A case's
+case sets one), through `purejaxppo.train`, so compile time is apart from the run's wall time. A case's
 figures are stored in experiments/results/env_suites/<case>.json as it finishes, and the page is
 written from every stored case, so cases can be run one at a time.
 
@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.benchmark import report_head  # noqa: E402
 from purejaxppo import config as config_lib  # noqa: E402
-from purejaxppo import envs, make_trainer, runner  # noqa: E402
-from purejaxppo.distributions import Categorical, MultiCategorical  # noqa: E402
+from purejaxppo import envs, make_ppo, train  # noqa: E402
+from purejaxppo.program.distributions import Categorical, MultiCategorical  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 STORE = RESULTS / "env_suites"
@@ -110,9 +110,9 @@ def random_return(env: Any, key: jax.Array) -> float:
     return float(np.mean(np.asarray(jax.jit(first_episodes(env, choose))(key, ()))))
 
 
-def policy_return(trainer: Any, params: Any, obs_stats: Any, key: jax.Array) -> float:
+def policy_return(ppo: Any, params: Any, obs_stats: Any, key: jax.Array) -> float:
     """The trained policy's actions, sampled as in training (masked where the env masks)."""
-    env, policy = trainer.env, trainer.policy
+    env, policy = ppo.env, ppo.policy
 
     def choose(key: jax.Array, obs: jax.Array, states: Any, carry: Any) -> tuple[jax.Array, Any]:
         dist, _, carry = policy.apply(params, obs_stats, obs, carry, envs.action_masks(env, states))
@@ -128,11 +128,11 @@ def measure(name: str, seeds: int, steps: int = 0) -> dict[str, Any]:
     if steps or case.budget:
         config = config.replace(total_timesteps=steps or case.budget)
     finals, curves, speeds, compiles, trained = [], [], [], [], []
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
     for seed in range(seeds):
-        result = runner.train(config.replace(seed=seed))
+        result = train(config.replace(seed=seed))
         final = jax.tree.map(lambda x: x[0], result.state)
-        trained.append(policy_return(trainer, final.params, final.obs_stats, jax.random.key(seed)))
+        trained.append(policy_return(ppo, final.params, final.obs_stats, jax.random.key(seed)))
         steps = np.asarray(result.metrics["env_steps"][0], float)
         returns = np.asarray(result.metrics["episode_return"][0], float)
         finals.append(float(result.final_return))
@@ -143,7 +143,7 @@ def measure(name: str, seeds: int, steps: int = 0) -> dict[str, Any]:
               f"{speeds[-1]:,.0f} env steps/s, compile {compiles[-1]:.1f} s", flush=True)
     return {"case": name, "config": case.config, "env": config.env, "torso": config.torso, "memory": config.memory,
             "env_steps": config.num_updates * config.batch_size, "finals": finals, "trained": trained,
-            "speeds": speeds, "compiles": compiles, "random": random_return(trainer.env, jax.random.key(0)),
+            "speeds": speeds, "compiles": compiles, "random": random_return(ppo.env, jax.random.key(0)),
             "curves": curves, "published": case.published}
 
 

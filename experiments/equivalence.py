@@ -10,7 +10,7 @@ CartPole-v1 (configs/cartpole.yaml, shortened to --steps) it reports, per pair o
 - the first update whose metrics differ at all, and the first whose policy loss, value loss or
   episode return differ by more than 1e-4 relative;
 - the final return (mean over the last 10% of updates) of each, and their gap.
-Sweep: seeds x lr in {1e-3, 2e-3} in one call, each run against `runner.train` with its seed and lr.
+Sweep: seeds x lr in {1e-3, 2e-3} in one call, each run against `purejaxppo.train` with its seed and lr.
 Devices: one run on 2 CPU devices (its envs split) against the same run on 1, per seed, each side in
 a fresh process with JAX's CPU device count set; with the shipped config (32 envs), and with 8 envs
 and observation normalisation (whose statistics are a cross-device reduction too).
@@ -51,11 +51,11 @@ def divergence(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[int 
 CHILD = """
 import json, sys, jax
 jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
-from purejaxppo import config as config_lib, metrics, runner
+from purejaxppo import config as config_lib, train
 config = config_lib.load(sys.argv[2], sys.argv[4:])
 out = {}
 for seed in range(int(sys.argv[3])):
-    r = runner.train(config.replace(seed=seed))
+    r = train(config.replace(seed=seed))
     out[seed] = {k: r.metrics[k][0].tolist() for k in ("policy_loss", "value_loss", "episode_return")}
     out[seed]["devices"] = r.layout.devices
 print("RESULT " + json.dumps(out))
@@ -74,7 +74,7 @@ def devices_runs(devices: int, seeds: int, overrides: list[str]) -> dict[int, di
 
 
 def row(label: str, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[str, float, int | None]:
-    from purejaxppo.metrics import final_return
+    from purejaxppo.host.metrics import final_return
 
     first, big = divergence(a, b)
     fa, fb = final_return(a["episode_return"]), final_return(b["episode_return"])
@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "equivalence.md")
     args = parser.parse_args()
 
-    from purejaxppo import config as config_lib, runner
+    from purejaxppo import config as config_lib
+    from purejaxppo import train
     from purejaxppo.sweep import sweep
     from experiments.benchmark import machine
 
@@ -100,7 +101,7 @@ def main() -> None:
     swept = sweep(config, seeds=args.seeds, grid={"lr": lrs})
     sweep_rows, sweep_gaps, sweep_big = [], [], []
     for k, run in enumerate(swept.runs):
-        single = runner.train(config.replace(seed=run["seed"], lr=run["lr"]))
+        single = train(config.replace(seed=run["seed"], lr=run["lr"]))
         text, gap, big = row(f"seed {run['seed']}, lr {run['lr']:g}",
                              {n: swept.metrics[n][k] for n in COMPARED}, {n: single.metrics[n][0] for n in COMPARED})
         sweep_rows.append(text)

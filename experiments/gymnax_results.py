@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from purejaxppo import config as config_lib  # noqa: E402
-from purejaxppo import runner  # noqa: E402
+from purejaxppo import train  # noqa: E402
 
 # (config file, target return) — targets come from the issue that asked for each config.
 CASES = {
@@ -69,7 +69,7 @@ def main() -> None:
         base = config_lib.load(ROOT / "configs" / f"{name}.yaml", ["compilation_cache="])
         finals, reach, walls, compiles = [], [], [], []
         for seed in range(args.seeds):
-            result = runner.train(base.replace(seed=seed))
+            result = train(base.replace(seed=seed))
             finals.append(result.final_return)
             reach.append(first_step_reaching(result.metrics["env_steps"][0], result.metrics["episode_return"][0],
                                              CASES[name]))

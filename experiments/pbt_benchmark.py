@@ -41,7 +41,7 @@ def main() -> None:
     from benchmark import machine, write_report
 
     from purejaxppo import config as config_lib
-    from purejaxppo import stats
+    from purejaxppo.host import stats
     from purejaxppo.pbt import PBTConfig, parse_explore, pbt
     from purejaxppo.sweep import sweep
 

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from experiments.benchmark import report_head  # noqa: E402
 from purejaxppo import config as config_lib  # noqa: E402
-from purejaxppo.train import make_train  # noqa: E402
+from purejaxppo.program.ppo import make_train  # noqa: E402
 
 BASE = config_lib.load(ROOT / "configs" / "cartpole.yaml")
 CASES = {

@@ -25,15 +25,16 @@ def compile_once(parallel: bool) -> None:
     import jax
 
     from purejaxppo.config import PPOConfig
-    from purejaxppo.population import Population, chunk_program, init_program
-    from purejaxppo.train import abstract_states, make_trainer
+    from purejaxppo.host.population import Population
+    from purejaxppo.program.chunk import chunk_program, init_program
+    from purejaxppo.program.ppo import abstract_states, make_ppo
 
     config = PPOConfig(compilation_cache="")
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
     start = time.perf_counter()
-    chunk = jax.jit(chunk_program(trainer, 1)).lower(abstract_states(trainer, 1), 0, 0)
+    chunk = jax.jit(chunk_program(ppo, 1)).lower(abstract_states(ppo, 1), 0, 0)
     single = Population.single(config)
-    init = jax.jit(init_program(trainer, 1)).lower(*single.inputs(single.members))
+    init = jax.jit(init_program(ppo, 1)).lower(*single.inputs(single.members))
     lowered = time.perf_counter()
     if parallel:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from experiments.benchmark import machine  # noqa: E402
 from purejaxppo import config as config_lib  # noqa: E402
-from purejaxppo import stats  # noqa: E402
+from purejaxppo.host import stats  # noqa: E402
 from purejaxppo.cli import cpu_cores  # noqa: E402
 from purejaxppo.sweep import sweep  # noqa: E402
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from experiments.benchmark import report_head  # noqa: E402
-from purejaxppo import runner  # noqa: E402
+from purejaxppo import train  # noqa: E402
 from purejaxppo.config import PPOConfig  # noqa: E402
 from purejaxppo.sweep import sweep  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runner.train(SOURCE, Path(tmp) / "source")
+        train(SOURCE, Path(tmp) / "source")
         for mode in ("reward", "loss"):
             for estimator in ("k1", "k3"):
                 config = SOURCE.replace(init_from=str(Path(tmp) / "source"), lr=2e-2, ent_coef=0.0,

@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from purejaxppo import config as config_lib
-from purejaxppo.config import ConfigError
 from purejaxppo.console import ProgressPrinter
-from purejaxppo.errors import DeviceError, Interrupted, NonFiniteError, SaveError, device_error, is_device_error
+from purejaxppo.errors import (
+    ConfigError,
+    DeviceError,
+    Interrupted,
+    NonFiniteError,
+    SaveError,
+    device_error,
+    is_device_error,
+)
 
 EXIT_NON_FINITE = 3
 EXIT_SAVE_FAILED = 4
@@ -69,17 +76,48 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _run_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key; repeatable")
+    p.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help=f"continue the {what} in RUN_DIR from its latest checkpoint")
+    p.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
+
+
+def _sweep_options(p: argparse.ArgumentParser, seeds: int | None) -> None:
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a grid axis over a traced hyperparameter; repeatable (the grid is their product)")
+    p.add_argument("--max-runs-per-call", type=_count(1),
+                   help="split the runs into calls of about this many (rounded up to a multiple of the devices)")
+    p.add_argument("--seeds", type=_count(1), default=seeds,
+                   help="seeds per grid point (config seed, seed+1, ...); for PBT, independent populations")
+
+
+def _pbt_options(p: argparse.ArgumentParser, population: int | None) -> None:
+    p.add_argument("--population", type=_count(1), default=population, help="members per population")
+    p.add_argument("--explore", metavar="KEY[=LOW:HIGH],...",
+                   help="traced hyperparameters to explore, each in a range (default: x1/4 to x4 of the config's)")
+    p.add_argument("--interval", type=_count(1), default=10, help="updates between PBT steps")
+    p.add_argument("--quantile", type=float, default=0.25, help="share of members replaced, and copied, per step")
+    p.add_argument("--perturb", default="0.8,1.25", metavar="F1,F2,...",
+                   help="factors a copied value is perturbed by")
+    p.add_argument("--resample", type=float, default=0.25, help="probability a copied value is drawn afresh instead")
+    p.add_argument("--score", default="episode_return", choices=("episode_return", "eval_return"),
+                   help="what ranks members: the mean return over the interval, or deterministic episodes")
+
+
+PBT_OPTIONS = ("population", "explore", "interval", "quantile", "perturb", "resample", "score")
+SWEEP_OPTIONS = ("grid", "max_runs_per_call", "seeds")
+WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run"}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="purejaxppo", description="Fused, jit-compiled PPO in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one agent")
-    train.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key; repeatable")
-    train.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
+    _run_options(train, "run")
     train.add_argument("--cpu-devices", type=_count(1), metavar="N",
                        help="JAX CPU devices to split the run's envs over (default 1; no effect on a GPU)")
     dist = train.add_argument_group(
@@ -91,40 +129,28 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=_count(0), help="this process's index, 0 to N-1 (implies --distributed)")
 
     sweep = sub.add_parser("sweep", help="train seeds x a hyperparameter grid in one compiled call")
-    sweep.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
-    sweep.add_argument("--seeds", type=_count(1), default=8, help="seeds per grid point (config seed, seed+1, ...)")
-    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                       help="a grid axis over a traced hyperparameter; repeatable (the grid is their product)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    sweep.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
-    sweep.add_argument("--max-runs-per-call", type=_count(1),
-                       help="split the runs into calls of about this many (rounded up to a multiple of the devices)")
+    _run_options(sweep, "sweep")
+    _sweep_options(sweep, seeds=8)
     sweep.add_argument("--top", type=_count(0), default=10, help="grid points to list at the end")
-    sweep.add_argument("--resume", metavar="RUN_DIR", help="continue the sweep in RUN_DIR from its latest checkpoint")
-    sweep.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
     sweep.add_argument("--cpu-devices", type=_count(1), metavar="N",
                        help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
                             "at most one per run; on --resume, the checkpoint's; no effect on a GPU)")
 
     pbt = sub.add_parser("pbt", help="population-based training inside one compiled program")
-    pbt.add_argument("config", nargs="?", help="YAML config (default: configs/cartpole.yaml)")
-    pbt.add_argument("--population", type=_count(1), default=8, help="members per population")
-    pbt.add_argument("--explore", metavar="KEY[=LOW:HIGH],...",
-                     help="traced hyperparameters to explore, each in a range (default: x1/4 to x4 of the config's)")
-    pbt.add_argument("--interval", type=_count(1), default=10, help="updates between PBT steps")
-    pbt.add_argument("--quantile", type=float, default=0.25, help="share of members replaced, and copied, per step")
-    pbt.add_argument("--perturb", default="0.8,1.25", metavar="F1,F2,...",
-                     help="factors a copied value is perturbed by")
-    pbt.add_argument("--resample", type=float, default=0.25, help="probability a copied value is drawn afresh instead")
-    pbt.add_argument("--score", default="episode_return", choices=("episode_return", "eval_return"),
-                     help="what ranks members: the mean return over the interval, or deterministic episodes")
+    _run_options(pbt, "PBT run")
+    _pbt_options(pbt, population=8)
     pbt.add_argument("--seeds", type=_count(1), default=1, help="independent populations in the one program")
-    pbt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    pbt.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
-    pbt.add_argument("--resume", metavar="RUN_DIR", help="continue the PBT run in RUN_DIR from its latest checkpoint")
-    pbt.add_argument("--step", type=_count(0), help="with --resume: the checkpoint (update count) to continue from")
     pbt.add_argument("--cpu-devices", type=_count(1), metavar="N",
                      help="JAX CPU devices to share the members out over (default 1; on --resume, the checkpoint's)")
+
+    check = sub.add_parser(
+        "check", help="prepare a run, sweep or PBT run without compiling it, and print its plan",
+        description="Takes train's, sweep's and pbt's options: --grid, --seeds or --max-runs-per-call make it a "
+                    "sweep, --explore or another PBT option a PBT run, --resume the kind its checkpoint holds.")
+    _run_options(check, "run")
+    _sweep_options(check, seeds=None)
+    _pbt_options(check, population=None)
+    check.add_argument("--cpu-devices", type=_count(1), metavar="N", help="as for train, sweep or pbt")
 
     ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
     ev.add_argument("run_dir", metavar="RUN_DIR")
@@ -150,15 +176,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
-    if getattr(args, "resume", None):
-        # the checkpoint's own config, unless another is given; overrides apply on top of either
-        from purejaxppo import checkpoint
+def _given(args: argparse.Namespace) -> set[str]:
+    """The options the command line gave (a repeatable --grid too)."""
+    given = set(getattr(args, "_given", set()))
+    return given | {"grid"} if getattr(args, "grid", None) else given
 
+
+def _kind(args: argparse.Namespace) -> str:
+    """What a command trains: "run", "sweep" or "pbt" (`check`'s from its options, or its checkpoint's)."""
+    if args.command != "check":
+        return {"train": "run"}.get(args.command, args.command)
+    if args.resume:
+        return _resume_point(args).record.kind
+    given = _given(args)
+    if given & set(PBT_OPTIONS):
+        return "pbt"
+    return "sweep" if given & set(SWEEP_OPTIONS) else "run"
+
+
+def _resume_point(args: argparse.Namespace) -> Any:
+    """The resume's checkpoint and run record, read once for the whole command (None without --resume)."""
+    if not getattr(args, "resume", None):
+        return None
+    if "point" not in args.__dict__:
+        from purejaxppo.host.prepare import resume_point
+
+        args.point = resume_point(args.resume, args.step, None if args.command == "check" else _kind(args))
+    return args.point
+
+
+def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
+    point = _resume_point(args)
+    if point is not None:
+        # the checkpoint's own config, unless another is given; overrides apply on top of either
         if args.config:
             return config_lib.load(args.config, args.overrides)
-        _, meta = checkpoint.read_meta(args.resume, args.step, {"train": "run"}.get(args.command, args.command))
-        config = config_lib.from_dict(config_lib.apply_overrides(meta["config"], args.overrides))
+        config = config_lib.from_dict(config_lib.apply_overrides(point.record.config.to_dict(), args.overrides))
         config_lib.check_given(config, [config_lib.parse_override(o)[0] for o in args.overrides])
         return config
     if getattr(args, "step", None) is not None:
@@ -168,56 +221,92 @@ def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
     return config_lib.load(args.config or default, args.overrides)
 
 
-def _refuse_on_resume(args: argparse.Namespace, what: str, options: Sequence[str]) -> None:
-    """Refuse options a resume would ignore, since it takes them from its checkpoint."""
-    given = [name for name in options if name in getattr(args, "_given", ())]
-    if given:
-        flag = f"--{given[0].replace('_', '-')}"
-        raise ConfigError(f"{flag}: a resumed {what} keeps its {flag} from the checkpoint; drop {flag}")
+def _refuse_ignored(args: argparse.Namespace, kind: str) -> None:
+    """Refuse options the command would ignore: a resume's, which it takes from its checkpoint, and
+    another kind's (`check` takes them all)."""
+    given = _given(args)
+    own = {"run": (), "sweep": SWEEP_OPTIONS, "pbt": PBT_OPTIONS + ("seeds",)}[kind]
+    for name in SWEEP_OPTIONS + PBT_OPTIONS:
+        if name in given and (name not in own or args.resume):
+            flag = f"--{name.replace('_', '-')}"
+            what = (f"a resumed {WHAT[kind]} keeps its {flag} from the checkpoint" if name in own
+                    else f"a {WHAT[kind]} takes no {flag}")
+            raise ConfigError(f"{flag}: {what}; drop {flag}")
 
 
-def _resume_hint(command: str, run_dir: Path, update: int) -> None:
-    print(f"stopped at update {update}, which checkpoint {update} holds. Resume with:\n"
-          f"  purejaxppo {command} --resume {run_dir}", flush=True)
-
-
-def _train(args: argparse.Namespace) -> int:
+def _prepared(args: argparse.Namespace, kind: str) -> Any:
+    """The command's run, sweep or PBT run, prepared (checked, nothing compiled) from its options."""
     import jax
 
-    from purejaxppo import runner
+    from purejaxppo.host.prepare import default_run_dir
 
     config = _load(args)
-    if args.resume and args.run_dir:
-        raise ConfigError("--run-dir: a resumed run continues in its own run dir; drop --run-dir")
-    if jax.process_count() > 1 and not (args.resume or args.run_dir):
-        raise ConfigError("--run-dir: a multi-process run needs one, the same folder for every process (shared storage)")
-    devices = jax.device_count()
-    if args.cpu_devices is not None and config.num_envs % devices:
-        raise ConfigError(f"--cpu-devices: num_envs = {config.num_envs} does not split evenly over {devices} devices")
-    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config))
-    primary = runner.is_primary()
-    say = print if primary else (lambda *_, **__: None)  # the other processes of a multi-host run stay quiet
-    progress = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
-    verb = "resuming" if args.resume else "training"
-    where = f" on {devices} devices" if devices > 1 and config.num_envs % devices == 0 else ""
-    origin = f" from the policy in {config.init_from}" if config.init_from and not args.resume else ""
-    header = (f"{verb} {config.env}{origin} for {config.num_updates * config.batch_size:,} env steps "
-              f"({config.num_updates} updates){where}; writing {run_dir}")
-    try:  # the header once every check has passed: a refused run prints its one error line alone
-        result = runner.train(config, run_dir, on_progress=progress, resume=bool(args.resume), step=args.step,
-                              on_ready=lambda: say(header, flush=True))
-    finally:
-        progress.close()
-    if result.superseded is not None and args.resume:
+    point = _resume_point(args)
+    if point is not None and args.run_dir:
+        raise ConfigError(f"--run-dir: a resumed {kind} continues in its own run dir; drop --run-dir")
+    run_dir = Path(args.resume or args.run_dir or default_run_dir(config, kind=kind))
+    if kind == "run":
+        from purejaxppo.single import prepare_train
+
+        if jax.process_count() > 1 and not (args.resume or args.run_dir):
+            raise ConfigError("--run-dir: a multi-process run needs one, the same folder for every process (shared "
+                              "storage)")
+        devices = jax.device_count()
+        if args.cpu_devices is not None and config.num_envs % devices:
+            raise ConfigError(f"--cpu-devices: num_envs = {config.num_envs} does not split evenly over {devices} "
+                              f"devices")
+        return prepare_train(config, run_dir, resume=point or False)
+    if kind == "sweep":
+        from purejaxppo.sweep import parse_grid, prepare_sweep
+
+        return prepare_sweep(config, args.seeds or 8, parse_grid(args.grid), run_dir, args.max_runs_per_call,
+                             resume=point or False)
+    from purejaxppo.pbt import PBTConfig, parse_explore, prepare_pbt
+
+    try:
+        perturb = tuple(float(f) for f in args.perturb.split(","))
+    except ValueError:
+        raise ConfigError(f"--perturb: comma-separated factors, e.g. 0.8,1.25; got {args.perturb!r}") from None
+    spec = None
+    if point is None and not args.explore:
+        raise ConfigError("--explore: name the hyperparameters to explore, e.g. --explore lr,ent_coef=0:0.05")
+    elif point is None:
+        spec = PBTConfig(args.population or 8, parse_explore(args.explore, config), args.interval, args.quantile,
+                         perturb, args.resample, args.score, args.seeds or 1)
+    return prepare_pbt(config, spec, run_dir, resume=point or False)
+
+
+def _stopped(result: Any, run_dir: Path, command: str) -> int:
+    print(f"stopped at update {result.update}, which checkpoint {result.update} holds. Resume with:\n"
+          f"  purejaxppo {command} --resume {run_dir}", flush=True)
+    return 0
+
+
+def _superseded(result: Any, resumed: bool, run_dir: Path, say: Callable[..., None]) -> None:
+    if result.superseded is not None and resumed:
         say(f"the checkpoints after update {result.first_update}, and the metrics as they were, are in "
             f"{result.superseded}", flush=True)
     elif result.superseded is not None:
         say(f"the files of the earlier run in {run_dir}, which ended before its first checkpoint, are in "
             f"{result.superseded}", flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from purejaxppo.host.processes import is_primary
+
+    prepared = _prepared(args, "run")
+    config, run_dir = prepared.config, prepared.run_dir
+    primary = is_primary()
+    say = print if primary else (lambda *_, **__: None)  # the other processes of a multi-host run stay quiet
+    say(prepared.describe(), flush=True)
+    progress = ProgressPrinter(config.num_updates * config.batch_size, show=primary)
+    try:
+        result = prepared.run(on_progress=progress)
+    finally:
+        progress.close()
+    _superseded(result, bool(args.resume), run_dir, say)
     if result.stopped:
-        if primary:
-            _resume_hint("train", run_dir, result.update)
-        return 0
+        return _stopped(result, run_dir, "train") if primary else 0
     say(
         f"final return {result.final_return:.2f} (mean over the last 10% of updates)\n"
         f"env steps    {result.env_steps:,}\n"
@@ -231,35 +320,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    import jax
+    from purejaxppo.sweep import run_sweep
 
-    from purejaxppo import runner
-    from purejaxppo.sweep import check_grid, parse_grid, sweep
-
-    config = _load(args)
-    grid = parse_grid(args.grid)
-    if args.resume:
-        if args.grid or args.run_dir:
-            raise ConfigError("--resume: a resumed sweep keeps its grid and run dir; drop --grid and --run-dir")
-        _refuse_on_resume(args, "sweep", ("seeds", "max_runs_per_call"))
-        from purejaxppo import checkpoint
-
-        _, meta = checkpoint.resume_point(args.resume, args.step, "sweep", config)
-        grid, args.seeds = meta["grid"], int(meta["num_seeds"])
-    points = check_grid(config, grid)
-    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-sweep"))
-    header = (f"sweep {config.env}: {len(points)} grid point(s) x {args.seeds} seed(s) = {len(points) * args.seeds} "
-              f"runs of {config.num_updates * config.batch_size:,} env steps, one compiled program on "
-              f"{len(jax.local_devices())} device(s); writing {run_dir}")
-
+    prepared = _prepared(args, "sweep")
+    config, run_dir, grid = prepared.config, prepared.run_dir, prepared.record.grid
+    print(prepared.describe(), flush=True)
     progress = ProgressPrinter(config.num_updates * config.batch_size)
-    result = sweep(config, args.seeds, grid, run_dir, args.max_runs_per_call, on_progress=progress,
-                   resume=bool(args.resume), step=args.step, on_ready=lambda: print(header, flush=True))
-    if result.superseded is not None:
-        print(f"the earlier files that this sweep replaces are in {result.superseded}")
+    try:
+        result = run_sweep(prepared, on_progress=progress)
+    finally:
+        progress.close()
+    _superseded(result, bool(args.resume), run_dir, print)
     if result.stopped:
-        _resume_hint("sweep", run_dir, result.update)
-        return 0
+        return _stopped(result, run_dir, "sweep")
     total_steps = len(result.runs) * config.num_updates * config.batch_size
     print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, "
           f"{total_steps / result.run_time:,.0f} env steps/s over all runs, {result.num_calls} call(s)")
@@ -277,45 +350,21 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _pbt(args: argparse.Namespace) -> int:
-    import jax
+    from purejaxppo.host import metrics as metrics_lib
+    from purejaxppo.pbt import run_pbt
 
-    from purejaxppo import metrics as metrics_lib
-    from purejaxppo import runner
-    from purejaxppo.pbt import PBTConfig, parse_explore, pbt
-
-    config = _load(args)
-    try:
-        perturb = tuple(float(f) for f in args.perturb.split(","))
-    except ValueError:
-        raise ConfigError(f"--perturb: comma-separated factors, e.g. 0.8,1.25; got {args.perturb!r}") from None
-    if args.resume:
-        if args.run_dir or args.explore:
-            raise ConfigError("--resume: a resumed PBT run keeps its setup and run dir; drop --explore and --run-dir")
-        _refuse_on_resume(args, "PBT run", ("population", "interval", "quantile", "perturb", "resample", "score", "seeds"))
-        from purejaxppo import checkpoint
-
-        spec = PBTConfig.from_meta(checkpoint.resume_point(args.resume, args.step, "pbt", config)[1]["pbt"])
-    elif not args.explore:
-        raise ConfigError("--explore: name the hyperparameters to explore, e.g. --explore lr,ent_coef=0:0.05")
-    else:
-        spec = PBTConfig(args.population, parse_explore(args.explore, config), args.interval, args.quantile, perturb,
-                         args.resample, args.score, args.seeds)
-    run_dir = Path(args.resume or args.run_dir or runner.default_run_dir(config, suffix="-pbt"))
+    prepared = _prepared(args, "pbt")
+    config, run_dir = prepared.config, prepared.run_dir
     total = config.num_updates * config.batch_size
-
-    def ready() -> None:
-        print(f"pbt {config.env}: {spec.seeds} population(s) of {spec.population} members, exploring "
-              f"{', '.join(e.name for e in spec.explore) or 'as before'} every {spec.interval} updates, "
-              f"{total:,} env steps each, one compiled program on {len(jax.local_devices())} device(s); "
-              f"writing {run_dir}", flush=True)
-
+    print(prepared.describe(), flush=True)
     progress = ProgressPrinter(total)
-    result = pbt(config, spec, run_dir, progress, resume=bool(args.resume), step=args.step, on_ready=ready)
-    if result.superseded is not None:
-        print(f"the earlier files that this run replaces are in {result.superseded}")
+    try:
+        result = run_pbt(prepared, on_progress=progress)
+    finally:
+        progress.close()
+    _superseded(result, bool(args.resume), run_dir, print)
     if result.stopped:
-        _resume_hint("pbt", run_dir, result.update)
-        return 0
+        return _stopped(result, run_dir, "pbt")
     steps = len(result.population) * total
     print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, "
           f"{steps / result.run_time:,.0f} env steps/s over all members")
@@ -330,22 +379,28 @@ def _pbt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    print(_prepared(args, _kind(args)).describe())
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from purejaxppo.acting import evaluate_run
+    from purejaxppo.host.trained import evaluate_run
 
-    config, step, returns, lengths = evaluate_run(args.run_dir, args.episodes, args.step, args.run, args.seed)
+    trained, returns, lengths = evaluate_run(args.run_dir, args.episodes, args.step, args.run, args.seed)
     returns, lengths = jax.device_get((returns, lengths))
-    print(f"{config.env}, checkpoint {step} ({step * config.batch_size:,} env steps), {args.episodes} deterministic "
-          f"episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f} (mean +- std), "
-          f"length {np.mean(lengths):.1f}")
+    record = trained.record
+    print(f"{record.config.env}, checkpoint {trained.step} ({trained.step * record.config.batch_size:,} env steps), "
+          f"{args.episodes} deterministic episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f} "
+          f"(mean +- std), length {np.mean(lengths):.1f}")
     return 0
 
 
 def _render(args: argparse.Namespace) -> int:
-    from purejaxppo.acting import render_html
+    from purejaxppo.host.trained import render_html
 
     if args.max_steps < 1:
         raise ConfigError(f"--max-steps: must be >= 1, got {args.max_steps}")
@@ -383,40 +438,34 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _population_size(args: argparse.Namespace) -> int | None:
-    """The runs of a sweep or PBT command: from its checkpoint on resume (None where it cannot be read: the
-    resume itself reports that), else from its options."""
-    if args.resume:
-        from purejaxppo import checkpoint
-
-        try:
-            return int(checkpoint.read_raw_meta(args.resume, args.step)[1]["num_runs"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-    if args.command == "pbt":
-        return args.population * args.seeds
+def _population_size(args: argparse.Namespace, kind: str) -> int:
+    """The runs of a sweep or PBT command: from its checkpoint on resume, else from its options."""
+    point = _resume_point(args)
+    if point is not None:
+        return point.record.num_runs
+    if kind == "pbt":
+        return (args.population or 8) * (args.seeds or 1)
     from purejaxppo.sweep import parse_grid
 
-    return args.seeds * math.prod(len(v) for v in parse_grid(args.grid).values())
+    return (args.seeds or 8) * math.prod(len(v) for v in parse_grid(args.grid).values())
 
 
-def _sweep_cpu_devices(args: argparse.Namespace) -> int | None:
-    """A sweep's default: one CPU device per core, no more than its runs (per call); on resume (of a sweep or
-    a PBT run), the devices the checkpoint was written with (1 for checkpoints that do not say). None for a
-    new PBT run (one device unless --cpu-devices), and where the user's environment already sets the CPU
-    device count."""
+def _cpu_devices(args: argparse.Namespace, kind: str) -> int | None:
+    """The CPU devices a command asks for: --cpu-devices; on a resume of a sweep or PBT run, the devices its
+    checkpoint was written with; for a new sweep, one per CPU core, no more than its runs (per call). None
+    where the user's environment already sets the count, and for a new run or PBT run without the option
+    (one device)."""
+    asked = getattr(args, "cpu_devices", None)
+    if asked is not None or kind == "run":
+        return asked
     if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
-    if args.resume:
-        from purejaxppo import checkpoint
-
-        try:
-            return int(checkpoint.read_raw_meta(args.resume, args.step)[1].get("devices", 1))
-        except (OSError, ValueError, AttributeError):
-            return None  # the resume itself reports what is wrong with the checkpoint
-    if args.command == "pbt":
+    point = _resume_point(args)
+    if point is not None:
+        return point.record.devices
+    if kind == "pbt":
         return None
-    runs = _population_size(args)
+    runs = _population_size(args, kind)
     if args.max_runs_per_call:
         runs = min(runs, args.max_runs_per_call)
     return max(1, min(cpu_cores(), runs))
@@ -426,13 +475,18 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
     """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays),
     for the whole process. Where JAX has already started (`main` called from a program that used JAX),
     its devices stay; asking for another count is then an error."""
-    asked = getattr(args, "cpu_devices", None)
-    count = asked if asked is not None else _sweep_cpu_devices(args) if args.command in ("sweep", "pbt") else None
+    if args.command not in ("train", "sweep", "pbt", "check"):
+        return
+    if args.command != "check":  # before the checkpoint is read: a usage error comes first
+        _refuse_ignored(args, _kind(args))
+    kind = _kind(args)
+    if args.command == "check":
+        _refuse_ignored(args, kind)
+    count = _cpu_devices(args, kind)
     if count is None:
         return
-    if count < 1:
-        raise ConfigError(f"--cpu-devices: must be >= 1, got {count}")
-    runs = _population_size(args) if asked is not None and args.command in ("sweep", "pbt") else None
+    asked = getattr(args, "cpu_devices", None)
+    runs = _population_size(args, kind) if asked is not None and kind != "run" else None
     if runs is not None and asked > runs:
         raise ConfigError(f"--cpu-devices: {asked} devices for {runs} run(s) would pad the population to {asked} runs, "
                           f"one a device, and train the filler runs too; use at most {runs}")
@@ -449,17 +503,11 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
 
 def _initialize_distributed(args: argparse.Namespace) -> None:
     """jax.distributed.initialize, before JAX does anything else (loading a config builds env arrays)."""
-    given = {"coordinator_address": getattr(args, "coordinator", None),
-             "num_processes": getattr(args, "num_processes", None), "process_id": getattr(args, "process_id", None)}
-    if not getattr(args, "distributed", False) and all(v is None for v in given.values()):
-        return
-    import jax
+    given = (getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    if getattr(args, "distributed", False) or any(v is not None for v in given):
+        from purejaxppo.host import processes
 
-    try:
-        jax.distributed.initialize(**given)
-    except (ValueError, RuntimeError) as err:  # no cluster detected, a bad address, a timeout
-        message = " ".join(str(err).split())
-        raise ConfigError(f"--distributed: jax.distributed.initialize failed: {message}") from None
+        processes.initialize(*given)
 
 
 # What orbax's writer threads and asyncio's loops report again, as exceptions nobody can catch, during
@@ -494,8 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
-    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "eval": _eval, "render": _render, "plot": _plot,
-                "envs": _envs}
+    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "check": _check, "eval": _eval, "render": _render,
+                "plot": _plot, "envs": _envs}
     try:
         _set_cpu_devices(args)
         _initialize_distributed(args)

@@ -1,19 +1,20 @@
 """The one typed, frozen configuration of a PPO run, with YAML loading, overrides and validation.
 
-Each field's metadata is the single declaration of what it is: its documentation and range, whether
-the compiled program reads it as a traced value (`traced`), whether a nonzero value switches a
-variant on (`switch`), when it has no effect (`inert_when`), and whether a resumed run may change it
-(`run_control`). `HParams`, the sweepable keys, the docs table and the resume rules derive from it.
+Each field's metadata is the single declaration of what it is: its documentation and range, its group
+(env, algorithm, optimizer, network, observation, evaluation, fine-tune, run control), whether the
+compiled program reads it as a traced value (`traced`), whether a nonzero value switches a variant on
+(`switch`) and when it has no effect (`inert_when`). `HParams`, the sweepable keys, the keys a resume
+may change (run control), the keys a fine-tuning run shares with its source, the docs table and its
+sections derive from it.
 
 Validation is pure and cheap: types, ranges and cross-field rules, with no env built and no JAX work.
 What needs the env (its name, its parameters, whether the distribution fits its actions) is checked
-once, when a trainer is made, still before anything compiles.
+once, when the program's pieces are made (`program.ppo.make_ppo`), still before anything compiles.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import math
 import re
@@ -25,9 +26,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config that cannot be run. The message is one line that names the key and the problem."""
+from purejaxppo.errors import ConfigError, unknown_key
 
 
 def _doc(text: str, source: str = "common practice", **checks: Any) -> dict[str, Any]:
@@ -41,7 +40,7 @@ def _traced(text: str, source: str = "common practice", **checks: Any) -> dict[s
 
 def _control(text: str, **checks: Any) -> dict[str, Any]:
     """A key of how a run is driven and logged, not of what it computes: a resume may change it."""
-    return _doc(text, run_control=True, **checks)
+    return _doc(text, group="run control", **checks)
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
@@ -58,57 +57,64 @@ class PPOConfig:
     """Every hyperparameter of a run. Field metadata holds the documentation and the range checks."""
 
     env: str = field(default="CartPole-v1", metadata=_doc(
-        "Environment: a name (see `purejaxppo envs`), or the import path of your own, `package.module:EnvClass`."))
+        "Environment: a name (see `purejaxppo envs`), or the import path of your own, `package.module:EnvClass`.",
+        group="env"))
     env_kwargs: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_doc("Overrides of the environment's parameters, e.g. `{max_steps_in_episode: 200}`."),
+        metadata=_doc("Overrides of the environment's parameters, e.g. `{max_steps_in_episode: 200}`.", group="env"),
     )
-    num_envs: int = field(default=32, metadata=_doc("Parallel environments per run.", min=1))
-    num_steps: int = field(default=32, metadata=_doc("Env steps per environment in one rollout.", min=1))
+    num_envs: int = field(default=32, metadata=_doc("Parallel environments per run.", min=1, group="env"))
+    num_steps: int = field(default=32, metadata=_doc("Env steps per environment in one rollout.", min=1,
+                                                     group="algorithm"))
     total_timesteps: int = field(
         default=500_000, metadata=_control("Env steps of the whole run (rounded down to whole updates).", min=1)
     )
-    update_epochs: int = field(default=4, metadata=_doc("Passes over each rollout.", "Schulman et al. 2017", min=1))
-    num_minibatches: int = field(default=8, metadata=_doc("Minibatches per epoch.", "Schulman et al. 2017", min=1))
-    gamma: float = field(default=0.99, metadata=_traced("Discount factor.", "Schulman et al. 2017", min=0.0, max=1.0))
+    update_epochs: int = field(default=4, metadata=_doc("Passes over each rollout.", "Schulman et al. 2017", min=1,
+                                                        group="algorithm"))
+    num_minibatches: int = field(default=8, metadata=_doc("Minibatches per epoch.", "Schulman et al. 2017", min=1,
+                                                          group="algorithm"))
+    gamma: float = field(default=0.99, metadata=_traced("Discount factor.", "Schulman et al. 2017", min=0.0, max=1.0,
+                                                        group="algorithm"))
     gae_lambda: float = field(
-        default=0.95, metadata=_traced("GAE lambda.", "Schulman et al. 2016 (GAE)", min=0.0, max=1.0)
+        default=0.95, metadata=_traced("GAE lambda.", "Schulman et al. 2016 (GAE)", min=0.0, max=1.0, group="algorithm")
     )
     clip_eps: float = field(
-        default=0.2, metadata=_traced("Ratio clip range of the surrogate.", "Schulman et al. 2017", gt=0.0)
+        default=0.2, metadata=_traced("Ratio clip range of the surrogate.", "Schulman et al. 2017", gt=0.0,
+                                      group="algorithm")
     )
     clip_policy: bool = field(
         default=True,
         metadata=_doc("Use the clipped surrogate. Off, with kl_coef > 0, gives the KL-penalty variant.",
-                      "Schulman et al. 2017"),
+                      "Schulman et al. 2017", group="algorithm"),
     )
     dual_clip: float = field(
         default=0.0,
         metadata=_traced("Dual-clip constant c > 1: for negative advantages the surrogate is bounded below by c*A. "
-                      "0 turns it off.", "Ye et al. 2020 (dual-clip PPO)", min=0.0, switch=True),
+                      "0 turns it off.", "Ye et al. 2020 (dual-clip PPO)", min=0.0, switch=True, group="algorithm"),
     )
     kl_coef: float = field(
         default=0.0,
         metadata=_traced("Initial coefficient beta of the adaptive KL penalty beta*KL; 0 turns the penalty off.",
-                      "Schulman et al. 2017, sec. 4", min=0.0, switch=True),
+                      "Schulman et al. 2017, sec. 4", min=0.0, switch=True, group="algorithm"),
     )
     kl_target: float = field(
         default=0.01,
         metadata=_traced("KL target of the adaptive penalty: after each update beta doubles when KL > 1.5 target "
                       "and halves when KL < target / 1.5.", "Schulman et al. 2017, sec. 4", gt=0.0,
-                         inert_when=(lambda c: c.kl_coef == 0, "the adaptive KL penalty is off (kl_coef 0)")),
+                         inert_when=(lambda c: c.kl_coef == 0, "the adaptive KL penalty is off (kl_coef 0)"),
+                             group="algorithm"),
     )
     target_kl: float = field(
         default=0.0,
         metadata=_traced("KL early stopping: once a minibatch's approximate KL (before its step) exceeds "
                       "1.5 x target_kl, the update's remaining minibatch steps are skipped. 0 turns it off.",
-                      "OpenAI Spinning Up; Stable-Baselines3", min=0.0, switch=True),
+                      "OpenAI Spinning Up; Stable-Baselines3", min=0.0, switch=True, group="algorithm"),
     )
     kl_estimator: str = field(
         default="k3",
         metadata=_doc("Estimator of KL(old||new) for logging, the penalty and early stopping: k1 = -log r, "
                       "k3 = (r - 1) - log r (unbiased, low variance).", "Schulman 2020, 'Approximating KL'",
-                      choices=("k1", "k3")),
+                      choices=("k1", "k3"), group="algorithm"),
     )
     init_from: str = field(
         default="",
@@ -116,27 +122,27 @@ class PPOConfig:
                       "statistics, with a fresh optimizer, schedule and envs. Its network keys (hidden_sizes, "
                       "activation, normalize_obs, ...) must be these, and the env must have its observation and "
                       "action spaces. "
-                      "Not a resume: the run has its own run dir and history. Empty: a fresh init."),
+                      "Not a resume: the run has its own run dir and history. Empty: a fresh init.", group="fine-tune"),
     )
     init_step: int = field(
-        default=0, metadata=_doc("init_from's checkpoint (its update count); 0: the newest.", min=0)
+        default=0, metadata=_doc("init_from's checkpoint (its update count); 0: the newest.", min=0, group="fine-tune")
     )
     init_run: int = field(
         default=-1,
         metadata=_doc("init_from's run: its index in a sweep's runs.csv, or a PBT member; -1: the only run, or a "
-                      "PBT run's best member (a sweep of several runs needs one named).", min=-1),
+                      "PBT run's best member (a sweep of several runs needs one named).", min=-1, group="fine-tune"),
     )
     ref_kl_coef: float = field(
         default=0.0,
-        metadata=_traced("Coefficient of a KL anchor to a frozen reference policy, KL(policy || reference): the "
-                         "policy the run starts from (init_from's, or its own first one). 0 turns it off.",
-                         "Ziegler et al. 2019; Ouyang et al. 2022 (RLHF)", min=0.0, switch=True),
+        metadata=_traced("Coefficient of the reference KL, KL(policy || reference) to a frozen reference policy: "
+                         "the policy the run starts from (init_from's, or its own first one). 0 turns it off.",
+                         "Ziegler et al. 2019; Ouyang et al. 2022 (RLHF)", min=0.0, switch=True, group="fine-tune"),
     )
     ref_kl_mode: str = field(
         default="reward",
-        metadata=_doc("Where the anchor acts: reward subtracts ref_kl_coef x KL from each step's reward (after "
+        metadata=_doc("Where the reference KL acts: reward subtracts ref_kl_coef x KL from each step's reward (after "
                       "reward_scale), as RLHF does; loss adds ref_kl_coef x KL to the loss.",
-                      "Ziegler et al. 2019; Shao et al. 2024 (GRPO)", choices=("reward", "loss")),
+                      "Ziegler et al. 2019; Shao et al. 2024 (GRPO)", choices=("reward", "loss"), group="fine-tune"),
     )
     ref_kl_estimator: str = field(
         default="auto",
@@ -145,55 +151,65 @@ class PPOConfig:
                       "gradient is then the KL's own; k3 in the loss, whose gradient pulls toward the reference "
                       "(the other pairs are biased and, measured, let the KL grow with the coefficient).",
                       "Schulman 2020, 'Approximating KL'; Shao et al. 2024 (GRPO, k3 in the loss)",
-                      choices=("auto", "k1", "k3")),
+                      choices=("auto", "k1", "k3"), group="fine-tune"),
     )
     clip_value: bool = field(
         default=False,
         metadata=_doc("Clip the value loss: max((V-R)^2, (V_old + clip(V - V_old, -e, e) - R)^2).",
-                      "Schulman et al. 2017 (baselines); Andrychowicz et al. 2021"),
+                      "Schulman et al. 2017 (baselines); Andrychowicz et al. 2021", group="algorithm"),
     )
     value_clip_eps: float = field(
         default=0.2, metadata=_traced("The e of clip_value.", "OpenAI baselines", gt=0.0,
-                          inert_when=(lambda c: not c.clip_value, "clip_value is off"))
+                          inert_when=(lambda c: not c.clip_value, "clip_value is off"), group="algorithm")
     )
-    vf_coef: float = field(default=0.5, metadata=_traced("Value-loss coefficient.", "Schulman et al. 2017", min=0.0))
-    ent_coef: float = field(default=0.01, metadata=_traced("Entropy-bonus coefficient.", "Schulman et al. 2017", min=0.0))
+    vf_coef: float = field(default=0.5, metadata=_traced("Value-loss coefficient.", "Schulman et al. 2017", min=0.0,
+                                                         group="algorithm"))
+    ent_coef: float = field(default=0.01, metadata=_traced("Entropy-bonus coefficient.", "Schulman et al. 2017",
+                                                           min=0.0, group="algorithm"))
     ent_schedule: str = field(
         default="constant",
         metadata=_doc("Schedule of the entropy coefficient over updates, from ent_coef to ent_coef_final.",
-                      choices=("constant", "linear", "cosine")),
+                      choices=("constant", "linear", "cosine"), group="algorithm"),
     )
     ent_coef_final: float = field(
         default=0.0, metadata=_traced("Final entropy coefficient of the linear and cosine schedules.", min=0.0,
-                          inert_when=(lambda c: c.ent_schedule == "constant", "ent_schedule is constant"))
+                          inert_when=(lambda c: c.ent_schedule == "constant", "ent_schedule is constant"),
+                              group="algorithm")
     )
     max_grad_norm: float = field(
-        default=0.5, metadata=_traced("Global gradient-norm clip.", "Andrychowicz et al. 2021", gt=0.0)
+        default=0.5, metadata=_traced("Global gradient-norm clip.", "Andrychowicz et al. 2021", gt=0.0,
+                                      group="optimizer")
     )
-    lr: float = field(default=2e-3, metadata=_traced("Adam learning rate (the peak, with a schedule).", gt=0.0))
+    lr: float = field(default=2e-3, metadata=_traced("Adam learning rate (the peak, with a schedule).", gt=0.0,
+                                                     group="optimizer"))
     lr_schedule: str = field(
-        default="linear", metadata=_doc("Learning-rate schedule over all minibatch steps.", choices=LR_SCHEDULES)
+        default="linear", metadata=_doc("Learning-rate schedule over all minibatch steps.", choices=LR_SCHEDULES,
+                                        group="optimizer")
     )
     lr_end: float = field(
         default=0.0,
         metadata=_traced("Final learning rate of the linear, cosine and warmup_cosine schedules.", min=0.0,
-                         inert_when=(lambda c: c.lr_schedule == "constant", "lr_schedule is constant")),
+                         inert_when=(lambda c: c.lr_schedule == "constant", "lr_schedule is constant"),
+                             group="optimizer"),
     )
     lr_warmup_fraction: float = field(
         default=0.0,
-        metadata=_doc("Fraction of all minibatch steps spent warming up (warmup_cosine only).", min=0.0, lt=1.0),
+        metadata=_doc("Fraction of all minibatch steps spent warming up (warmup_cosine only).", min=0.0, lt=1.0,
+                      group="optimizer"),
     )
-    adam_eps: float = field(default=1e-5, metadata=_doc("Adam epsilon.", "Andrychowicz et al. 2021", gt=0.0))
+    adam_eps: float = field(default=1e-5, metadata=_doc("Adam epsilon.", "Andrychowicz et al. 2021", gt=0.0,
+                                                        group="optimizer"))
     grad_accumulation: int = field(
         default=1,
         metadata=_doc("Micro-batches per minibatch: their gradients are averaged before one optimizer step, "
-                      "which equals the whole minibatch's step with less memory held at once.", min=1),
+                      "which equals the whole minibatch's step with less memory held at once.", min=1,
+                          group="optimizer"),
     )
     compute_dtype: str = field(
         default="float32",
         metadata=_doc("Dtype of the networks' forward and backward passes; params, optimizer state, losses, GAE "
                       "and statistics stay float32. bfloat16 pays on a GPU with large networks or batches.",
-                      "Micikevicius et al. 2018 (mixed precision)", choices=("float32", "bfloat16")),
+                      "Micikevicius et al. 2018 (mixed precision)", choices=("float32", "bfloat16"), group="optimizer"),
     )
     resets_per_step: int = field(
         default=0,
@@ -201,100 +217,112 @@ class PPOConfig:
                       "starts are drawn per rollout step for all the envs, and the envs that end take them in "
                       "turn; more than R ending in one step share starts. For envs whose reset costs far more "
                       "than a step (Craftax's world generation); needs an env with step_without_reset.",
-                      "Matthews et al. 2024 (Craftax's optimistic resets)", min=0),
+                      "Matthews et al. 2024 (Craftax's optimistic resets)", min=0, group="env"),
     )
     hidden_sizes: tuple[int, ...] = field(
-        default=(64, 64), metadata=_doc("Hidden layer widths of the actor and of the critic MLP.", min_each=1)
+        default=(64, 64), metadata=_doc("Hidden layer widths of the actor and of the critic MLP.", min_each=1,
+                                        group="network")
     )
-    activation: str = field(default="tanh", metadata=_doc("Hidden activation.", choices=ACTIVATIONS))
+    activation: str = field(default="tanh", metadata=_doc("Hidden activation.", choices=ACTIVATIONS, group="network"))
     torso: str = field(
         default="mlp",
         metadata=_doc("mlp: the hidden_sizes Dense layers on the flat observation. cnn: unpadded convolutions "
                       "(cnn_channels, cnn_kernels, cnn_strides) over an image observation first, for an env that "
                       "declares its image (MinAtar, Craftax Pixels, XLand-MiniGrid); the default is MinAtar's "
-                      "one 3 x 3 layer of 16 channels.", "Young & Tian 2019 (MinAtar)", choices=TORSOS),
+                      "one 3 x 3 layer of 16 channels.", "Young & Tian 2019 (MinAtar)", choices=TORSOS,
+                          group="network"),
     )
     cnn_channels: tuple[int, ...] = field(
-        default=(16,), metadata=_doc("Output channels of each convolution of the cnn torso.", min_each=1)
+        default=(16,), metadata=_doc("Output channels of each convolution of the cnn torso.", min_each=1,
+                                     group="network")
     )
     cnn_kernels: tuple[int, ...] = field(
-        default=(3,), metadata=_doc("Square kernel size of each convolution of the cnn torso.", min_each=1)
+        default=(3,), metadata=_doc("Square kernel size of each convolution of the cnn torso.", min_each=1,
+                                    group="network")
     )
     cnn_strides: tuple[int, ...] = field(
-        default=(1,), metadata=_doc("Stride of each convolution of the cnn torso.", min_each=1)
+        default=(1,), metadata=_doc("Stride of each convolution of the cnn torso.", min_each=1, group="network")
     )
     shared_torso: bool = field(
-        default=False, metadata=_doc("One hidden torso for actor and critic heads, instead of two MLPs.")
+        default=False, metadata=_doc("One hidden torso for actor and critic heads, instead of two MLPs.",
+                                     group="network")
     )
-    layer_norm: bool = field(default=False, metadata=_doc("Layer norm after each hidden Dense layer."))
+    layer_norm: bool = field(default=False, metadata=_doc("Layer norm after each hidden Dense layer.", group="network"))
     memory: str = field(
         default="none",
         metadata=_doc("Recurrent core between the MLP encoder (hidden_sizes) and the heads: none (a feedforward "
                       "policy), gru or lstm. Its state resets at the first step of every episode; minibatches "
                       "hold whole env sequences, replayed from the state each started with. With shared_torso "
                       "actor and critic share one encoder and core, else each has its own.",
-                      "Hausknecht & Stone 2015; Ni et al. 2022 (recurrent model-free RL)", choices=MEMORIES),
+                      "Hausknecht & Stone 2015; Ni et al. 2022 (recurrent model-free RL)", choices=MEMORIES,
+                          group="network"),
     )
-    memory_size: int = field(default=128, metadata=_doc("Width of the recurrent core's state.", min=1, max=16384))
+    memory_size: int = field(default=128, metadata=_doc("Width of the recurrent core's state.", min=1, max=16384,
+                                                        group="network"))
     hidden_gain: float = field(
         default=math.sqrt(2.0), metadata=_doc("Orthogonal-init gain of hidden layers.", "Andrychowicz et al. 2021",
-                                              gt=0.0)
+                                              gt=0.0, group="network")
     )
     actor_head_gain: float = field(
-        default=0.01, metadata=_doc("Orthogonal-init gain of the policy head.", "Andrychowicz et al. 2021", gt=0.0)
+        default=0.01, metadata=_doc("Orthogonal-init gain of the policy head.", "Andrychowicz et al. 2021", gt=0.0,
+                                    group="network")
     )
     critic_head_gain: float = field(
-        default=1.0, metadata=_doc("Orthogonal-init gain of the value head.", "Andrychowicz et al. 2021", gt=0.0)
+        default=1.0, metadata=_doc("Orthogonal-init gain of the value head.", "Andrychowicz et al. 2021", gt=0.0,
+                                   group="network")
     )
     distribution: str = field(
         default="auto",
         metadata=_doc("Action distribution. auto: categorical for discrete actions, gaussian for boxes. "
                       "gaussian is clipped to the bounds for the env only; tanh_gaussian squashes with the "
                       "log-det-Jacobian correction; beta is rescaled to the bounds.",
-                      "Haarnoja et al. 2018 (tanh); Chou et al. 2017 (beta)", choices=DISTRIBUTIONS),
+                      "Haarnoja et al. 2018 (tanh); Chou et al. 2017 (beta)", choices=DISTRIBUTIONS, group="network"),
     )
     state_dependent_std: bool = field(
         default=False,
         metadata=_doc("Gaussian std from the actor network (softplus + 1e-3) instead of a free log-std "
-                      "parameter.", "Brax PPO (state dependent)"),
+                      "parameter.", "Brax PPO (state dependent)", group="network"),
     )
     obs_mask: tuple[int, ...] = field(
         default=(),
         metadata=_doc("Indices of observation components to hide from the policy (of the flattened observation), "
                       "making any env partially observed; e.g. [1, 3] hides CartPole's velocities.", min_each=0,
-                      may_be_empty=True),
+                      may_be_empty=True, group="observation"),
     )
     normalize_advantages: bool = field(
-        default=True, metadata=_doc("Normalise advantages per minibatch.", "Andrychowicz et al. 2021")
+        default=True, metadata=_doc("Normalise advantages per minibatch.", "Andrychowicz et al. 2021",
+                                    group="algorithm")
     )
     normalize_obs: bool = field(
-        default=False, metadata=_doc("Normalise observations with running batch statistics.")
+        default=False, metadata=_doc("Normalise observations with running batch statistics.", group="observation")
     )
     obs_clip: float = field(
         default=0.0,
         metadata=_doc("Clip observations (after normalisation, when on) to [-c, c]; 0 turns it off.",
-                      "Andrychowicz et al. 2021 (c = 10 with normalisation)", min=0.0),
+                      "Andrychowicz et al. 2021 (c = 10 with normalisation)", min=0.0, group="observation"),
     )
-    reward_scale: float = field(default=1.0, metadata=_traced("Constant factor on rewards for learning.", gt=0.0))
+    reward_scale: float = field(default=1.0, metadata=_traced("Constant factor on rewards for learning.", gt=0.0,
+                                                              group="algorithm"))
     normalize_reward: bool = field(
         default=False,
         metadata=_doc("Divide rewards by the running std of each env's discounted return (statistics in the "
-                      "training state).", "Engstrom et al. 2020; gym VecNormalize"),
+                      "training state).", "Engstrom et al. 2020; gym VecNormalize", group="algorithm"),
     )
     reward_clip: float = field(
         default=0.0,
         metadata=_doc("Clip the learned-from reward (after scaling and normalisation) to [-c, c]; 0 turns it off.",
-                      "Mnih et al. 2015 (c = 1)", min=0.0),
+                      "Mnih et al. 2015 (c = 1)", min=0.0, group="algorithm"),
     )
     eval_every: int = field(
         default=0,
         metadata=_doc("Updates between deterministic evaluations inside the compiled program, at chunk ends; "
-                      "0 turns evaluation off.", min=0),
+                      "0 turns evaluation off.", min=0, group="evaluation"),
     )
     eval_episodes: int = field(
-        default=10, metadata=_doc("Episodes per evaluation, one per separate eval env.", min=1)
+        default=10, metadata=_doc("Episodes per evaluation, one per separate eval env.", min=1, group="evaluation")
     )
-    seed: int = field(default=0, metadata=_doc("PRNG seed (a sweep's seed i is seed + i).", min=0, max=MAX_SEED))
+    seed: int = field(default=0, metadata=_doc("PRNG seed (a sweep's seed i is seed + i).", min=0, max=MAX_SEED,
+                                               group="env"))
     log_every: int = field(
         default=0,
         metadata=_control("Updates per compiled chunk between progress reports; 0 picks about 20 chunks.", min=0),
@@ -352,7 +380,15 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(PP
 # Derived from the field metadata, the one place each is declared.
 TRACED: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.metadata.get("traced"))
 SWITCHES: tuple[str, ...] = tuple(n for n, f in FIELDS.items() if f.metadata.get("switch"))
-RUN_CONTROL_KEYS: frozenset[str] = frozenset(n for n, f in FIELDS.items() if f.metadata.get("run_control"))
+GROUPS: dict[str, tuple[str, ...]] = {}  # group -> its keys, in the order the config declares them
+for _name, _field in FIELDS.items():
+    GROUPS.setdefault(_field.metadata["group"], ())
+    GROUPS[_field.metadata["group"]] += (_name,)
+RUN_CONTROL_KEYS: frozenset[str] = frozenset(GROUPS["run control"])
+# What a fine-tuning run's network must share with its source's: the network's shape and what it sees.
+# The distribution is compared by the kind it resolves to, and init gains no longer matter once trained.
+FINE_TUNE_KEYS: tuple[str, ...] = tuple(
+    k for k in GROUPS["network"] + GROUPS["observation"] if k != "distribution" and not k.endswith("_gain"))
 
 
 DEFAULTS = PPOConfig()
@@ -483,12 +519,9 @@ ALIASES = {
 
 
 def unknown_key_error(key: str, known: Iterable[str], what: str = "config key") -> ConfigError:
+    """An unknown config key, with the key of ours another PPO library's name means (`ALIASES`) as the hint."""
     known = list(known)
-    close = [ALIASES[key]] if ALIASES.get(key) in known else []
-    close = close or difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    close = close or [k for k in known if k.startswith(key) or key.startswith(k)][:1]
-    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
-    return ConfigError(f"{key}: unknown {what}{hint}")
+    return unknown_key(key, known, what, ALIASES[key] if ALIASES.get(key) in known else None)
 
 
 def from_dict(values: Mapping[str, Any]) -> PPOConfig:
@@ -549,7 +582,7 @@ def validate(config: PPOConfig) -> PPOConfig:
             if getattr(config, name) != off:
                 raise ConfigError(f"{name}: has no effect without init_from (the run dir to start from)")
     if config.ref_kl_coef and config.memory != "none":
-        raise ConfigError("ref_kl_coef: the KL anchor is not yet built for recurrent policies (memory); it needs the "
+        raise ConfigError("ref_kl_coef: the reference KL is not yet built for recurrent policies (memory); it needs the "
                           "reference's own carry through the rollout")
     samples = config.num_envs // config.num_minibatches if config.memory != "none" else config.minibatch_size
     if samples % config.grad_accumulation:
@@ -668,24 +701,25 @@ def save(config: PPOConfig, path: str | Path) -> None:
 
 
 def reference_markdown() -> str:
-    """The config reference table of docs/config.md, generated from the field metadata."""
+    """The config reference of docs/config.md, a table per group, generated from the field metadata."""
     lines = [
         "# Config reference",
         "",
         "Generated from `purejaxppo/config.py` by",
         '`python -c "from purejaxppo.config import reference_markdown as r; print(r(), end=\'\')" > docs/config.md`;',
         "a test keeps this file in step with the code. Keys marked *traced* are read by the compiled",
-        "program as values, so one compiled program can train several settings of them at once.",
-        "",
-        "| key | type | default | meaning | source |",
-        "|---|---|---|---|---|",
+        "program as values, so one compiled program can train several settings of them at once. A resumed",
+        "run may change only the *run control* keys; a fine-tuning run's *network* and *observation* keys",
+        f"must be its source's ({', '.join(FINE_TUNE_KEYS)}).",
     ]
     defaults = PPOConfig().to_dict()
-    for name, f in FIELDS.items():
-        meta = f.metadata
-        doc = meta["doc"] + (" *Traced.*" if name in TRACED else "")
-        if "choices" in meta:
-            doc += f" One of: {', '.join(f'`{c}`' for c in meta['choices'])}."
-        default = defaults[name]
-        lines.append(f"| `{name}` | {_type_name(_type_of(name))} | `{default}` | {doc} | {meta['source']} |")
+    for group, keys in GROUPS.items():
+        lines += ["", f"## {group[0].upper()}{group[1:]}", "", "| key | type | default | meaning | source |",
+                  "|---|---|---|---|---|"]
+        for name in keys:
+            meta = FIELDS[name].metadata
+            doc = meta["doc"] + (" *Traced.*" if name in TRACED else "")
+            if "choices" in meta:
+                doc += f" One of: {', '.join(f'`{c}`' for c in meta['choices'])}."
+            lines.append(f"| `{name}` | {_type_name(_type_of(name))} | `{defaults[name]}` | {doc} | {meta['source']} |")
     return "\n".join(lines) + "\n"

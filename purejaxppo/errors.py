@@ -1,7 +1,13 @@
-"""Faults at run time that the CLI reports in one line, and notes for the user. Imports nothing of the
-package, so the CLI can catch them without starting JAX."""
+"""Every error a user can cause, each reported as one line (the CLI adds `purejaxppo: error:` and its exit
+status), and notes for the user. Imports nothing of the package, so every module, the env families and
+the CLI can raise and catch them without starting JAX.
 
+Exit statuses: 2 for input that cannot work (ConfigError and its kinds), 3 NonFiniteError, 4 SaveError,
+5 DeviceError, 130 an interruption."""
+
+import difflib
 import sys
+from collections.abc import Iterable
 
 _SAID: set[str] = set()
 
@@ -13,6 +19,28 @@ def notify(message: str, once: bool = False) -> None:
         return
     _SAID.add(message)
     print(f"purejaxppo: note: {message}", file=sys.stderr, flush=True)
+
+
+class ConfigError(ValueError):
+    """Input that cannot be run: a config, an env, a path, an option. The message is one line that names
+    the key and the problem."""
+
+
+def unknown_key(key: str, known: Iterable[str], what: str, alias: str | None = None) -> ConfigError:
+    """`key` is none of `known`: one line with the closest known key (`alias` first, when given), or all of them."""
+    known = list(known)
+    close = [alias] if alias else difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    close = close or [k for k in known if k.startswith(key) or key.startswith(k)][:1]
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"{key}: unknown {what}{hint}")
+
+
+class RunDirError(ConfigError):
+    """A run dir that cannot be written, or that another process is writing."""
+
+
+class CheckpointError(ConfigError):
+    """A run dir or checkpoint that cannot be used: missing, corrupt, or written for another config."""
 
 
 class NonFiniteError(RuntimeError):

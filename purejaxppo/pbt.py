@@ -1,13 +1,10 @@
 """Population-based training inside the compiled program: `pbt(config, PBTConfig(...))`.
 
-A PBT run is a population (`population.Population`) whose members start from hyperparameters drawn
-from their ranges and train side by side in one compiled program, in chunks of `interval` updates.
-At the end of each full chunk, still inside the program, `Exploit` ranks each population's members by
-their score over the interval, copies a top member's learner state (params, optimizer state,
-normaliser statistics, KL coefficient, hyperparameters) into each bottom member, which keeps its own
-envs, PRNG key and episode counters, and perturbs or resamples the copied hyperparameters (the math is
-in `exploit.py`). Its PRNG key is the population's seed folded with the update count, so a run is
-deterministic given its seed, and a resume is bit-identical.
+A PBT run is a population (`host.population.Population`) whose members start from hyperparameters
+drawn from their ranges and train side by side in one compiled program, in chunks of `interval`
+updates; at the end of each full chunk the program's own PBT step (`program.pbt_step.Exploit`) replaces
+the worst members by copies of the best, with their hyperparameters perturbed or drawn afresh. This
+front end parses and checks the setup, draws the members and names the outputs.
 
 Outputs beside a run's files: `lineage.csv` (per interval and member: its parent, score and new
 hyperparameters) and `pbt.png`. `load_policy(run_dir)` loads the best member by default.
@@ -17,59 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo import checkpoint, exploit, plots, rundir, runner
 from purejaxppo import config as config_lib
-from purejaxppo import metrics as metrics_lib
-from purejaxppo.config import TRACED, ConfigError, PPOConfig
-from purejaxppo.population import Member, Population, evaluation_return
-from purejaxppo.train import Trainer, TrainState, with_env
-
-SCORES = ("episode_return", "eval_return")
-# the learner's state, which a replaced member copies from its parent (the rest belongs to its envs)
-COPIED = ("params", "opt_state", "obs_stats", "return_stats", "kl_beta", "hparams", "ref")
-DIVERGED_IF_NOT_FINITE = ("policy_loss", "value_loss", "grad_norm")
-KEY_SALT = 0x9B7  # folded into the population's seed, so the PBT key differs from the members' keys
-
-
-@dataclasses.dataclass(frozen=True)
-class Explored:
-    """A hyperparameter that PBT explores, within [low, high] (sampled in log space when low > 0)."""
-
-    name: str
-    low: float
-    high: float
-
-    @property
-    def log_scale(self) -> bool:
-        return self.low > 0
-
-
-@dataclasses.dataclass(frozen=True)
-class PBTConfig:
-    population: int
-    explore: tuple[Explored, ...]
-    interval: int = 10
-    quantile: float = 0.25
-    perturb: tuple[float, ...] = (0.8, 1.25)
-    resample: float = 0.25
-    score: str = "episode_return"
-    seeds: int = 1  # independent populations in one call
-
-    def to_meta(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "explore": [dataclasses.asdict(e) for e in self.explore]}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> PBTConfig:
-        return cls(**{**meta, "explore": tuple(Explored(**e) for e in meta["explore"]),
-                      "perturb": tuple(meta["perturb"])})
+from purejaxppo import plots
+from purejaxppo.config import TRACED, PPOConfig
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import metrics as metrics_lib
+from purejaxppo.host.loop import Progress, RunResult
+from purejaxppo.host.population import Member, Population
+from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_point
+from purejaxppo.host.processes import is_primary
+from purejaxppo.program import exploit
+from purejaxppo.program.pbt_step import SCORES, Exploit, Explored, PBTConfig
 
 
 def parse_explore(text: str | Sequence[str], config: PPOConfig) -> tuple[Explored, ...]:
@@ -170,64 +132,8 @@ def members(spec: PBTConfig, config: PPOConfig) -> tuple[Member, ...]:
         for i in range(count))
 
 
-@dataclasses.dataclass(frozen=True)
-class Exploit:
-    """The in-program PBT step at a chunk's end (`population.chunk_program` calls it over the stacked
-    states): `(trainer, states, metrics, params_finite, first_update, num_active) -> (states, extra
-    metrics)`, where `params_finite` is the chunk's own per-run check of the params."""
-
-    spec: PBTConfig
-    seeds: tuple[int, ...]  # each population's first member's seed
-
-    def __call__(self, trainer: Trainer, states: TrainState, metrics: dict[str, jax.Array], params_finite: jax.Array,
-                 first_update: jax.Array, num_active: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-        spec = self.spec
-        g, n = spec.seeds, spec.population
-        real = g * n  # the stacked runs past these are filler runs, left alone
-        names = [e.name for e in spec.explore]
-        update = first_update + num_active
-        due = (num_active == trainer.config.chunk_size) & (update % spec.interval == 0)
-
-        def step(states: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-            mine = jax.tree.map(lambda x: x[:real], states)
-            if spec.score == "eval_return":
-                scores = jax.vmap(lambda s: evaluation_return(trainer, s))(mine)
-            else:
-                scores = exploit.interval_scores(metrics["episode_return"][:real])
-            bad = [~jnp.isfinite(metrics[m][:real]).all(axis=-1) for m in DIVERGED_IF_NOT_FINITE if m in metrics]
-            finite = params_finite[:real]
-            diverged = ~finite | jnp.stack(bad).any(axis=0) if bad else ~finite
-            keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), KEY_SALT), update))(
-                jnp.asarray(self.seeds, jnp.uint32))
-            k_exploit, k_explore = jax.vmap(jax.random.split, out_axes=1)(keys)
-            local = jax.vmap(lambda s, d, k: exploit.exploit(s, d, k, spec.quantile))(
-                scores.reshape(g, n), diverged.reshape(g, n), k_exploit)
-            parents = (local + n * jnp.arange(g)[:, None]).reshape(real)
-            replaced = parents != jnp.arange(real)
-            copied = mine.replace(**{f: jax.tree.map(lambda x: x[parents], getattr(mine, f)) for f in COPIED})
-            values = jnp.stack([getattr(copied.hparams, name) for name in names], axis=-1)
-            low, high = (jnp.array([getattr(e, b) for e in spec.explore], jnp.float32) for b in ("low", "high"))
-            log_scale = jnp.array([e.log_scale for e in spec.explore])
-            factors = jnp.array(spec.perturb, jnp.float32)
-            new = jax.vmap(lambda v, r, k: exploit.explore(v, r, k, factors, spec.resample, low, high, log_scale))(
-                values.reshape(g, n, -1), replaced.reshape(g, n), k_explore).reshape(real, -1)
-            copied = copied.replace(hparams=copied.hparams.replace(**{m: new[:, j] for j, m in enumerate(names)}))
-            states = jax.tree.map(lambda whole, part: whole.at[:real].set(part), states, copied)
-            extra = {"pbt_parent": parents.astype(jnp.float32), "pbt_score": scores,
-                     **{f"pbt_{m}": new[:, j] for j, m in enumerate(names)}}
-            return states, extra
-
-        def skip(states: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-            keys = ["pbt_parent", "pbt_score", *(f"pbt_{m}" for m in names)]
-            return states, {k: jnp.full(real, jnp.nan) for k in keys}
-
-        states, extra = jax.lax.cond(due, step, skip, states)
-        runs, size = metrics["episode_return"].shape
-        return states, {k: jnp.full((runs, size), jnp.nan).at[:real, num_active - 1].set(v) for k, v in extra.items()}
-
-
 @dataclasses.dataclass
-class PBTResult(runner.RunResult):
+class PBTResult(RunResult):
     spec: PBTConfig | None = None
 
     def best(self) -> list[int]:
@@ -237,44 +143,57 @@ class PBTResult(runner.RunResult):
         return exploit.best_members(self.metrics, spec.population, spec.seeds, spec.interval)
 
 
+def prepare_pbt(
+    config: PPOConfig, spec: PBTConfig | None, run_dir: str | Path | None = None, *,
+    resume: bool | ResumePoint = False, step: int | None = None, env: Any = None,
+) -> Prepared:
+    """`spec.seeds` populations of `spec.population` members, built and checked; a resume (True, or a
+    ResumePoint already read) takes its PBT setup and members from the checkpoint."""
+    if resume is True:
+        resume = resume_point(run_dir, step, "pbt")
+    saved = None
+    if resume:
+        spec, saved = resume.record.pbt, resume.record.members
+        if resume.step % spec.interval and resume.step < config.num_updates:
+            raise ConfigError(f"total_timesteps: checkpoint {resume.step} ended the earlier run between two PBT "
+                              f"steps (interval {spec.interval}), so a longer run would never meet one again; "
+                              f"resume from a checkpoint at a multiple of {spec.interval} (--step)")
+    config = check(spec, config)
+    firsts = tuple(config.seed + g * spec.population for g in range(spec.seeds))
+    population = Population(config, saved or members(spec, config), step=Exploit(spec, firsts))
+    return prepare(population, run_dir, kind="pbt", resume=resume or None, env=env, pbt=spec)
+
+
 def pbt(
     config: PPOConfig,
-    spec: PBTConfig,
+    spec: PBTConfig | None,
     run_dir: str | Path | None = None,
-    on_progress: Callable[[runner.Progress], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     *,
-    resume: bool = False,
+    resume: bool | ResumePoint = False,
     step: int | None = None,
     until_update: int | None = None,
-    on_ready: Callable[[], None] | None = None,
     env: Any = None,
 ) -> PBTResult:
     """Train `spec.seeds` populations of `spec.population` members with PBT, in one compiled program. A
-    resumed run takes its PBT setup and members from the checkpoint. There is no NaN guard: a member that
-    diverges is replaced at the next PBT step."""
-    config = with_env(config, env)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    with rundir.claimed(run_dir, create=not resume, primary=runner.is_primary()):
-        saved, resume_step = None, None
-        if resume:
-            resume_step, meta = checkpoint.resume_point(run_dir, step, "pbt", config)
-            spec = PBTConfig.from_meta(meta["pbt"])
-            if resume_step % spec.interval and resume_step < config.num_updates:
-                raise ConfigError(f"total_timesteps: checkpoint {resume_step} ended the earlier run between two PBT "
-                                  f"steps (interval {spec.interval}), so a longer run would never meet one again; "
-                                  f"resume from a checkpoint at a multiple of {spec.interval} (--step)")
-            saved = tuple(Member(m["seed"], m["values"], m["point"]) for m in meta["members"])
-        config = check(spec, config)
-        firsts = tuple(config.seed + g * spec.population for g in range(spec.seeds))
-        population = Population(config, saved or members(spec, config), step=Exploit(spec, firsts))
-        result = runner.run(population, run_dir, kind="pbt", meta={"pbt": spec.to_meta()}, resume_step=resume_step,
-                            until_update=until_update, guard=False, on_progress=on_progress, on_ready=on_ready,
-                            env=env)
-        out = PBTResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)}, spec=spec)
-        if out.run_dir is not None and not out.stopped and runner.is_primary():
-            with runner.finishing(run_dir, "pbt"):
-                write_lineage(out, spec)
-    return out
+    resumed run takes its PBT setup and members from the checkpoint (`spec` may be None then). There is no
+    NaN guard: a member that diverges is replaced at the next PBT step."""
+    prepared = prepare_pbt(config, spec, run_dir, resume=resume, step=step, env=env)
+    return run_pbt(prepared, until_update=until_update, on_progress=on_progress)
+
+
+def run_pbt(prepared: Prepared, *, until_update: int | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> PBTResult:
+    """Run a prepared PBT population; its lineage.csv and pbt.png are written once it ends."""
+    spec = prepared.record.pbt
+
+    def finish(result: RunResult) -> PBTResult:
+        out = PBTResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}, spec=spec)
+        if out.run_dir is not None and not out.stopped and is_primary():
+            write_lineage(out, spec)
+        return out
+
+    return prepared.run(until_update=until_update, guard=False, on_progress=on_progress, finish=finish)
 
 
 def write_lineage(out: PBTResult, spec: PBTConfig) -> None:

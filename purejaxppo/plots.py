@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from purejaxppo import metrics as metrics_lib
-from purejaxppo import stats
-from purejaxppo.config import ConfigError
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import metrics as metrics_lib
+from purejaxppo.host import stats
 
 
 @dataclasses.dataclass

@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from purejaxppo import config as config_lib
-from purejaxppo import metrics as metrics_lib
-from purejaxppo import checkpoint, plots, rundir, runner, stats
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.population import Member, Population
-from purejaxppo.train import with_env
+from purejaxppo import plots
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import metrics as metrics_lib
+from purejaxppo.host import stats
+from purejaxppo.host.loop import Progress, RunResult
+from purejaxppo.host.population import Member, Population
+from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_point
+from purejaxppo.host.processes import is_primary
 
 
 @dataclasses.dataclass
-class SweepResult(runner.RunResult):
+class SweepResult(RunResult):
     grid: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     points: list[dict[str, float]] = dataclasses.field(default_factory=list)  # one per grid point
     seeds: list[int] = dataclasses.field(default_factory=list)
@@ -82,45 +86,67 @@ def population_of(config: PPOConfig, seeds: int, points: list[dict[str, float]])
     return Population(config, tuple(members))
 
 
+def prepare_sweep(
+    config: PPOConfig,
+    seeds: int = 1,
+    grid: Mapping[str, Sequence[float]] | None = None,
+    run_dir: str | Path | None = None,
+    max_runs_per_call: int | None = None,
+    *,
+    resume: bool | ResumePoint = False,
+    step: int | None = None,
+    env: Any = None,
+) -> Prepared:
+    """`seeds` x grid runs of `config`, built and checked; a resume (True, or a ResumePoint already read)
+    takes its seeds, grid and call size from the checkpoint."""
+    if resume is True:
+        resume = resume_point(run_dir, step, "sweep")
+    if resume:
+        record = resume.record
+        seeds, grid, max_runs_per_call = record.num_seeds, record.grid, record.max_runs_per_call
+    grid = {k: list(v) for k, v in (grid or {}).items()}
+    population = population_of(config, seeds, check_grid(config, grid))
+    return prepare(population, run_dir, kind="sweep", resume=resume or None, max_runs_per_call=max_runs_per_call,
+                   env=env, num_seeds=seeds, grid=grid)
+
+
 def sweep(
     config: PPOConfig,
     seeds: int = 1,
     grid: Mapping[str, Sequence[float]] | None = None,
     run_dir: str | Path | None = None,
     max_runs_per_call: int | None = None,
-    on_progress: Callable[[runner.Progress], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     *,
-    resume: bool = False,
+    resume: bool | ResumePoint = False,
     step: int | None = None,
     until_update: int | None = None,
-    on_ready: Callable[[], None] | None = None,
     env: Any = None,
 ) -> SweepResult:
     """Train `seeds` x grid runs in one compiled program (split into calls of equal size when
-    `max_runs_per_call` asks). `resume`, `step` and `until_update` work as in `runner.train`; a
+    `max_runs_per_call` asks). `resume`, `step` and `until_update` work as in `purejaxppo.train`; a
     resumed sweep takes its seeds, grid and call size from the checkpoint. A sweep has no NaN guard:
     one diverging run among many is a finding of the sweep, not a failure of it. `env`, an env object,
-    replaces the config's env name, as in `runner.train`."""
-    config = with_env(config, env)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    with rundir.claimed(run_dir, create=not resume, primary=runner.is_primary()):
-        resume_step = None
-        if resume:
-            resume_step, meta = checkpoint.resume_point(run_dir, step, "sweep", config)
-            seeds, grid, max_runs_per_call = int(meta["num_seeds"]), meta["grid"], meta["max_runs_per_call"]
-        grid = {k: list(v) for k, v in (grid or {}).items()}
-        points = check_grid(config, grid)
-        population = population_of(config, seeds, points)
-        result = runner.run(population, run_dir, kind="sweep", meta={"num_seeds": seeds, "grid": grid},
-                            max_runs_per_call=max_runs_per_call, resume_step=resume_step,
-                            until_update=until_update, guard=False, on_progress=on_progress, on_ready=on_ready,
-                            env=env)
-        out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(runner.RunResult)},
-                          grid=grid, points=points, seeds=[config.seed + i for i in range(seeds)])
-        if out.run_dir is not None and not out.stopped:
-            with runner.finishing(run_dir, "sweep"):
-                write_results(out, out.run_dir)
-    return out
+    replaces the config's env name, as in `purejaxppo.train`."""
+    prepared = prepare_sweep(config, seeds, grid, run_dir, max_runs_per_call, resume=resume, step=step, env=env)
+    return run_sweep(prepared, until_update=until_update, on_progress=on_progress)
+
+
+def run_sweep(prepared: Prepared, *, until_update: int | None = None,
+              on_progress: Callable[[Progress], None] | None = None) -> SweepResult:
+    """Run a prepared sweep; its aggregate.csv and curves.png are written once it ends."""
+    record = prepared.record
+    grid, seeds = record.grid, record.num_seeds
+    config = record.config
+
+    def finish(result: RunResult) -> SweepResult:
+        out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}, grid=grid,
+                          points=check_grid(config, grid), seeds=[config.seed + i for i in range(seeds)])
+        if out.run_dir is not None and not out.stopped and is_primary():
+            write_results(out, out.run_dir)
+        return out
+
+    return prepared.run(until_update=until_update, guard=False, on_progress=on_progress, finish=finish)
 
 
 def write_results(result: SweepResult, run_dir: Path) -> None:

@@ -17,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo import runner
+from purejaxppo import train
 from purejaxppo.config import PPOConfig
+from purejaxppo.host import checkpoint
+from purejaxppo.host.loop import RunResult
+from purejaxppo.host.processes import use_compilation_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = str(ROOT / ".pytest_cache" / "jax-compilation-cache")
@@ -33,7 +36,7 @@ PENDULUM = PPOConfig(
     env="Pendulum-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 3, num_minibatches=2, update_epochs=2,
     hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 16}, compilation_cache=CACHE,
 )
-runner.use_compilation_cache(TINY)  # for every compile in this process, runs or not
+use_compilation_cache(TINY)  # for every compile in this process, runs or not
 
 # the CLI flags that give TINY's program from the default config (so a CLI run reads TINY's compiled program)
 TINY_SHAPE = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2", "--set", "update_epochs=2",
@@ -47,6 +50,12 @@ def leaves_equal(a, b) -> bool:
     unwrap = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x  # noqa: E731
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return len(la) == len(lb) and all(np.array_equal(unwrap(x), unwrap(y)) for x, y in zip(la, lb))
+
+
+def restored(run_dir: Path, abstract, step: int):
+    """The whole training state of checkpoint `step`, against `abstract`, as a resume restores it."""
+    _, record = checkpoint.read_record(run_dir, step)
+    return checkpoint.restore(run_dir, abstract, step, record, checkpoint.check_arrays(run_dir, step, abstract))
 
 
 def cli(*args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -72,14 +81,14 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def straight(tmp_path_factory) -> runner.RunResult:
+def straight(tmp_path_factory) -> RunResult:
     """TINY trained straight through, in a run dir with its checkpoint."""
-    return runner.train(TINY, tmp_path_factory.mktemp("straight") / "run")
+    return train(TINY, tmp_path_factory.mktemp("straight") / "run")
 
 
 @pytest.fixture(scope="session")
-def resumed(tmp_path_factory) -> tuple[runner.RunResult, runner.RunResult]:
+def resumed(tmp_path_factory) -> tuple[RunResult, RunResult]:
     """TINY stopped at the first chunk end at or after update 4 (update 6), then resumed to the end."""
     run_dir = tmp_path_factory.mktemp("resumed") / "run"
-    first = runner.train(TINY, run_dir, until_update=4)
-    return first, runner.train(TINY, run_dir, resume=True)
+    first = train(TINY, run_dir, until_update=4)
+    return first, train(TINY, run_dir, resume=True)

@@ -1,5 +1,7 @@
-"""The package's import graph: no circle, and no function-level import of a purejaxppo module outside
-the CLI (whose lazy imports keep JAX from starting before --cpu-devices applies). Reads the source."""
+"""The package's import graph: no circle; no function-level import of a purejaxppo module outside the CLI
+(whose lazy imports keep JAX from starting before --cpu-devices applies); and the layout's wings kept
+apart: the compiled program imports no host, front-end, file or process code, the envs import no run
+code, the host no front end, and the errors module nothing. Reads the source."""
 
 import ast
 import subprocess
@@ -43,6 +45,75 @@ def graph() -> dict[str, list[tuple[str, bool]]]:
             for name, tree in modules.items()}
 
 
+def stdlib_imports() -> dict[str, set[str]]:
+    """Per module, the top-level names of the non-purejaxppo modules it imports."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        out[module_name(path)] = names - {"purejaxppo"}
+    return out
+
+
+FRONT_ENDS = {f"purejaxppo.{m}" for m in ("cli", "console", "plots", "single", "sweep", "pbt")}
+# what touching files, processes, signals or threads takes: none of it runs under jit
+FILE_AND_PROCESS = {"os", "pathlib", "shutil", "signal", "subprocess", "threading", "multiprocessing", "socket",
+                    "fcntl", "tempfile", "csv", "json", "yaml", "orbax", "io", "logging"}
+
+
+def within(module: str, package: str) -> bool:
+    return module == f"purejaxppo.{package}" or module.startswith(f"purejaxppo.{package}.")
+
+
+def violations(edges: dict[str, set[str]], stdlib: dict[str, set[str]]) -> list[str]:
+    """The import rules the layout makes visible, each broken import in words."""
+    shared = {"purejaxppo.config", "purejaxppo.errors"}
+    out = []
+    for name, deps in sorted(edges.items()):
+        for dep in sorted(deps):
+            if within(name, "program") and not (within(dep, "program") or within(dep, "envs") or dep in shared):
+                out.append(f"{name}, in the compiled program, imports {dep}")
+            if within(name, "envs") and not (within(dep, "envs") or dep == "purejaxppo.errors"):
+                out.append(f"{name}, an env module, imports {dep}")
+            if within(name, "host") and dep in FRONT_ENDS:
+                out.append(f"{name}, in the host, imports the front end {dep}")
+            if name in shared and dep != "purejaxppo.errors":
+                out.append(f"{name} imports {dep}")
+        if within(name, "program"):
+            out += [f"{name}, in the compiled program, imports {m}" for m in sorted(stdlib.get(name, set()) & FILE_AND_PROCESS)]
+    return out
+
+
+def test_the_wings_keep_apart():
+    edges = {name: {m for m, _ in deps} for name, deps in graph().items()}
+    assert violations(edges, stdlib_imports()) == []
+    assert "purejaxppo.program.ppo" in edges and "purejaxppo.host.loop" in edges  # the graph was read
+
+
+def test_each_rule_catches_a_planted_violation():
+    planted = {
+        "purejaxppo.program.ppo": ({"purejaxppo.host.loop"}, set()),
+        "purejaxppo.program.chunk": ({"purejaxppo.cli"}, set()),
+        "purejaxppo.program.losses": (set(), {"os"}),
+        "purejaxppo.envs.gymnax": ({"purejaxppo.config"}, set()),
+        "purejaxppo.host.prepare": ({"purejaxppo.sweep"}, set()),
+        "purejaxppo.errors": ({"purejaxppo.config"}, set()),
+    }
+    found = violations({k: v[0] for k, v in planted.items()}, {k: v[1] for k, v in planted.items()})
+    assert found == [
+        "purejaxppo.envs.gymnax, an env module, imports purejaxppo.config",
+        "purejaxppo.errors imports purejaxppo.config",
+        "purejaxppo.host.prepare, in the host, imports the front end purejaxppo.sweep",
+        "purejaxppo.program.chunk, in the compiled program, imports purejaxppo.cli",
+        "purejaxppo.program.losses, in the compiled program, imports os",
+        "purejaxppo.program.ppo, in the compiled program, imports purejaxppo.host.loop",
+    ]
+
+
 def test_no_function_level_imports_outside_the_cli():
     late = {name: [m for m, inside in edges if inside] for name, edges in graph().items()
             if name != "purejaxppo.cli"}
@@ -64,7 +135,7 @@ def test_the_imports_have_no_circle():
 
     for name in edges:
         walk(name, ())
-    assert "purejaxppo.envs" in edges["purejaxppo.train"]  # the graph was read: train imports envs
+    assert "purejaxppo.envs" in edges["purejaxppo.program.ppo"]  # the graph was read: the program imports envs
     assert "purejaxppo.envs.custom" in edges["purejaxppo.envs"]  # and the subpackages' modules
 
 

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CACHE
-
-from purejaxppo import acting, population, runner
+from purejaxppo import train
 from purejaxppo.config import PPOConfig
-from purejaxppo.train import make_trainer
+from purejaxppo.host.trained import load_policy, render_html
+from purejaxppo.program.evaluation import evaluation_return
+from purejaxppo.program.ppo import make_ppo
+
+from conftest import CACHE
 
 CONFIG = PPOConfig(
     env="brax/inverted_pendulum", env_kwargs={"backend": "positional", "episode_length": 20},
@@ -24,7 +26,7 @@ CONFIG = PPOConfig(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    return runner.train(CONFIG, tmp_path_factory.mktemp("brax") / "run")
+    return train(CONFIG, tmp_path_factory.mktemp("brax") / "run")
 
 
 def test_a_few_updates_give_finite_losses_and_eval_return(trained):
@@ -34,35 +36,35 @@ def test_a_few_updates_give_finite_losses_and_eval_return(trained):
         assert np.isfinite(m[name]).all(), name
     # one evaluation, at the end of the only chunk; inverted_pendulum pays 1 per step alive
     assert np.isnan(m["eval_return"][:-1]).all()
-    trainer = make_trainer(CONFIG)
+    ppo = make_ppo(CONFIG)
     state = jax.tree.map(lambda x: x[0], trained.state)
-    evaluated = jax.jit(lambda s: population.evaluation_return(trainer, s))(state)
+    evaluated = jax.jit(lambda s: evaluation_return(ppo, s))(state)
     np.testing.assert_allclose(m["eval_return"][-1], evaluated, rtol=1e-6)
     assert float(state.obs_stats.count) == CONFIG.num_updates * CONFIG.batch_size
 
 
 def test_policy_round_trips_and_squashes_into_the_bounds(trained):
-    act = acting.load_policy(trained.run_dir)
-    trainer = make_trainer(CONFIG)
-    obs = jax.random.normal(jax.random.key(0), (6,) + trainer.env.observation_shape)
+    act = load_policy(trained.run_dir)
+    ppo = make_ppo(CONFIG)
+    obs = jax.random.normal(jax.random.key(0), (6,) + ppo.env.observation_shape)
     state = jax.tree.map(lambda x: x[0], trained.state)
-    dist, _, _ = trainer.policy.apply(state.params, state.obs_stats, obs)
+    dist, _, _ = ppo.policy.apply(state.params, state.obs_stats, obs)
     np.testing.assert_allclose(act(obs), jnp.tanh(dist.mean), rtol=1e-6)
     assert (np.abs(act(obs, jax.random.key(1))) <= 1.0).all()
 
 
 def test_render_writes_the_viewer_page(trained):
-    page = acting.render_html(trained.run_dir, max_steps=20)
+    page = render_html(trained.run_dir, max_steps=20)
     assert page.lstrip().startswith("<!DOCTYPE html>") and 'id="brax-viewer"' in page
     assert len(page) > 1000
 
 
 def test_a_recurrent_policy_on_a_partly_hidden_brax_env(tmp_path):
     config = CONFIG.replace(memory="lstm", memory_size=8, obs_mask=[0], eval_every=3)
-    result = runner.train(config, tmp_path / "run")
+    result = train(config, tmp_path / "run")
     m = {name: values[0] for name, values in result.metrics.items()}
     for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "eval_return"):
         assert np.isfinite(m[name][-1]), name
-    assert make_trainer(config).env.observation_shape == (make_trainer(CONFIG).env.observation_shape[0] - 1,)
-    page = acting.render_html(result.run_dir, max_steps=10)
+    assert make_ppo(config).env.observation_shape == (make_ppo(CONFIG).env.observation_shape[0] - 1,)
+    page = render_html(result.run_dir, max_steps=10)
     assert 'id="brax-viewer"' in page

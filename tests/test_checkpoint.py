@@ -8,11 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY
 
-from purejaxppo import acting, checkpoint, runner
-from purejaxppo.checkpoint import CheckpointError
-from purejaxppo.train import abstract_states, make_trainer
+from purejaxppo import train
+from purejaxppo.errors import CheckpointError
+from purejaxppo.host import checkpoint, trained
+from purejaxppo.host.population import Member
+from purejaxppo.host.record import RunRecord, Signature
+from purejaxppo.program.ppo import abstract_states, make_ppo
+
+from conftest import TINY, restored
 
 
 class Toy(NamedTuple):
@@ -20,13 +24,16 @@ class Toy(NamedTuple):
     count: jax.Array
 
 
+RECORD = RunRecord("run", TINY, (Member(TINY.seed),), stacked_runs=1, devices=1)
+
+
 def test_a_save_orbax_declines_is_an_error_not_a_silent_skip(tmp_path):
     saver = checkpoint.Checkpointer(tmp_path, keep=3)
     try:
-        saver.save(5, Toy(jnp.zeros(2), jnp.int32(5)), {})
+        saver.save(5, Toy(jnp.zeros(2), jnp.int32(5)), RECORD)
         saver.wait()
         with pytest.raises(CheckpointError, match="checkpoint 3 was not written: .* already holds later checkpoint 5"):
-            saver.save(3, Toy(jnp.zeros(2), jnp.int32(3)), {})
+            saver.save(3, Toy(jnp.zeros(2), jnp.int32(3)), RECORD)
     finally:
         saver.close()
 
@@ -35,7 +42,7 @@ def test_a_live_run_keeps_the_checkpoint_a_reader_holds_and_drops_it_after(tmp_p
     saver = checkpoint.Checkpointer(tmp_path, keep=1)
 
     def save(step):
-        saver.save(step, Toy(jnp.zeros(2), jnp.int32(step)), {})
+        saver.save(step, Toy(jnp.zeros(2), jnp.int32(step)), RECORD)
         saver.wait()
 
     try:
@@ -59,25 +66,28 @@ def test_a_live_run_keeps_the_checkpoint_a_reader_holds_and_drops_it_after(tmp_p
         saver.close()
 
 
-def test_a_state_round_trips_with_its_own_types(straight):
-    _, restored, meta = checkpoint.restore(straight.run_dir, abstract_states(make_trainer(TINY), 1))
-    assert type(restored) is type(straight.state) and meta["update"] == TINY.num_updates
-    assert jax.tree.structure(restored) == jax.tree.structure(straight.state)
-    assert meta["members"] == [{"seed": TINY.seed, "values": {}, "point": 0}] and meta["num_runs"] == 1
+def test_a_state_round_trips_with_its_own_types_and_its_record(straight):
+    step, record = checkpoint.read_record(straight.run_dir)
+    state = restored(straight.run_dir, abstract_states(make_ppo(TINY), 1), step)
+    assert type(state) is type(straight.state) and record.update == step == TINY.num_updates
+    assert jax.tree.structure(state) == jax.tree.structure(straight.state)
+    assert record.members == (Member(TINY.seed),) and record.num_runs == 1 and record.kind == "run"
+    assert record.config == TINY and record.signature == Signature.of(make_ppo(TINY).env)
+    assert RunRecord.from_json(record.to_json()) == record
 
 
 def test_arrays_of_another_shape_are_refused_whatever_the_metadata_says(straight):
-    other = make_trainer(TINY.replace(hidden_sizes=(32,)))
+    other = make_ppo(TINY.replace(hidden_sizes=(32,)))
     with pytest.raises(CheckpointError, match="does not match the config: .* has shape"):
-        checkpoint.restore(straight.run_dir, abstract_states(other, 1))
+        checkpoint.check_arrays(straight.run_dir, TINY.num_updates, abstract_states(other, 1))
 
 
 def test_missing_and_corrupt_checkpoints_give_one_clear_message(straight, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        acting.load_policy(tmp_path / "nowhere")
+        trained.load_policy(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="has no checkpoints"):
-        acting.load_policy(tmp_path / "empty")
+        trained.load_policy(tmp_path / "empty")
 
     broken = tmp_path / "broken"
     shutil.copytree(straight.run_dir, broken)
@@ -87,12 +97,12 @@ def test_missing_and_corrupt_checkpoints_give_one_clear_message(straight, tmp_pa
     for path in data:
         path.write_bytes(b"\0garbage")
     with pytest.raises(CheckpointError, match="is corrupt") as err:
-        acting.load_policy(broken)
+        trained.load_policy(broken)
     assert "\n" not in str(err.value)
 
     (step_dir / "meta" / "metadata").write_text("{not json")
     with pytest.raises(CheckpointError, match="is corrupt: its metadata cannot be read"):
-        acting.load_policy(broken)
+        trained.load_policy(broken)
 
 
 def test_superseded_checkpoints_keep_their_metrics(straight, tmp_path):
@@ -116,7 +126,7 @@ def test_a_checkpoint_of_the_earlier_format_is_refused_with_the_reason(straight,
         meta.pop(key)
     path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="written by an earlier purejaxppo"):
-        acting.load_policy(old)
+        trained.load_policy(old)
 
 
 def test_zero_size_arrays_are_left_out_of_a_checkpoint_and_put_back(tmp_path):
@@ -125,26 +135,26 @@ def test_zero_size_arrays_are_left_out_of_a_checkpoint_and_put_back(tmp_path):
     assert [x.shape for x in jax.tree.leaves(checkpoint.without_empty(tree))] == [(3,), ()]
     saver = checkpoint.Checkpointer(tmp_path, keep=1)
     try:
-        saver.save(1, tree, {"config": TINY.to_dict(), "stacked_runs": 1})
+        saver.save(1, tree, RECORD)
         saver.wait()
     finally:
         saver.close()
-    _, back, _ = checkpoint.restore(tmp_path, jax.eval_shape(lambda: tree))
+    back = restored(tmp_path, jax.eval_shape(lambda: tree), 1)
     assert jax.tree.structure(back) == jax.tree.structure(tree)
     for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
         assert x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
 
 
 # written by commit b1e2f92, before the training state had a reference policy and ref_kl_coef: TINY stopped
-# at update 6 (runner.train(TINY, dir, until_update=4), compilation cache off), its .lock left out
+# at update 6 (train(TINY, dir, until_update=4), compilation cache off), its .lock left out
 BEFORE_FINE_TUNING = Path(__file__).parent / "data" / "checkpoint_b1e2f92"
 
 
-def test_a_checkpoint_written_before_the_anchor_restores_and_resumes(tmp_path):
+def test_a_checkpoint_written_before_the_reference_kl_restores_and_resumes(tmp_path):
     run_dir = tmp_path / "old"
     shutil.copytree(BEFORE_FINE_TUNING, run_dir)
-    resumed = runner.train(TINY, run_dir, resume=True)
+    resumed = train(TINY, run_dir, resume=True)
     assert resumed.first_update == 6 and int(resumed.state.update_step[0]) == TINY.num_updates
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(resumed.state.params))
-    assert float(resumed.state.hparams.ref_kl_coef[0]) == 0.0 and resumed.state.ref == ()  # as it was: off
-    assert acting.evaluate_run(run_dir, episodes=2)[1] == TINY.num_updates
+    assert float(resumed.state.hparams.ref_kl_coef[0]) == 0.0 and resumed.state.ref is None  # as it was: off
+    assert trained.evaluate_run(run_dir, episodes=2)[0].step == TINY.num_updates

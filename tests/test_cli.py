@@ -3,14 +3,19 @@ exit status (2 for anything a user got wrong, one line and no traceback; 3 for a
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import yaml
-from conftest import TINY_FLAGS, cli, one_error_line
 
-from purejaxppo import acting, checkpoint, metrics
 from purejaxppo import cli as cli_lib
+from purejaxppo import config as config_lib
+from purejaxppo.host import checkpoint, layout, metrics, trained
+from purejaxppo.program.evaluation import evaluate
+from purejaxppo.program.ppo import make_ppo
+
+from conftest import ROOT, TINY, TINY_FLAGS, cli, one_error_line
 
 
 def test_train_writes_the_run_dir_and_a_summary(tmp_path):
@@ -29,9 +34,9 @@ def test_train_writes_the_run_dir_and_a_summary(tmp_path):
 def test_eval_and_plot(straight, tmp_path):
     proc = cli("eval", str(straight.run_dir), "--episodes", "4")
     assert proc.returncode == 0, proc.stderr
-    # the checkpoint's policy, evaluated as `acting.evaluate` does with the CLI's default seed 0
-    trainer, params, obs_stats, _ = acting.restore_policy(straight.run_dir)
-    returns, _ = acting.evaluate(trainer.policy, trainer.env, params, obs_stats, jax.random.key(0), 4)
+    # the checkpoint's policy, evaluated as `evaluate` does with the CLI's default seed 0
+    source, ppo = trained.read_trained(straight.run_dir), make_ppo(TINY)
+    returns, _ = evaluate(ppo.policy, ppo.env, source.params, source.obs_stats, jax.random.key(0), 4)
     assert f"4 deterministic episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f}" in proc.stdout
     out = tmp_path / "curves.png"
     proc = cli("plot", str(straight.run_dir), "--out", str(out))
@@ -162,3 +167,49 @@ def test_a_ctrl_c_dropped_inside_a_callback_prints_nothing_of_its_own():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "KeyboardInterrupt" not in proc.stderr
     assert "ValueError: a real bug" in proc.stderr  # anything else is still reported
+
+
+CHECKED = ["configs/cartpole.yaml", "configs/cartpole_pomdp_gru.yaml", "configs/brax/inverted_pendulum.yaml",
+           "configs/playground/cartpole_balance.yaml", "configs/craftax/classic_symbolic.yaml",
+           "configs/jumanji/snake.yaml", "configs/xminigrid/empty_8x8.yaml"]
+
+
+def test_check_prints_the_plan_of_every_family_and_compiles_nothing(tmp_path, capsys, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(layout.Program, "compile", lambda self: compiled.append(self))
+    cache = tmp_path / "cache"  # the run's compilation cache: check never enables it, and never fills it
+    for path in CHECKED:
+        run_dir = tmp_path / Path(path).stem
+        assert cli_lib.main(["check", str(ROOT / path), "--run-dir", str(run_dir),
+                             "--set", f"compilation_cache={cache}"]) == 0, path
+        plan = capsys.readouterr().out.splitlines()
+        config = config_lib.load(ROOT / path)
+        assert plan[0] == (f"training {config.env} for {config.num_updates * config.batch_size:,} env steps "
+                           f"({config.num_updates} updates); writing {run_dir}")
+        assert [line.split()[0] for line in plan[1:]] == ["env", "policy", "runs", "batch", "updates", "memory",
+                                                          "run"]
+        assert not run_dir.exists(), path  # nothing written
+    # a sweep and a PBT run are checked with their own options
+    assert cli_lib.main(["check", "--grid", "lr=1e-3,3e-3", "--seeds", "3", "--cpu-devices", "1"]) == 0
+    assert capsys.readouterr().out.startswith("training sweep of 6 runs, CartPole-v1 for ")
+    assert cli_lib.main(["check", "--explore", "lr", "--population", "4", "--cpu-devices", "1"]) == 0
+    assert capsys.readouterr().out.startswith("training PBT population of 4 members, CartPole-v1 for ")
+    assert compiled == [] and not cache.exists()
+
+
+def test_check_refuses_what_train_refuses_in_the_same_line(straight, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    for args in (["--set", "lr=-1"], ["--set", "env_kwargs={max_steps_in_episode: 0}"],
+                 ["--run-dir", str(tmp_path / "a-file")], ["--run-dir", str(straight.run_dir)],
+                 ["--resume", str(tmp_path / "nowhere")], ["--set", "num_envs=1000000", "--set", "num_steps=1000"]):
+        lines = []
+        for command in ("train", "check"):
+            assert cli_lib.main([command, *TINY_FLAGS, *args]) == 2, (command, args)
+            out, err = capsys.readouterr()
+            assert out == "" and len(err.splitlines()) == 1, err
+            lines.append(err)
+        assert lines[0] == lines[1], lines
+    assert cli_lib.main(["check", "--resume", str(straight.run_dir), "--seeds", "3"]) == 2
+    assert capsys.readouterr().err == "purejaxppo: error: --seeds: a run takes no --seeds; drop --seeds\n"
+    assert cli_lib.main(["check", "--resume", str(straight.run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"  resume    from checkpoint 8 ({8 * 64:,} env steps)"

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from purejaxppo import envs
 from purejaxppo import config as config_lib
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.hparams import HParams
-from purejaxppo.train import make_trainer
+from purejaxppo import envs
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import ConfigError
+from purejaxppo.program.hparams import HParams
+from purejaxppo.program.ppo import make_ppo
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -110,7 +111,7 @@ def test_validation_errors_name_the_key(overrides, message):
 def test_what_needs_the_env_is_checked_when_a_trainer_is_made(overrides, message):
     config = config_lib.load(None, overrides)  # validation builds no env, so it passes these
     with pytest.raises(ConfigError) as err:
-        make_trainer(config)
+        make_ppo(config)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

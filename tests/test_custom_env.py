@@ -20,15 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CACHE, ROOT, cli, leaves_equal, one_error_line
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from purejaxppo import LoadedPolicy, envs, load_policy, make_train, make_trainer, runner
+from purejaxppo import LoadedPolicy, envs, load_policy, make_ppo, make_train, train
 from purejaxppo import cli as cli_lib
-from purejaxppo.acting import evaluate_run
-from purejaxppo.config import ConfigError, PPOConfig, load
+from purejaxppo.config import PPOConfig, load
 from purejaxppo.envs import ActionSpace, EnvStep, make_env, register_env
+from purejaxppo.errors import ConfigError
+from purejaxppo.host.trained import evaluate_run, with_pretrained
+
+from conftest import CACHE, ROOT, cli, leaves_equal, one_error_line
 
 TESTS = Path(__file__).resolve().parent
 
@@ -238,7 +240,7 @@ def greedy_return(env, policy, steps: int = 40) -> float:
 def trained(tmp_path_factory):
     """Corridor given as an object, trained through the host loop into a run dir."""
     run_dir = tmp_path_factory.mktemp("object") / "run"
-    return runner.train(CONFIG, run_dir, env=Corridor())
+    return train(CONFIG, run_dir, env=Corridor())
 
 
 def test_a_gymnax_env_object_trains_and_its_run_records_the_class(trained):
@@ -247,15 +249,25 @@ def test_a_gymnax_env_object_trains_and_its_run_records_the_class(trained):
     assert load(trained.run_dir / "config.yaml").env == "object:test_custom_env.Corridor"
 
 
-def test_an_object_run_loads_and_resumes_with_the_same_env_only(trained, tmp_path):
+def test_an_object_run_loads_and_fine_tunes_without_its_env_and_resumes_with_it(trained, tmp_path):
+    # the record's signature rebuilds the policy: no env is built, and the object is not needed again
+    act, policy = load_policy(trained.run_dir), make_ppo(CONFIG, Corridor()).policy
+    state = jax.tree.map(lambda x: x[0], trained.state)
+    obs = jax.random.uniform(jax.random.key(1), (16, 2))
+    np.testing.assert_array_equal(act(obs), policy.act(state.params, state.obs_stats, obs)[0])
+    # a run on the same env named by import path starts from it, though the source's env cannot be built
+    assert load(trained.run_dir / "config.yaml").env == "object:test_custom_env.Corridor"
+    tuned = make_ppo(CONFIG.replace(env="test_custom_env:Corridor", init_from=str(trained.run_dir)))
+    assert leaves_equal(with_pretrained(tuned).pretrained.params, state.params)
+    # evaluating plays episodes, so it needs the env object again
     with pytest.raises(ConfigError, match=r"env object given from Python \(test_custom_env.Corridor\).*env=\.\.\."):
-        load_policy(trained.run_dir)
-    _, step, returns, _ = evaluate_run(trained.run_dir, 2, env=Corridor())
-    assert step == CONFIG.num_updates and np.all(returns > 0.9)
+        evaluate_run(trained.run_dir, 2)
+    source, returns, _ = evaluate_run(trained.run_dir, 2, env=Corridor())
+    assert source.step == CONFIG.num_updates and np.all(returns > 0.9)
 
-    cut = runner.train(CONFIG, tmp_path / "cut", env=Corridor(), until_update=3)
+    cut = train(CONFIG, tmp_path / "cut", env=Corridor(), until_update=3)
     assert cut.stopped
-    resumed = runner.train(CONFIG, tmp_path / "cut", env=Corridor(), resume=True)
+    resumed = train(CONFIG, tmp_path / "cut", env=Corridor(), resume=True)
     assert leaves_equal(resumed.state.params, trained.state.params)
 
 
@@ -279,9 +291,9 @@ def test_an_import_path_trains_from_a_yaml_through_the_cli_and_evaluates_loads_a
 
     policy = load_policy(run_dir)  # the import path rebuilds the env in this process too
     assert greedy_return(make_env("test_custom_env:Corridor", {"length": 4}), policy) == pytest.approx(0.97)
-    cut = runner.train(load(config), tmp_path / "cut", until_update=3)
-    resumed = runner.train(load(config), tmp_path / "cut", resume=True)
-    straight = runner.train(load(config), tmp_path / "straight")
+    cut = train(load(config), tmp_path / "cut", until_update=3)
+    resumed = train(load(config), tmp_path / "cut", resume=True)
+    straight = train(load(config), tmp_path / "straight")
     assert cut.stopped and leaves_equal(resumed.state.params, straight.state.params)
 
 
@@ -293,7 +305,7 @@ def test_an_old_five_value_env_adapts_trains_and_says_so_once(capsys):
     out = first.step(jax.random.key(0), first.reset(jax.random.key(1))[1], 1)
     assert out.terminated.dtype == bool and not out.truncated
     state, _ = jax.jit(make_train(CONFIG, env=OldCorridor()))(jax.random.key(0))
-    policy = LoadedPolicy(make_trainer(CONFIG, OldCorridor()).policy, state.params, state.obs_stats)
+    policy = LoadedPolicy(make_ppo(CONFIG, OldCorridor()).policy, state.params, state.obs_stats)
     assert greedy_return(first, policy) == pytest.approx(1 - 0.01 * 5)  # the shortest path
 
 

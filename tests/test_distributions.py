@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, TanhGaussian
+from purejaxppo.program.distributions import Beta, Categorical, DiagGaussian, TanhGaussian
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -14,9 +14,9 @@ jumanji = pytest.importorskip("jumanji")
 
 from jumanji import specs
 
-from purejaxppo.config import ConfigError
 from purejaxppo.envs import ActionSpace, make_env
 from purejaxppo.envs import jumanji as adapter
+from purejaxppo.errors import ConfigError
 
 LIMIT = 3
 SNAKE = {"num_rows": 6, "num_cols": 6}

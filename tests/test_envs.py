@@ -1,9 +1,13 @@
 """The gymnax adapter: flags, final observations, flattened observations. (Brax: test_brax_env.py.)"""
 
+import importlib
+
 import jax
 import numpy as np
 
+from purejaxppo import envs
 from purejaxppo.envs import make_env
+from purejaxppo.envs.gymnax import import_gymnax
 
 
 def test_gymnax_adapter_reports_truncation_and_final_obs():
@@ -32,3 +36,14 @@ def test_minatar_declares_its_image_and_its_flat_obs_ravels_it():
     image, _ = gymnax_env.reset(jax.random.key(0), params)
     np.testing.assert_array_equal(np.asarray(obs).reshape(env.image_shape), np.asarray(image, np.float32))
     assert make_env("Breakout-MinAtar", obs_mask=(0,)).image_shape is None  # hidden components: no image
+
+
+def test_every_family_module_is_a_family_that_knows_its_own_objects():
+    for prefix, (module, _) in envs.FAMILIES.items():
+        family = importlib.import_module(module)
+        assert isinstance(family, envs.Family), module
+        assert all(name.startswith(prefix) for name in family.names()), module
+    gymnax_env, params = import_gymnax().make("CartPole-v1")
+    assert envs.gymnax.owns(gymnax_env) and envs.gymnax.owns((gymnax_env, params))
+    assert not envs.brax.owns(gymnax_env) and not envs.jumanji.owns(gymnax_env)
+    assert envs.gymnax.adapt((gymnax_env, params), "pair").observation_shape == (4,)

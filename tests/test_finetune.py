@@ -1,4 +1,4 @@
-"""Fine-tuning (init_from) and the KL anchor to a frozen reference policy (ref_kl_coef)."""
+"""Fine-tuning (init_from) and the reference KL to a frozen reference policy (ref_kl_coef)."""
 
 import re
 
@@ -6,89 +6,94 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM, TINY, TINY_FLAGS, leaves_equal
 
-from purejaxppo import acting, checkpoint, runner
 from purejaxppo import cli as cli_lib
-from purejaxppo.config import ConfigError
-from purejaxppo.hparams import HParams
-from purejaxppo.population import init_program
+from purejaxppo import train
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import trained
+from purejaxppo.host.loop import RunResult
+from purejaxppo.program.chunk import init_program
+from purejaxppo.program.hparams import HParams
+from purejaxppo.program.ppo import abstract_states, make_ppo, make_train
 from purejaxppo.sweep import sweep
-from purejaxppo.train import abstract_states, make_train, make_trainer
+
+from conftest import PENDULUM, TINY, TINY_FLAGS, leaves_equal, restored
 
 
 @pytest.fixture(scope="module")
-def anchored(straight, tmp_path_factory) -> runner.RunResult:
-    """TINY fine-tuned from `straight` with other hyperparameters and env_kwargs, anchored in the reward."""
+def referenced(straight, tmp_path_factory) -> RunResult:
+    """TINY fine-tuned from `straight` with other hyperparameters and env_kwargs, referenced in the reward."""
     config = TINY.replace(init_from=str(straight.run_dir), lr=5e-3, ent_coef=0.0, ref_kl_coef=0.5,
                           env_kwargs={"max_steps_in_episode": 30})
-    return runner.train(config, tmp_path_factory.mktemp("anchored") / "run")
+    return train(config, tmp_path_factory.mktemp("referenced") / "run")
 
 
 def test_a_fine_tuned_run_starts_from_its_source_and_acts_exactly_as_it(straight):
     config = TINY.replace(init_from=str(straight.run_dir), lr=1e-4, env_kwargs={"max_steps_in_episode": 50})
-    trainer = acting.starting(make_trainer(config))
-    source, params, obs_stats, _ = acting.restore_policy(straight.run_dir)
-    state = trainer.init(jax.random.key(11))
+    ppo = trained.with_pretrained(make_ppo(config))
+    source = trained.read_trained(straight.run_dir)
+    params, obs_stats = source.params, source.obs_stats
+    state = ppo.init(jax.random.key(11))
     assert leaves_equal(state.params, params) and leaves_equal(state.obs_stats, obs_stats)
     assert int(state.update_step) == 0 and int(state.opt_state[-1][0].count) == 0  # a fresh optimizer
 
     # the first update's rollout acts as the source: same actions for the same observations and keys
-    _, traj = jax.jit(trainer.rollout)(state, jax.random.key(5))
+    _, traj = jax.jit(ppo.rollout)(state, jax.random.key(5))
     dist, _, _ = source.policy.apply(params, obs_stats, traj.obs)  # all steps at once: rounding may differ
     np.testing.assert_allclose(dist.log_prob(traj.action), traj.log_prob, rtol=1e-6, atol=1e-7)
     keys = jax.random.split(jax.random.key(3), TINY.num_envs)
-    loaded = acting.load_policy(straight.run_dir)
-    mine = jax.vmap(lambda o, k: trainer.policy.act(state.params, state.obs_stats, o, k)[0])(state.obs, keys)
+    loaded = trained.load_policy(straight.run_dir)
+    mine = jax.vmap(lambda o, k: ppo.policy.act(state.params, state.obs_stats, o, k)[0])(state.obs, keys)
     theirs = jnp.stack([loaded(o, k) for o, k in zip(state.obs, keys)])
     np.testing.assert_array_equal(mine, theirs)
 
 
 def test_every_member_of_a_sweep_starts_from_the_same_checkpoint(straight):
-    trainer = acting.starting(make_trainer(TINY.replace(init_from=str(straight.run_dir))))
-    _, params, _, _ = acting.restore_policy(straight.run_dir)
+    ppo = trained.with_pretrained(make_ppo(TINY.replace(init_from=str(straight.run_dir))))
+    params = trained.read_trained(straight.run_dir).params
     hparams = jax.tree.map(lambda x: jnp.stack([x, x * 2, x * 3]), HParams.from_config(TINY))
-    states = jax.jit(init_program(trainer, 3))(jnp.arange(3, dtype=jnp.uint32), hparams)
+    states = jax.jit(init_program(ppo, 3))(jnp.arange(3, dtype=jnp.uint32), hparams)
     for i in range(3):
         assert leaves_equal(jax.tree.map(lambda x: x[i], states.params), params)
     assert not leaves_equal(states.key[0], states.key[1])  # each its own envs and keys
 
 
-def test_a_fine_tuned_run_has_its_own_history_and_keeps_its_anchor_unchanged(straight, anchored):
-    assert anchored.run_dir != straight.run_dir
-    ref_kl = np.asarray(anchored.metrics["ref_kl"][0])
+def test_a_fine_tuned_run_has_its_own_history_and_keeps_its_reference_unchanged(straight, referenced):
+    assert referenced.run_dir != straight.run_dir
+    ref_kl = np.asarray(referenced.metrics["ref_kl"][0])
     assert ref_kl[0] == 0.0  # the first rollout acts with the reference itself
     assert np.all(np.isfinite(ref_kl)) and ref_kl[1:].mean() > 0  # k1: unbiased, though a single update's may dip
-    _, params, obs_stats, _ = acting.restore_policy(straight.run_dir)
-    ref_params, ref_stats = jax.tree.map(lambda x: x[0], anchored.state.ref)
+    source = trained.read_trained(straight.run_dir)
+    params, obs_stats = source.params, source.obs_stats
+    ref_params, ref_stats = jax.tree.map(lambda x: x[0], referenced.state.ref)
     assert leaves_equal(ref_params, params) and leaves_equal(ref_stats, obs_stats)  # never updated
-    trainer = make_trainer(anchored.config)
-    _, saved, _ = checkpoint.restore(anchored.run_dir, abstract_states(trainer, 1))
-    assert leaves_equal(saved.ref, anchored.state.ref)  # saved with the checkpoints
+    ppo = make_ppo(referenced.config)
+    saved = restored(referenced.run_dir, abstract_states(ppo, 1), referenced.config.num_updates)
+    assert leaves_equal(saved.ref, referenced.state.ref)  # saved with the checkpoints
     # the fine-tuned run trained: its own history, and its policy moved away from the source
-    assert not leaves_equal(jax.tree.map(lambda x: x[0], anchored.state.params), params)
+    assert not leaves_equal(jax.tree.map(lambda x: x[0], referenced.state.params), params)
 
 
-def test_a_resumed_anchored_run_continues_bit_identically(anchored, tmp_path):
+def test_a_resumed_run_with_a_reference_continues_bit_identically(referenced, tmp_path):
     run_dir = tmp_path / "run"
-    runner.train(anchored.config, run_dir, until_update=4)
-    resumed = runner.train(anchored.config, run_dir, resume=True)
-    assert leaves_equal(resumed.state.params, anchored.state.params)
-    assert leaves_equal(resumed.state.ref, anchored.state.ref)
+    train(referenced.config, run_dir, until_update=4)
+    resumed = train(referenced.config, run_dir, resume=True)
+    assert leaves_equal(resumed.state.params, referenced.state.params)
+    assert leaves_equal(resumed.state.ref, referenced.state.ref)
 
 
-def test_the_anchor_in_the_loss_is_logged_against_the_runs_own_first_policy():
+def test_the_reference_kl_in_the_loss_is_logged_against_the_runs_own_first_policy():
     config = TINY.replace(ref_kl_coef=1.0, ref_kl_mode="loss", ref_kl_estimator="k3")
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
     state, metrics = jax.jit(make_train(config))(jax.random.key(0))
-    first = trainer.init(jax.random.key(0))
+    first = ppo.init(jax.random.key(0))
     assert leaves_equal(state.ref, (first.params, first.obs_stats))  # without init_from: the run's own first policy
     ref_kl = np.asarray(metrics["ref_kl"])
     assert np.all(np.isfinite(ref_kl)) and np.all(ref_kl >= 0) and ref_kl[-1] > 0
 
 
 @pytest.mark.parametrize("mode", ["reward", "loss"])
-def test_a_stronger_anchor_keeps_the_policy_closer_in_one_compiled_sweep(straight, mode, tmp_path):
+def test_a_stronger_reference_kl_keeps_the_policy_closer_in_one_compiled_sweep(straight, mode, tmp_path):
     config = TINY.replace(init_from=str(straight.run_dir), lr=2e-2, ent_coef=0.0, ref_kl_coef=0.01, ref_kl_mode=mode,
                           total_timesteps=TINY.batch_size * 12)
     result = sweep(config, seeds=2, grid={"ref_kl_coef": [0.01, 100.0]}, run_dir=tmp_path / "sweep")
@@ -97,9 +102,9 @@ def test_a_stronger_anchor_keeps_the_policy_closer_in_one_compiled_sweep(straigh
     assert max(final[2:]) < min(final[:2]) / 5, final
     # a sweep's run dir holds several runs: a fine-tuning run names the one it starts from
     with pytest.raises(ConfigError, match=r"init_from: .*sweep holds 4 runs \(see its runs.csv\); choose one with init_run"):
-        acting.starting(make_trainer(TINY.replace(init_from=str(tmp_path / "sweep"))))
-    chosen = acting.starting(make_trainer(TINY.replace(init_from=str(tmp_path / "sweep"), init_run=2)))
-    assert leaves_equal(chosen.start.params, jax.tree.map(lambda x: x[2], result.state.params))
+        trained.with_pretrained(make_ppo(TINY.replace(init_from=str(tmp_path / "sweep"))))
+    chosen = trained.with_pretrained(make_ppo(TINY.replace(init_from=str(tmp_path / "sweep"), init_run=2)))
+    assert leaves_equal(chosen.pretrained.params, jax.tree.map(lambda x: x[2], result.state.params))
 
 
 def test_the_cli_fine_tunes_and_a_resume_needs_no_source(straight, tmp_path, capsys):
@@ -112,7 +117,7 @@ def test_the_cli_fine_tunes_and_a_resume_needs_no_source(straight, tmp_path, cap
              "--set", "lr_schedule=constant"]
     assert cli_lib.main(["train", "--run-dir", str(run_dir), *flags, "--set", "total_timesteps=256"]) == 0
     assert f"training CartPole-v1 from the policy in {source} for 256 env steps" in capsys.readouterr().out
-    shutil.rmtree(source)  # the run's checkpoints hold all it needs, its anchor included
+    shutil.rmtree(source)  # the run's checkpoints hold all it needs, its reference included
     assert cli_lib.main(["train", "--resume", str(run_dir), "--set", "total_timesteps=512"]) == 0
     assert "resuming CartPole-v1 for 512 env steps" in capsys.readouterr().out
 
@@ -140,19 +145,19 @@ def test_a_source_that_does_not_fit_is_refused_in_one_line_before_compiling(stra
 
 
 def test_a_source_with_other_action_bounds_is_refused(tmp_path):
-    runner.train(PENDULUM, tmp_path / "pendulum")
+    train(PENDULUM, tmp_path / "pendulum")
     config = PENDULUM.replace(init_from=str(tmp_path / "pendulum"), env_kwargs={"max_torque": 1.0,
                                                                               "max_steps_in_episode": 16})
     with pytest.raises(ConfigError, match=r"acted within the bounds \[-2.0\] to \[2.0\], Pendulum-v1 has \[-1.0\] to "
                                           r"\[1.0\]: the same params would act otherwise"):
-        acting.starting(make_trainer(config))
+        trained.with_pretrained(make_ppo(config))
 
 
 def test_bad_init_from_keys_are_one_line(tmp_path, capsys):
     cases = [
         (["--set", f"init_from={tmp_path / 'nowhere'}"], r"init_from: run dir .*nowhere does not exist"),
         (["--set", "init_step=3"], r"init_step: has no effect without init_from"),
-        (["--set", "memory=gru", "--set", "ref_kl_coef=0.1"], r"ref_kl_coef: the KL anchor is not yet built for "
+        (["--set", "memory=gru", "--set", "ref_kl_coef=0.1"], r"ref_kl_coef: the reference KL is not yet built for "
                                                              r"recurrent policies"),
     ]
     for flags, message in cases:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import CACHE, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpu_script]

@@ -9,14 +9,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, TINY_FLAGS, cli, one_error_line
 
 from purejaxppo import cli as cli_lib
-from purejaxppo import limits, population
-from purejaxppo.config import ConfigError
-from purejaxppo.limits import Headroom
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import layout, limits
+from purejaxppo.host.limits import Headroom
+from purejaxppo.host.population import Member, Population
 from purejaxppo.pbt import Exploit, PBTConfig, parse_explore
-from purejaxppo.train import make_trainer
+from purejaxppo.program.ppo import make_ppo
+
+from conftest import ROOT, TINY, TINY_FLAGS, cli, one_error_line
 
 GIB = 2**30
 
@@ -119,8 +121,8 @@ def test_a_memory_cgroup_is_named_when_it_bounds_the_run(tmp_path, monkeypatch, 
 
 
 def _program(config, runs: int = 1, step=None):
-    members = tuple(population.Member(config.seed + i) for i in range(runs))
-    return population.plan(make_trainer(config), population.Population(config, members, step))
+    members = tuple(Member(config.seed + i) for i in range(runs))
+    return layout.plan(make_ppo(config), Population(config, members, step))
 
 
 def test_each_part_of_the_estimate_names_its_own_key(monkeypatch):
@@ -138,7 +140,7 @@ def test_each_part_of_the_estimate_names_its_own_key(monkeypatch):
                   "use a smaller network or a smaller --population, or a larger device"))
     for config, runs, step, start, advice in cases:
         with pytest.raises(ConfigError) as err:
-            population.check_fits(_program(config, runs, step))
+            layout.check_fits(_program(config, runs, step))
         line = str(err.value)
         assert line.startswith(start) and line.endswith(f"(bound by a test's 1 MiB); {advice}"), line
         assert "max-runs-per-call" not in line or step is None
@@ -151,13 +153,13 @@ def test_the_chunk_never_outgrows_the_run():
 XLA_OUT_OF_MEMORY = """
 import sys
 import jax.numpy as jnp
-from purejaxppo import population
 from purejaxppo.cli import main
-start = population.Program.initial_states
+from purejaxppo.host import layout
+start = layout.Program.initial_states
 def hungry(self):  # XLA's own allocation fails: 4 GiB more than the address space allows
     jnp.ones((1 << 30,), jnp.float32).block_until_ready()
     return start(self)
-population.Program.initial_states = hungry
+layout.Program.initial_states = hungry
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo import losses
-from purejaxppo.distributions import Categorical, DiagGaussian
+from purejaxppo.program import losses
+from purejaxppo.program.distributions import Categorical, DiagGaussian
 
 
 def gae_reference(rewards, values, next_values, terminated, truncated, gamma, lam):

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo import LoadedPolicy, make_train, make_trainer
-from purejaxppo.acting import evaluate
+from purejaxppo import LoadedPolicy, make_ppo, make_train
 from purejaxppo.config import PPOConfig
-from purejaxppo.distributions import Categorical, MultiCategorical
 from purejaxppo.envs import ActionSpace, EnvStep
-from purejaxppo.networks import Torso, conv_output_shape
+from purejaxppo.program.distributions import Categorical, MultiCategorical
+from purejaxppo.program.evaluation import evaluate
+from purejaxppo.program.networks import Torso, conv_output_shape
 
 LOGITS = np.array([[0.3, -1.2, 2.0, 0.5], [1.0, 1.0, -0.5, 3.0], [0.0, 0.7, 0.2, -2.0]], np.float32)
 MASK = np.array([[True, False, True, True], [False, True, False, False], [True, True, True, True]])
@@ -232,9 +232,9 @@ MASKED = PPOConfig(env="Pick", num_envs=8, num_steps=10, total_timesteps=8 * 10 
 @pytest.mark.parametrize("nvec", [(), (2, 3)], ids=["discrete", "multi-discrete"])
 def test_the_trainer_never_takes_an_illegal_action(nvec):
     env = Pick(nvec)
-    trainer = make_trainer(MASKED, env)
-    state = trainer.init(jax.random.key(0))
-    _, traj = jax.jit(trainer.rollout)(state, jax.random.key(1))
+    ppo = make_ppo(MASKED, env)
+    state = ppo.init(jax.random.key(0))
+    _, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
     assert traj.mask.shape == (10, 8, env.action_space.n)
     if nvec:
         offsets = np.array([0, 2])
@@ -246,11 +246,11 @@ def test_the_trainer_never_takes_an_illegal_action(nvec):
     metrics = jax.tree.map(np.asarray, metrics)
     np.testing.assert_array_equal(metrics["episode_return"], np.full(3, float(LENGTH)))
     assert all(np.isfinite(v).all() for v in metrics.values())
-    returns, _ = jax.jit(lambda k: evaluate(trainer.policy, trainer.env, final.params, final.obs_stats, k, 6))(
+    returns, _ = jax.jit(lambda k: evaluate(ppo.policy, ppo.env, final.params, final.obs_stats, k, 6))(
         jax.random.key(3))
     np.testing.assert_array_equal(returns, np.full(6, float(LENGTH)))
     # a loaded policy given one legal choice per component takes it, sampled or deterministic
-    loaded = LoadedPolicy(trainer.policy, final.params, final.obs_stats)
+    loaded = LoadedPolicy(ppo.policy, final.params, final.obs_stats)
     choices = np.array([[0, 1], [1, 2], [0, 0]]) if nvec else np.array([[3], [1], [2]])
     offsets = np.array([0, 2]) if nvec else np.array([0])
     only = np.zeros((3, env.action_space.n), bool)

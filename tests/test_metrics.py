@@ -4,7 +4,7 @@ torn by a crash. Host-side numpy only."""
 import numpy as np
 import pytest
 
-from purejaxppo import metrics
+from purejaxppo.host import metrics
 
 
 def chunk(runs: int, first: int, count: int, seed: int) -> dict[str, np.ndarray]:

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM, TINY
 
-from purejaxppo.train import abstract_states, make_train, make_trainer
+from purejaxppo.program.ppo import abstract_states, make_ppo, make_train
+
+from conftest import PENDULUM, TINY
 
 CASES = {
     "categorical": TINY,
@@ -19,8 +20,8 @@ CASES = {
 def test_one_update_with_four_micro_batches_equals_one_without(name):
     whole = CASES[name]
     split = whole.replace(grad_accumulation=4 if name != "gru" else 2)
-    state = make_trainer(whole).init(jax.random.key(1))
-    (a, metrics_a), (b, metrics_b) = (jax.jit(make_trainer(c).update)(state) for c in (whole, split))
+    state = make_ppo(whole).init(jax.random.key(1))
+    (a, metrics_a), (b, metrics_b) = (jax.jit(make_ppo(c).update)(state) for c in (whole, split))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "ratio_max", "grad_norm"):
@@ -32,21 +33,21 @@ def test_micro_batches_lower_the_peak_memory_of_an_update():
                         hidden_sizes=(256, 256))
     peaks = []
     for k in (1, 8):
-        trainer = make_trainer(base.replace(grad_accumulation=k))
-        state = jax.eval_shape(trainer.init, jax.random.key(0))
-        peaks.append(jax.jit(trainer.update).lower(state).compile().memory_analysis().temp_size_in_bytes)
+        ppo = make_ppo(base.replace(grad_accumulation=k))
+        state = jax.eval_shape(ppo.init, jax.random.key(0))
+        peaks.append(jax.jit(ppo.update).lower(state).compile().memory_analysis().temp_size_in_bytes)
     assert peaks[1] < 0.6 * peaks[0], peaks
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_every_state_leaf_float32():
     config = TINY.replace(compute_dtype="bfloat16")
-    trainer = make_trainer(config)
-    dtypes = lambda c: [x.dtype for x in jax.tree.leaves(abstract_states(make_trainer(c), 2))]  # noqa: E731
+    ppo = make_ppo(config)
+    dtypes = lambda c: [x.dtype for x in jax.tree.leaves(abstract_states(make_ppo(c), 2))]  # noqa: E731
     assert dtypes(config) == dtypes(TINY)
-    state = trainer.init(jax.random.key(0))
-    jaxpr = str(jax.make_jaxpr(lambda p, o: trainer.policy.apply(p, state.obs_stats, o))(state.params, state.obs))
+    state = ppo.init(jax.random.key(0))
+    jaxpr = str(jax.make_jaxpr(lambda p, o: ppo.policy.apply(p, state.obs_stats, o))(state.params, state.obs))
     assert "dot_general" in jaxpr and "bf16" in jaxpr
-    dist, value, _ = trainer.policy.apply(state.params, state.obs_stats, state.obs)
+    dist, value, _ = ppo.policy.apply(state.params, state.obs_stats, state.obs)
     assert dist.logits.dtype == jnp.float32 and value.dtype == jnp.float32
 
 

@@ -3,9 +3,10 @@
 import flax.linen as nn
 import jax
 import numpy as np
-from conftest import python
 
-from purejaxppo.networks import orthogonal
+from purejaxppo.program.networks import orthogonal
+
+from conftest import python
 
 
 def test_orthogonal_gives_flax_values_alone_and_under_vmap():
@@ -30,10 +31,10 @@ def test_a_vmapped_init_of_many_seeds_finishes():
     script = (
         "import jax\n"
         "from purejaxppo.config import PPOConfig\n"
-        "from purejaxppo.train import make_trainer\n"
+        "from purejaxppo import make_ppo\n"
         "c = PPOConfig(env='CartPole-v1', num_envs=4, num_steps=8, total_timesteps=32, num_minibatches=2,"
         " hidden_sizes=(128, 128, 128, 128))\n"
-        "init = jax.jit(jax.vmap(make_trainer(c).init))\n"
+        "init = jax.jit(jax.vmap(make_ppo(c).init))\n"
         "for i in range(3):\n"
         "    jax.block_until_ready(init(jax.random.split(jax.random.key(i), 64)))\n"
         "print('DONE')\n"

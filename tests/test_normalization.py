@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.normalization import RunningStats
+from purejaxppo.program.normalization import RunningStats
 
 
 def test_running_stats_match_numpy_over_several_batches():

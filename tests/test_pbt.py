@@ -12,14 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CACHE, cli, leaves_equal, one_error_line
 
-from purejaxppo import exploit, load_policy, runner
-from purejaxppo.acting import restore_policy
-from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo import load_policy, prepare, train
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import ConfigError
+from purejaxppo.host.population import Population
+from purejaxppo.host.trained import read_trained
 from purejaxppo.pbt import Exploit, Explored, PBTConfig, lineage_rows, parse_explore, pbt
-from purejaxppo.population import Population, init_program
-from purejaxppo.train import make_trainer
+from purejaxppo.program import exploit
+from purejaxppo.program.chunk import init_program
+from purejaxppo.program.ppo import make_ppo
+
+from conftest import CACHE, cli, leaves_equal, one_error_line
 
 CONFIG = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 12, num_minibatches=2, update_epochs=2,
                    hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 20}, compilation_cache=CACHE)
@@ -117,16 +121,16 @@ def test_bad_setups_are_refused():
 def test_the_step_replaces_a_diverged_member_and_copies_the_learner_not_the_envs():
     config = CONFIG.replace(log_every=SPEC.interval)
     spec = dataclasses.replace(SPEC, seeds=1)
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
     seeds = np.arange(4, dtype=np.uint32)
-    hparams = jax.tree.map(lambda x: jnp.full(4, x), trainer.init(jax.random.key(0)).hparams)
-    states = init_program(trainer, 4)(seeds, hparams)
+    hparams = jax.tree.map(lambda x: jnp.full(4, x), ppo.init(jax.random.key(0)).hparams)
+    states = init_program(ppo, 4)(seeds, hparams)
     states = states.replace(params=jax.tree.map(lambda x: x.at[0].set(jnp.nan), states.params))  # member 0 diverged
     returns = jnp.array([[50.0] * 3, [10.0] * 3, [30.0] * 3, [40.0] * 3])  # 0 would be the best
     metrics = {"episode_return": returns, "policy_loss": jnp.zeros((4, 3))}
     # the chunk's own check of each run's params, as population.chunk_program hands it over
     finite = jnp.stack([jnp.isfinite(x).reshape(4, -1).all(axis=1) for x in jax.tree.leaves(states.params)]).all(0)
-    step = jax.jit(lambda s, m: Exploit(spec, (0,))(trainer, s, m, finite, 0, 3))
+    step = jax.jit(lambda s, m: Exploit(spec, (0,))(ppo, s, m, finite, 0, 3))
     new, extra = step(states, metrics)
     parents = np.asarray(extra["pbt_parent"][:, -1]).astype(int)
     assert parents[0] in (2, 3) and parents[1] == 3 and parents[2] == 2 and parents[3] == 3
@@ -139,7 +143,7 @@ def test_the_step_replaces_a_diverged_member_and_copies_the_learner_not_the_envs
     assert lr[3] == hparams.lr[3] and lr[2] == hparams.lr[2]  # kept
     lr_range = next(e for e in spec.explore if e.name == "lr")
     assert lr_range.low <= lr[1] <= lr_range.high and lr[1] != hparams.lr[3]  # perturbed or drawn afresh
-    not_due = jax.jit(lambda s, m: Exploit(spec, (0,))(trainer, s, m, finite, 0, 2))(states, metrics)[1]
+    not_due = jax.jit(lambda s, m: Exploit(spec, (0,))(ppo, s, m, finite, 0, 2))(states, metrics)[1]
     assert np.isnan(np.asarray(not_due["pbt_parent"])).all()  # a short chunk is not a PBT step
 
 
@@ -147,13 +151,13 @@ def test_the_step_replaces_a_diverged_member_and_copies_the_learner_not_the_envs
 
 def test_a_population_of_one_and_an_interval_past_the_run_equal_plain_training():
     one = pbt(CONFIG, dataclasses.replace(SPEC, population=1, seeds=1))
-    plain = runner.train(CONFIG)
+    plain = train(CONFIG)
     assert leaves_equal(one.state.params, plain.state.params)
 
     # the same members as a plain population (a sweep's program: vmapped runs round in the last bit otherwise
     # than one run alone, see README "How far equal runs stay equal")
     never = pbt(CONFIG, dataclasses.replace(SPEC, population=2, seeds=1, interval=CONFIG.num_updates + 1))
-    plain = runner.run(Population(CONFIG, never.population.members))
+    plain = prepare(Population(CONFIG, never.population.members)).run()
     assert leaves_equal(never.state, plain.state)
     assert [m.values["lr"] for m in never.population.members] == list(np.asarray(plain.state.hparams.lr))
 
@@ -197,10 +201,10 @@ def test_a_longer_resume_from_between_two_pbt_steps_is_refused(tmp_path):
 def test_the_best_member_is_what_load_policy_gives_by_default(straight):
     best = straight.best()
     assert best[1] >= SPEC.population  # the second population's best is among its own members
-    _, params, _, _ = restore_policy(straight.run_dir)
+    params = read_trained(straight.run_dir).params
     assert leaves_equal(params, jax.tree.map(lambda x: x[best[0]], straight.state.params))
     other = (best[0] + 1) % SPEC.population
-    _, params, _, _ = restore_policy(straight.run_dir, run=other)
+    params = read_trained(straight.run_dir, run=other).params
     assert leaves_equal(params, jax.tree.map(lambda x: x[other], straight.state.params))
     assert load_policy(straight.run_dir)(np.zeros(4, np.float32)).shape == ()
 
@@ -212,7 +216,7 @@ def test_four_devices_equal_one_through_the_cli(straight, tmp_path):
                "--set", "env_kwargs={max_steps_in_episode: 20}", "--set", f"compilation_cache={CACHE}",
                "--cpu-devices", "4", "--run-dir", str(tmp_path / "four"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "on 4 device(s)" in proc.stdout and "best member" in proc.stdout
+    assert "8 run(s) on 4 cpu device(s)" in proc.stdout and "best member" in proc.stdout
     assert (tmp_path / "four" / "lineage.csv").read_text() == (straight.run_dir / "lineage.csv").read_text()
     evaluated = cli("eval", str(tmp_path / "four"), "--episodes", "2")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

@@ -12,12 +12,13 @@ import pytest
 
 pytest.importorskip("mujoco_playground", reason="the playground extra is not installed")
 
-from conftest import CACHE, leaves_equal  # noqa: E402
+from purejaxppo import train  # noqa: E402
+from purejaxppo.config import load  # noqa: E402
+from purejaxppo.envs import known_envs, make_env  # noqa: E402
+from purejaxppo.errors import ConfigError  # noqa: E402
+from purejaxppo.host.trained import evaluate_run  # noqa: E402
 
-from purejaxppo import runner  # noqa: E402
-from purejaxppo.acting import evaluate_run  # noqa: E402
-from purejaxppo.config import ConfigError, load  # noqa: E402
-from purejaxppo.envs import check_env, known_envs, make_env  # noqa: E402
+from conftest import CACHE, leaves_equal  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs" / "playground").glob("*.yaml"))
 TINY = dataclasses.replace(
@@ -34,7 +35,7 @@ def test_the_suite_is_listed_and_the_shipped_configs_load():
     assert len(CONFIGS) >= 4
     for path in CONFIGS:
         config = load(path)
-        check_env(config.env, config.env_kwargs)
+        make_env(config.env, config.env_kwargs)
         assert "Source: Playground" in path.read_text()
 
 
@@ -59,7 +60,7 @@ def test_menagerie_tasks_are_refused_and_nothing_is_downloaded():
 ])
 def test_bad_env_kwargs_are_refused_before_loading(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        check_env("playground/CartpoleBalance", kwargs)
+        make_env("playground/CartpoleBalance", kwargs)
 
 
 def test_unknown_tasks_get_suggestions():
@@ -68,13 +69,13 @@ def test_unknown_tasks_get_suggestions():
 
 
 def test_a_few_updates_checkpoint_resume_and_evaluate(tmp_path):
-    straight = runner.train(TINY, tmp_path / "straight")
+    straight = train(TINY, tmp_path / "straight")
     m = {name: values[0] for name, values in straight.metrics.items()}
     for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "policy_std"):
         assert np.isfinite(m[name]).all(), name
     assert np.isfinite(m["eval_return"][1::2]).all()  # evaluated at each chunk's end
-    cut = runner.train(TINY, tmp_path / "cut", until_update=2)
-    resumed = runner.train(TINY, tmp_path / "cut", resume=True)
+    cut = train(TINY, tmp_path / "cut", until_update=2)
+    resumed = train(TINY, tmp_path / "cut", resume=True)
     assert cut.stopped and leaves_equal(resumed.state, straight.state)  # env states with zero-size arrays too
-    _, step, returns, lengths = evaluate_run(tmp_path / "straight", episodes=2)
-    assert step == TINY.num_updates and np.all(lengths == 20) and np.isfinite(returns).all()
+    source, returns, lengths = evaluate_run(tmp_path / "straight", episodes=2)
+    assert source.step == TINY.num_updates and np.all(lengths == 20) and np.isfinite(returns).all()

@@ -5,17 +5,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM, TINY
 
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, TanhGaussian
-from purejaxppo.normalization import RunningStats
-from purejaxppo.policy import make_policy
-from purejaxppo.train import make_trainer
+from purejaxppo.program.distributions import Beta, Categorical, DiagGaussian, TanhGaussian
+from purejaxppo.program.normalization import RunningStats
+from purejaxppo.program.policy import make_policy
+from purejaxppo.program.ppo import make_ppo
+
+from conftest import PENDULUM, TINY
 
 
 def policy_and_params(config):
-    trainer = make_trainer(config)
-    return trainer.policy, trainer.policy.init(jax.random.key(0), trainer.env.observation_shape)
+    ppo = make_ppo(config)
+    return ppo.policy, ppo.policy.init(jax.random.key(0), ppo.env.observation_shape)
 
 
 def test_the_policy_sees_normalised_then_clipped_observations():
@@ -30,7 +31,7 @@ def test_the_policy_sees_normalised_then_clipped_observations():
     head, _, expected_value, _ = policy.network.apply(params, (), policy.observe(stats, obs))
     np.testing.assert_allclose(dist.logits, head, rtol=1e-6)
     np.testing.assert_allclose(value, expected_value, rtol=1e-6)
-    assert carry == () and policy.initial_carry((7,)) == ()  # a feedforward policy carries nothing
+    assert carry is None and policy.initial_carry((7,)) is None  # a feedforward policy carries nothing
 
 
 @pytest.mark.parametrize(
@@ -91,8 +92,8 @@ def test_orthogonal_gains_set_the_layer_scales():
 
 
 def test_the_free_log_std_is_a_parameter_and_the_state_dependent_one_is_not():
-    trainer = make_trainer(PENDULUM)
-    assert "log_std" in trainer.policy.init(jax.random.key(0), (3,))["params"]
-    dependent = make_policy(PENDULUM.replace(state_dependent_std=True), trainer.env.action_space)
+    ppo = make_ppo(PENDULUM)
+    assert "log_std" in ppo.policy.init(jax.random.key(0), (3,))["params"]
+    dependent = make_policy(PENDULUM.replace(state_dependent_std=True), ppo.env.action_space)
     params = dependent.init(jax.random.key(0), (3,))["params"]
     assert "log_std" not in params and params["actor_head"]["kernel"].shape[-1] == 2

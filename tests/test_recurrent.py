@@ -9,14 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM, TINY, leaves_equal
 
-from purejaxppo import acting, recurrent, runner
-from purejaxppo.config import ConfigError, validate
+from purejaxppo import train
+from purejaxppo.config import validate
 from purejaxppo.envs import ActionSpace, EnvStep, make_env
-from purejaxppo.policy import make_policy
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import trained
+from purejaxppo.program import recurrent
+from purejaxppo.program.policy import make_policy
+from purejaxppo.program.ppo import PPO, make_ppo
 from purejaxppo.sweep import sweep
-from purejaxppo.train import Trainer, make_trainer
+
+from conftest import PENDULUM, TINY, leaves_equal
 
 # CartPole with its velocities hidden, 8 updates in chunks of 3, 3 and 2, like TINY
 TINY_GRU = TINY.replace(memory="gru", memory_size=8, obs_mask=[1, 3])
@@ -100,33 +104,33 @@ def replayed(request):
     """A second rollout (so it starts mid-episode, from a carry that is not the initial one) of 8 envs
     x 40 steps with 20-step (Pendulum: 16-step) episodes, its batch and minibatches as the update builds them."""
     config = REPLAYED[request.param].replace(num_envs=8, num_steps=40, total_timesteps=8 * 40)
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
 
     @jax.jit
     def go(key):
         k0, k1, k2, k3 = jax.random.split(key, 4)
-        state = trainer.init(k0)
+        state = ppo.init(k0)
         state = state.replace(obs_stats=state.obs_stats.update(jax.random.normal(k3, (64,) + state.obs.shape[1:])))
-        state, _ = trainer.rollout(state, k1)
+        state, _ = ppo.rollout(state, k1)
         start = state.carry
-        after, traj = trainer.rollout(state, k2)
+        after, traj = ppo.rollout(state, k2)
         zeros = jnp.zeros_like(traj.value)
-        batch = trainer.batch(traj, zeros, zeros, start)
-        return state, traj, trainer.minibatches(batch, k3)
+        batch = ppo.batch(traj, zeros, zeros, start)
+        return state, traj, ppo.minibatches(batch, k3)
 
     state, traj, minibatches = go(jax.random.key(4))
-    return trainer, state, traj, minibatches
+    return ppo, state, traj, minibatches
 
 
 def test_the_rollout_resets_the_carry_where_episodes_start(replayed):
-    trainer, state, traj, _ = replayed
-    policy, params, stats = trainer.policy, state.params, state.obs_stats
+    ppo, state, traj, _ = replayed
+    policy, params, stats = ppo.policy, state.params, state.obs_stats
     done = np.asarray(traj.terminated | traj.truncated)
-    if trainer.config.env == "CartPole-v1":
+    if ppo.config.env == "CartPole-v1":
         assert traj.terminated.any() and traj.truncated.any()  # both kinds of end inside the rollout
     assert done[:-1].any()
     assert not all(np.allclose(x, 0) for x in jax.tree.leaves(state.carry))  # started mid-episode
-    initial = policy.initial_carry((trainer.config.num_envs,))
+    initial = policy.initial_carry((ppo.config.num_envs,))
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731 (op by op, not fused)
     carry = state.carry
     for t in range(done.shape[0]):  # step by step, with a reset written out here
@@ -138,13 +142,13 @@ def test_the_rollout_resets_the_carry_where_episodes_start(replayed):
 
 
 def test_truncation_bootstraps_with_the_carry_of_the_ended_episode(replayed):
-    trainer, state, traj, _ = replayed
-    policy, params, stats = trainer.policy, state.params, state.obs_stats
+    ppo, state, traj, _ = replayed
+    policy, params, stats = ppo.policy, state.params, state.obs_stats
     truncated = np.asarray(traj.truncated)
     assert truncated.any()
-    bootstrap = jax.jit(trainer.bootstrap_values)(state, traj)
+    bootstrap = jax.jit(ppo.bootstrap_values)(state, traj)
     done = np.asarray(traj.terminated | traj.truncated)
-    initial = policy.initial_carry((trainer.config.num_envs,))
+    initial = policy.initial_carry((ppo.config.num_envs,))
     carry, expected, from_reset = state.carry, [], []
     for t in range(done.shape[0]):  # the episode's own carry, then the final observation
         _, _, carry = policy.apply(params, stats, traj.obs[t], carry)
@@ -158,15 +162,15 @@ def test_truncation_bootstraps_with_the_carry_of_the_ended_episode(replayed):
 
 
 def test_the_loss_replays_the_rollout_exactly_before_any_step(replayed):
-    trainer, state, traj, minibatches = replayed
-    num = trainer.config.num_minibatches
-    assert jax.tree.leaves(minibatches.obs)[0].shape[:3] == (num, trainer.config.num_envs // num, 40)
+    ppo, state, traj, minibatches = replayed
+    num = ppo.config.num_minibatches
+    assert jax.tree.leaves(minibatches.obs)[0].shape[:3] == (num, ppo.config.num_envs // num, 40)
     assert minibatches.first.any()  # episodes start inside the sequences
 
     @jax.jit
     def replay(mb):  # compiled with its gradient, as the loss is
         def objective(params):
-            dist, value = trainer.policy.unroll(params, state.obs_stats, mb.obs, mb.carry, mb.first)
+            dist, value = ppo.policy.unroll(params, state.obs_stats, mb.obs, mb.carry, mb.first)
             log_prob = dist.log_prob(mb.action)
             return jnp.mean(log_prob) + jnp.mean(value), (log_prob, value)
 
@@ -212,10 +216,10 @@ def test_a_recurrent_value_learns_the_bootstrapped_return_under_truncation():
     config = TINY.replace(memory="gru", memory_size=8, gamma=0.8, num_envs=8, num_steps=10, num_minibatches=2,
                           total_timesteps=8 * 10 * 150, lr=3e-3, lr_schedule="constant", normalize_obs=False)
     env = Constant()
-    trainer = Trainer(config, env, make_policy(config, env.action_space))
-    state, _ = jax.jit(lambda k: jax.lax.scan(lambda s, _: trainer.update(s), trainer.init(k), None,
+    ppo = PPO(config, env, make_policy(config, env.action_space))
+    state, _ = jax.jit(lambda k: jax.lax.scan(lambda s, _: ppo.update(s), ppo.init(k), None,
                                               length=config.num_updates))(jax.random.key(0))
-    _, traj = jax.jit(trainer.rollout)(state, jax.random.key(1))
+    _, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
     values = np.asarray(traj.value)
     target = 1.0 / (1.0 - config.gamma)
     assert traj.truncated.any() and not traj.terminated.any()
@@ -238,7 +242,7 @@ def test_recurrent_minibatches_must_divide_the_envs():
 ])
 def test_obs_mask_out_of_range_or_hiding_everything_is_refused(mask, message):
     with pytest.raises(ConfigError, match=message):
-        make_trainer(TINY.replace(obs_mask=mask))
+        make_ppo(TINY.replace(obs_mask=mask))
 
 
 def test_obs_mask_hides_the_components_everywhere():
@@ -259,10 +263,10 @@ def test_obs_mask_hides_the_components_everywhere():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    straight = runner.train(TINY_GRU, tmp_path_factory.mktemp("gru") / "straight")
+    straight = train(TINY_GRU, tmp_path_factory.mktemp("gru") / "straight")
     run_dir = tmp_path_factory.mktemp("gru") / "resumed"
-    runner.train(TINY_GRU, run_dir, until_update=4)
-    resumed = runner.train(TINY_GRU, run_dir, resume=True)
+    train(TINY_GRU, run_dir, until_update=4)
+    resumed = train(TINY_GRU, run_dir, resume=True)
     return straight, resumed
 
 
@@ -287,8 +291,8 @@ def test_a_recurrent_sweep_trains_each_seed_as_a_single_run(runs, tmp_path):
 
 def test_load_policy_steps_a_recurrent_policy_as_training_did(runs):
     straight, _ = runs
-    policy = acting.load_policy(straight.run_dir)
-    trainer = make_trainer(TINY_GRU)
+    policy = trained.load_policy(straight.run_dir)
+    ppo = make_ppo(TINY_GRU)
     state = jax.tree.map(lambda x: x[0], straight.state)
     assert policy.recurrent
     with pytest.raises(TypeError, match="a recurrent policy acts with its carry"):
@@ -296,8 +300,8 @@ def test_load_policy_steps_a_recurrent_policy_as_training_did(runs):
     obs = jax.random.normal(jax.random.key(7), (3, 4, 4)) * 2.0  # 3 steps of 4 envs, as CartPole gives them
     seen = obs[..., np.array([0, 2])]  # obs_mask [1, 3]: load_policy drops the velocities itself
     done = np.array([[False, True, False, False], [True, False, False, False]])
-    apply = jax.jit(lambda o, c: trainer.policy.apply(state.params, state.obs_stats, o, c))
-    carry, expected = policy.initial_carry(4), trainer.policy.initial_carry((4,))
+    apply = jax.jit(lambda o, c: ppo.policy.apply(state.params, state.obs_stats, o, c))
+    carry, expected = policy.initial_carry(4), ppo.policy.initial_carry((4,))
     for t in range(3):
         action, carry = policy.step(obs[t], carry)
         dist, _, expected = apply(seen[t], expected)
@@ -308,13 +312,13 @@ def test_load_policy_steps_a_recurrent_policy_as_training_did(runs):
             expected = jax.tree.map(lambda c: jnp.where(done[t][:, None], 0.0, c), expected)
     key = jax.random.key(3)
     action, _ = policy.step(obs[0, 0], policy.initial_carry(), key)  # one unbatched observation, sampled
-    dist, _, _ = trainer.policy.apply(state.params, state.obs_stats, seen[0, 0], trainer.policy.initial_carry())
+    dist, _, _ = ppo.policy.apply(state.params, state.obs_stats, seen[0, 0], ppo.policy.initial_carry())
     np.testing.assert_array_equal(action, dist.sample(key))
 
 
 def test_evaluation_runs_a_recurrent_policy(runs):
     straight, _ = runs
-    config, step, returns, lengths = acting.evaluate_run(straight.run_dir, 4)
-    assert config == TINY_GRU and step == TINY_GRU.num_updates
+    source, returns, lengths = trained.evaluate_run(straight.run_dir, 4)
+    assert source.record.config == TINY_GRU and source.step == TINY_GRU.num_updates
     np.testing.assert_array_equal(returns, lengths)  # CartPole pays 1 a step
     assert ((np.asarray(lengths) >= 1) & (np.asarray(lengths) <= 20)).all()

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, ROOT, TINY_FLAGS, TINY_SHAPE, cli, one_error_line
 
-from purejaxppo import checkpoint, rundir
-from purejaxppo.rundir import RunDirError
+from purejaxppo.errors import RunDirError
+from purejaxppo.host import checkpoint, rundir
+
+from conftest import CACHE, ROOT, TINY_FLAGS, TINY_SHAPE, cli, one_error_line
 
 
 def test_a_run_dir_that_is_a_file_or_under_one_is_refused_before_compiling(tmp_path):
@@ -275,7 +276,7 @@ def one_error_line_of(proc: subprocess.CompletedProcess, status: int) -> str:
 
 METRICS_ON_A_FULL_DISK = """
 import csv, sys
-from purejaxppo import metrics
+from purejaxppo.host import metrics
 from purejaxppo.cli import main
 write = metrics.MetricsStore.write
 def full(self, first_update, chunk):

@@ -15,13 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal, python
 
-from purejaxppo import checkpoint, metrics, population, runner
 from purejaxppo import config as config_lib
-from purejaxppo.checkpoint import CheckpointError
+from purejaxppo import train
+from purejaxppo.errors import CheckpointError, NonFiniteError
+from purejaxppo.host import checkpoint, layout, metrics
+from purejaxppo.host.loop import Progress
+from purejaxppo.host.population import Population
+from purejaxppo.host.trained import read_trained
+from purejaxppo.program import chunk as chunk_lib
+from purejaxppo.program.ppo import abstract_states, make_ppo, make_train
 from purejaxppo.sweep import sweep
-from purejaxppo.train import abstract_states, make_train, make_trainer
+
+from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal, python, restored
 
 
 def test_chunks_match_the_single_scan_and_the_run_dir_holds_the_run(straight):
@@ -58,7 +64,7 @@ def test_resume_from_an_earlier_step_moves_the_later_checkpoints_aside(straight,
     run_dir = tmp_path / "copy"
     shutil.copytree(resumed[1].run_dir, run_dir)
     old_metrics = (run_dir / "metrics.csv").read_text()
-    again = runner.train(TINY, run_dir, resume=True, step=6)
+    again = train(TINY, run_dir, resume=True, step=6)
     assert again.first_update == 6
     # the old future is kept, not overwritten: checkpoint 8 and the metrics as they stood
     assert again.superseded is not None and again.superseded.parent == run_dir / "superseded"
@@ -69,7 +75,7 @@ def test_resume_from_an_earlier_step_moves_the_later_checkpoints_aside(straight,
     assert leaves_equal(again.state, straight.state)
     assert (run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
     with pytest.raises(CheckpointError, match=r"step 5: no checkpoint .* available: \[6, 8\]"):
-        runner.train(TINY, run_dir, resume=True, step=5)
+        train(TINY, run_dir, resume=True, step=5)
 
 
 def test_a_resume_keeps_the_rows_before_it_even_after_a_torn_row(resumed, straight, tmp_path):
@@ -77,7 +83,7 @@ def test_a_resume_keeps_the_rows_before_it_even_after_a_torn_row(resumed, straig
     shutil.copytree(resumed[1].run_dir, run_dir)
     text = (run_dir / "metrics.csv").read_text()
     (run_dir / "metrics.csv").write_text(text + "0,8,8192,12.5,3")  # a crash mid-row
-    runner.train(TINY, run_dir, resume=True, step=6)
+    train(TINY, run_dir, resume=True, step=6)
     assert (run_dir / "metrics.csv").read_text() == (straight.run_dir / "metrics.csv").read_text()
 
 
@@ -85,7 +91,7 @@ INTERRUPTED_AT_THE_CUT = """
 import os, signal, sys
 sys.path.insert(0, "tests")
 from conftest import TINY
-from purejaxppo import runner
+from purejaxppo import train
 from purejaxppo.sweep import sweep
 kind, run_dir, sig = sys.argv[1], sys.argv[2], getattr(signal, sys.argv[3])
 real = os.truncate
@@ -93,7 +99,7 @@ def truncate(path, length):  # the resume cuts metrics.csv at checkpoint 6, and 
     real(path, length)
     os.kill(os.getpid(), sig)
 os.truncate = truncate
-resumed = runner.train(TINY, run_dir, resume=True, step=6) if kind == "run" else sweep(TINY, run_dir=run_dir, resume=True, step=6)
+resumed = train(TINY, run_dir, resume=True, step=6) if kind == "run" else sweep(TINY, run_dir=run_dir, resume=True, step=6)
 print("stopped", resumed.stopped, "at", resumed.update)
 """
 
@@ -117,7 +123,7 @@ def test_a_resume_interrupted_as_it_cuts_the_metrics_loses_no_row(kind, resumed,
     stopped = python(INTERRUPTED_AT_THE_CUT, kind, str(run_dir), "SIGINT")
     assert stopped.stdout.strip() == "stopped True at 6" and stopped.stderr == ""
     assert (run_dir / "metrics.csv").read_text() == rows
-    again = runner.train(TINY, run_dir, resume=True) if kind == "run" else sweep(TINY, run_dir=run_dir, resume=True)
+    again = train(TINY, run_dir, resume=True) if kind == "run" else sweep(TINY, run_dir=run_dir, resume=True)
     assert again.first_update == 6
     assert (run_dir / "metrics.csv").read_text() == whole.read_text()
     assert (run_dir / "runs.csv").read_text() == (whole.parent / "runs.csv").read_text()  # the AUC from every row
@@ -125,30 +131,30 @@ def test_a_resume_interrupted_as_it_cuts_the_metrics_loses_no_row(kind, resumed,
 
 def test_a_new_run_refuses_a_run_dir_that_holds_a_run(straight):
     with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv, runs.csv, config"):
-        runner.train(TINY, straight.run_dir)
+        train(TINY, straight.run_dir)
     with pytest.raises(CheckpointError, match="already holds a run"):
         sweep(TINY, 2, None, straight.run_dir)
 
 
 def test_resume_refuses_a_length_that_would_change_the_schedules(straight):
     with pytest.raises(CheckpointError, match="total_timesteps: .* the lr_schedule linear schedules span the run"):
-        runner.train(TINY.replace(total_timesteps=2 * TINY.total_timesteps), straight.run_dir, resume=True)
+        train(TINY.replace(total_timesteps=2 * TINY.total_timesteps), straight.run_dir, resume=True)
     with pytest.raises(CheckpointError, match="make 4 updates, fewer than the 8 that checkpoint 8"):
-        runner.train(TINY.replace(total_timesteps=4 * TINY.batch_size), straight.run_dir, resume=True)
+        train(TINY.replace(total_timesteps=4 * TINY.batch_size), straight.run_dir, resume=True)
     with pytest.raises(CheckpointError, match="holds a run, not a sweep; resume it with train --resume"):
         sweep(TINY, resume=True, run_dir=straight.run_dir)
 
 
 def test_mismatched_config_is_refused_with_the_difference(straight):
     with pytest.raises(CheckpointError, match=r"hidden_sizes: checkpoint has \[16\], config has \[32\]"):
-        runner.train(TINY.replace(hidden_sizes=(32,)), straight.run_dir, resume=True)
+        train(TINY.replace(hidden_sizes=(32,)), straight.run_dir, resume=True)
     with pytest.raises(CheckpointError, match="env: checkpoint has 'CartPole-v1', config has 'Acrobot-v1'"):
-        runner.train(TINY.replace(env="Acrobot-v1", env_kwargs={}), straight.run_dir, resume=True)
+        train(TINY.replace(env="Acrobot-v1", env_kwargs={}), straight.run_dir, resume=True)
 
 
 def test_nan_guard_reports_the_first_bad_update_and_keeps_the_last_good_state(monkeypatch, tmp_path):
     bad_update = 4
-    real = population.chunk_program
+    real = chunk_lib.chunk_program
 
     def poisoned(*args):
         chunk = real(*args)
@@ -157,22 +163,21 @@ def test_nan_guard_reports_the_first_bad_update_and_keeps_the_last_good_state(mo
             states, out, finite = chunk(states, first_update, num_active)
             updates = first_update + jnp.arange(TINY.chunk_size)
             out["policy_loss"] = jnp.where(updates >= bad_update, jnp.nan, out["policy_loss"])
-            return states, out, finite
+            return chunk_lib.ChunkOut(states, out, finite)
 
         return wrapped
 
-    monkeypatch.setattr(population, "chunk_program", poisoned)
+    monkeypatch.setattr(chunk_lib, "chunk_program", poisoned)
     config = TINY.replace(checkpoint_every=3)
-    with pytest.raises(runner.NonFiniteError) as err:
-        runner.train(config, tmp_path / "nan")
+    with pytest.raises(NonFiniteError) as err:
+        train(config, tmp_path / "nan")
     assert (f"training stopped at update {bad_update} (env steps {(bad_update + 1) * TINY.batch_size:,}): policy_loss "
             f"is not finite; the last good state is checkpoint 3") in str(err.value)
     assert checkpoint.available_steps(tmp_path / "nan") == [3]
-    monkeypatch.setattr(population, "chunk_program", real)
-    good = runner.train(config, tmp_path / "good", until_update=3)
-    program = population.plan(make_trainer(config), population.Population.single(config))
-    _, restored, _ = checkpoint.restore(tmp_path / "nan", program.abstract, 3)
-    assert leaves_equal(restored, good.state)
+    monkeypatch.setattr(chunk_lib, "chunk_program", real)
+    good = train(config, tmp_path / "good", until_update=3)
+    program = layout.plan(make_ppo(config), Population.single(config))
+    assert leaves_equal(restored(tmp_path / "nan", program.abstract, 3), good.state)
     # the rows up to the bad chunk are kept, the bad chunk's too, for the post-mortem
     assert metrics.read(tmp_path / "nan" / "metrics.csv")["policy_loss"].shape == (1, 6)
 
@@ -213,8 +218,8 @@ def test_a_signal_finishes_the_chunk_checkpoints_and_resumes(tmp_path, sig):
     assert f"purejaxppo train --resume {run_dir}" in out
     step = checkpoint.available_steps(run_dir)[-1]
     assert step >= 5
-    _, meta = checkpoint.read_meta(run_dir)
-    assert meta["update"] == step and f"stopped at update {step}, which checkpoint {step} holds" in out
+    _, record = checkpoint.read_record(run_dir)
+    assert record.update == step and f"stopped at update {step}, which checkpoint {step} holds" in out
     _resume_for_more_updates(run_dir, step, 3)
 
 
@@ -232,12 +237,12 @@ def test_kill_9_during_saves_leaves_the_last_completed_checkpoint_restorable(tmp
 def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
     # in fresh processes, so no in-memory cache can answer: the second finds the first's entries
     script = (
-        "import sys, jax; from purejaxppo import runner; from purejaxppo.config import PPOConfig\n"
+        "import sys, jax; from purejaxppo import train; from purejaxppo.config import PPOConfig\n"
         "hits = []\n"
         "jax.monitoring.register_event_listener(lambda e, **k: hits.append(e) if 'cache_hits' in e else None)\n"
         "config = PPOConfig(env='CartPole-v1', num_envs=4, num_steps=8, total_timesteps=64, num_minibatches=2,"
         " hidden_sizes=(8,), compilation_cache=sys.argv[1])\n"
-        "result = runner.train(config)\n"
+        "result = train(config)\n"
         "print('HITS', len(hits), 'COMPILE', result.compile_time)\n"
     )
     cache = tmp_path / "cache"
@@ -255,13 +260,12 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path, memory):
     script = (
         "import jax, numpy as np\n"
         "jax.config.update('jax_num_cpu_devices', 4)\n"
-        "from purejaxppo import runner\n"
+        "from purejaxppo import make_train, train\n"
         "from purejaxppo.config import PPOConfig\n"
-        "from purejaxppo.train import make_train\n"
         "c = PPOConfig(env='CartPole-v1', num_envs=8, num_steps=16, total_timesteps=8 * 16 * 6, num_minibatches=4,"
         f" update_epochs=2, hidden_sizes=(16,), normalize_obs=True, log_every=3, compilation_cache={CACHE!r},"
         f" memory={memory!r}, memory_size=8)\n"
-        f"r = runner.train(c, {str(tmp_path / 'run')!r})\n"
+        f"r = train(c, {str(tmp_path / 'run')!r})\n"
         "assert r.state.obs.sharding.spec == jax.sharding.PartitionSpec('runs', 'envs'), r.state.obs.sharding\n"
         "assert r.state.obs.sharding.mesh.shape == {'runs': 1, 'envs': 4}\n"
         "with jax.default_device(jax.local_devices()[0]):\n"
@@ -277,9 +281,7 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path, memory):
     np.testing.assert_allclose(out["sharded_mean"], out["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["sharded_leaf"], out["leaf"], rtol=1e-4, atol=1e-6)
     # its checkpoint, written from four devices, restores in this process of one
-    from purejaxppo import acting
-
-    _, params, _, _ = acting.restore_policy(tmp_path / "run")
+    params = read_trained(tmp_path / "run").params
     np.testing.assert_array_equal(jax.tree.leaves(params)[0], out["sharded_leaf"])
 
 
@@ -315,10 +317,10 @@ def test_a_run_over_two_processes_matches_one_device(tmp_path):
     outputs = [(out.read_text(), err.read_text()) for out, err in logs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    assert "on 4 devices" in outputs[0][0]
+    assert "1 run(s) on 4 cpu device(s)" in outputs[0][0]
     assert "update 3/6" in outputs[0][0] and "update 3/6" not in outputs[1][0]  # only process 0 reports progress
     config = config_lib.load(ROOT / "configs" / "cartpole.yaml", overrides)
-    single = runner.train(config)
+    single = train(config)
     stored = metrics.read(run_dir / "metrics.csv")
     assert stored["env_steps"].shape == (1, config.num_updates)
     for name in ("policy_loss", "value_loss", "approx_kl", "episode_return"):
@@ -332,7 +334,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_updates():
     # within one, so the run is compared with its own start.
     script = (
         "import os, resource\n"
-        "from purejaxppo import runner\n"
+        "from purejaxppo import train\n"
         "from purejaxppo.config import PPOConfig\n"
         "page = os.sysconf('SC_PAGE_SIZE')\n"
         "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * page // 1024\n"
@@ -342,7 +344,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_updates():
         "        seen[p.update] = (rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
         "c = PPOConfig(env='CartPole-v1', num_envs=4, num_steps=8, total_timesteps=32 * 2000, num_minibatches=2,"
         f" update_epochs=1, hidden_sizes=(8,), log_every=2, compilation_cache={CACHE!r})\n"
-        "runner.train(c, on_progress=probe)\n"
+        "train(c, on_progress=probe)\n"
         "print('KIB', *seen[200], *seen[2000])\n"
     )
     proc = python(script, timeout=300)
@@ -369,7 +371,7 @@ def _tensorboard_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_gets_every_update_at_its_env_steps(tmp_path):
-    result = runner.train(TINY.replace(tensorboard=True), tmp_path / "tb")
+    result = train(TINY.replace(tensorboard=True), tmp_path / "tb")
     (events,) = (tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*")
     steps, losses = zip(*_tensorboard_scalars(events)["train/policy_loss"])
     assert list(steps) == [int(s) for s in result.metrics["env_steps"][0]]
@@ -386,7 +388,7 @@ def test_a_sweep_writes_one_tensorboard_stream_per_run(tmp_path):
 
 
 def test_progress_is_one_record_for_runs_and_sweeps(tmp_path):
-    seen: list[runner.Progress] = []
+    seen: list[Progress] = []
     sweep(TINY, 2, None, on_progress=seen.append)
     assert [p.update for p in seen] == [3, 6, 8] and all(p.num_runs == 2 for p in seen)
     assert seen[-1].env_steps == seen[-1].total_env_steps == TINY.num_updates * TINY.batch_size
@@ -396,22 +398,22 @@ def test_progress_is_one_record_for_runs_and_sweeps(tmp_path):
 def test_the_evaluation_stays_a_branch_under_the_run_axis():
     # with the host's shared update count the evaluation's cond stays a cond under the run axis's vmap;
     # with a batched count it would become a select that evaluates every chunk
-    trainer = make_trainer(TINY.replace(eval_every=5, eval_episodes=2))
-    jaxpr = str(jax.make_jaxpr(population.chunk_program(trainer, 2))(abstract_states(trainer, 2), 0, 2))
+    ppo = make_ppo(TINY.replace(eval_every=5, eval_episodes=2))
+    jaxpr = str(jax.make_jaxpr(chunk_lib.chunk_program(ppo, 2))(abstract_states(ppo, 2), 0, 2))
     assert jaxpr.count(" cond[") == 2  # update-or-skip, and the evaluation
 
 
 def test_one_compile_whatever_the_number_of_calls(monkeypatch):
     traced = []
-    real = population.chunk_program
-    monkeypatch.setattr(population, "chunk_program", lambda *args: traced.append(1) or real(*args))
+    real = chunk_lib.chunk_program
+    monkeypatch.setattr(chunk_lib, "chunk_program", lambda *args: traced.append(1) or real(*args))
     result = sweep(TINY, 3, None, max_runs_per_call=1)
     assert result.num_calls == 3 and len(traced) == 1
 
 
 STUCK = """
 import sys, jax
-from purejaxppo.runner import StopSignal
+from purejaxppo.host.signals import StopSignal
 StopSignal.FORCE_AFTER_S = 1.0
 with StopSignal(interrupt=sys.argv[1] == "early").installed():
     print("ready", flush=True)

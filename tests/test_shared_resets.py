@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo import make_trainer
-from purejaxppo.config import ConfigError, PPOConfig
+from purejaxppo import make_ppo
+from purejaxppo.config import PPOConfig
 from purejaxppo.envs import ActionSpace, EnvStep, make_env
 from purejaxppo.envs.base import shared_resets, step_all
+from purejaxppo.errors import ConfigError
 
 ENVS = 6
 
@@ -77,11 +78,11 @@ def test_a_shared_reset_step_keeps_the_episode_and_starts_from_fresh_starts(rese
 def test_resets_per_step_needs_an_env_that_steps_without_resetting():
     config = PPOConfig(num_envs=4, num_steps=8, total_timesteps=64, num_minibatches=2, resets_per_step=2)
     with pytest.raises(ConfigError, match="resets_per_step: CartPole-v1 has no step_without_reset"):
-        make_trainer(config)
+        make_ppo(config)
     with pytest.raises(ConfigError, match="resets_per_step: 8 is more than num_envs"):
-        make_trainer(config.replace(resets_per_step=8))
-    trainer = make_trainer(config, Countdown())
-    state = trainer.init(jax.random.key(0))
-    _, traj = jax.jit(trainer.rollout)(state, jax.random.key(1))
+        make_ppo(config.replace(resets_per_step=8))
+    ppo = make_ppo(config, Countdown())
+    state = ppo.init(jax.random.key(0))
+    _, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
     assert traj.truncated.any() or traj.terminated.any()
     assert np.isfinite(np.asarray(traj.log_prob)).all()

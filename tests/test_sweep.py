@@ -1,17 +1,21 @@
 """Sweeps: equivalence with single runs, outputs, grid checks, statistics and sharding over devices."""
 
 import csv
+import shutil
 import textwrap
 
 import jax
 import numpy as np
 import pytest
-from conftest import CACHE, TINY, cli, leaves_equal, python
 
-from purejaxppo import acting, runner, stats
 from purejaxppo import cli as cli_lib
-from purejaxppo.config import ConfigError
+from purejaxppo import train
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import checkpoint, stats, trained
+from purejaxppo.program.ppo import make_ppo
 from purejaxppo.sweep import parse_grid, sweep
+
+from conftest import CACHE, TINY, cli, leaves_equal, python
 
 SMALL = TINY.replace(seed=3, eval_every=5, eval_episodes=2, log_every=4)  # chunks of 4 and 4: both due to evaluate
 GRID = {"lr": [1e-3, 3e-3]}
@@ -27,7 +31,7 @@ def test_runs_match_single_train(result):
     assert result.num_calls == 2
     for k in (1, 2):  # (lr 1e-3, seed 4) and (lr 3e-3, seed 3): one from each call
         run = result.runs[k]
-        single = runner.train(SMALL.replace(lr=run["lr"], seed=run["seed"]))
+        single = train(SMALL.replace(lr=run["lr"], seed=run["seed"]))
         for name in ("episode_return", "policy_loss", "value_loss", "lr", "eval_return"):
             np.testing.assert_allclose(result.metrics[name][k], single.metrics[name][0], rtol=2e-4, atol=1e-5,
                                        err_msg=name)
@@ -72,12 +76,22 @@ def test_eval_of_a_sweep_says_which_run_it_evaluates(result, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_resumed_sweep_reads_its_checkpoints_record_once(result, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(result.run_dir, run_dir, ignore=shutil.ignore_patterns(".lock"))
+    reads = []
+    read = checkpoint.read_record
+    monkeypatch.setattr(checkpoint, "read_record", lambda *a, **k: reads.append(a) or read(*a, **k))
+    assert cli_lib.main(["sweep", "--resume", str(run_dir)]) == 0
+    assert len(reads) == 1 and "resuming sweep of 4 runs" in capsys.readouterr().out
+
+
 def test_one_run_of_a_sweep_acts_as_its_trained_policy(result):
-    act = acting.load_policy(result.run_dir, run=3)
-    trainer = acting.make_trainer(SMALL)
+    act = trained.load_policy(result.run_dir, run=3)
+    ppo = make_ppo(SMALL)
     run3 = jax.tree.map(lambda x: x[3], result.state)
     obs = jax.random.normal(jax.random.key(0), (5, 4))
-    np.testing.assert_array_equal(act(obs), trainer.policy.act(run3.params, run3.obs_stats, obs)[0])
+    np.testing.assert_array_equal(act(obs), ppo.policy.act(run3.params, run3.obs_stats, obs)[0])
 
 
 def test_iqm_and_bootstrap_against_direct_numpy():
@@ -170,7 +184,7 @@ def test_cli_sweep_uses_a_cpu_device_per_core(tmp_path):
                "--set", "num_envs=4", "--set", "num_steps=32", "--set", "hidden_sizes=[8]",
                "--set", f"compilation_cache={CACHE}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"one compiled program on {min(cli_lib.cpu_cores(), 2)} device(s)" in proc.stdout  # at most one a run
+    assert f"2 run(s) on {min(cli_lib.cpu_cores(), 2)} cpu device(s)" in proc.stdout  # at most one a run
     assert len((tmp_path / "s" / "runs.csv").read_text().strip().splitlines()) == 3  # header and 2 runs
 
 

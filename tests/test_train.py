@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY
 
-from purejaxppo import losses
-from purejaxppo.hparams import HParams
-from purejaxppo.metrics import METRIC_NAMES
-from purejaxppo.normalization import RunningStats
-from purejaxppo.train import Batch, make_train, make_trainer
+from purejaxppo.host.metrics import METRIC_NAMES
+from purejaxppo.program import losses
+from purejaxppo.program.hparams import HParams
+from purejaxppo.program.normalization import RunningStats
+from purejaxppo.program.ppo import Batch, make_ppo, make_train
+
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +68,13 @@ N = 64
 def fixed():
     """A batch whose ratios spread over [0.2, 4.5] and whose advantages have both signs, the params that
     score it, and observation statistics far from the identity."""
-    trainer = make_trainer(TINY)
-    params = trainer.policy.init(jax.random.key(0), (4,))
+    ppo = make_ppo(TINY)
+    params = ppo.policy.init(jax.random.key(0), (4,))
     k = jax.random.split(jax.random.key(1), 6)
     stats = RunningStats(jnp.array([0.5, -1.0, 0.2, 0.0]), jnp.array([4.0, 0.25, 1.0, 9.0]), jnp.float32(50))
     obs = jax.random.normal(k[0], (N, 4)) * 3.0
     action = jax.random.bernoulli(k[1], 0.5, (N,)).astype(jnp.int32)
-    dist, _, _ = trainer.policy.apply(params, stats, obs)
+    dist, _, _ = ppo.policy.apply(params, stats, obs)
     log_prob = dist.log_prob(action) - jax.random.uniform(k[2], (N,), minval=-1.5, maxval=1.5)
     batch = Batch(obs, action, log_prob, jax.random.normal(k[3], (N,)),
                   jax.random.normal(k[4], (N,)) + 0.3, jax.random.normal(k[5], (N,)) * 2.0)
@@ -82,14 +83,14 @@ def fixed():
 
 def reference(config, params, stats, batch, kl_beta=0.5, ent_coef=0.01):
     """The loss terms of `config` on `batch`, from the formulas, in float64 numpy."""
-    trainer = make_trainer(config)
+    ppo = make_ppo(config)
     obs = np.asarray(batch.obs, np.float64)
     if config.normalize_obs:
         obs = (obs - np.asarray(stats.mean)) / np.sqrt(np.asarray(stats.var) + 1e-8)
     if config.obs_clip:
         obs = np.clip(obs, -config.obs_clip, config.obs_clip)
     logits, _, value = (np.asarray(x, np.float64) if x is not None else None
-                        for x in trainer.policy.network.apply(params, (), jnp.asarray(obs, jnp.float32))[:3])
+                        for x in ppo.policy.network.apply(params, (), jnp.asarray(obs, jnp.float32))[:3])
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ratio = np.exp(logp[np.arange(N), batch.action] - batch.log_prob)
     adv = np.asarray(batch.advantage, np.float64)
@@ -112,8 +113,8 @@ def reference(config, params, stats, batch, kl_beta=0.5, ent_coef=0.01):
 
 
 def computed(config, params, stats, batch, kl_beta=0.5, ent_coef=0.01):
-    trainer = make_trainer(config)
-    total, out = trainer.loss(params, stats, trainer.learning_advantages(batch), HParams.from_config(config),
+    ppo = make_ppo(config)
+    total, out = ppo.loss(params, stats, ppo.learning_advantages(batch), HParams.from_config(config),
                               jnp.float32(kl_beta), jnp.float32(ent_coef), jax.random.key(0))
     return {"total": total, **out}
 
@@ -178,30 +179,30 @@ def test_the_entropy_bonus_enters_with_its_coefficient(fixed):
 def test_the_rewards_gae_sees(changes):
     """One update's advantages, against GAE on the rollout's rewards transformed by hand."""
     config = TINY.replace(normalize_obs=False, **changes)
-    trainer = make_trainer(config)
-    state = trainer.init(jax.random.key(4))
+    ppo = make_ppo(config)
+    state = ppo.init(jax.random.key(4))
     _, k_rollout, _ = jax.random.split(state.key, 3)
-    after, traj = trainer.rollout(state, k_rollout)
+    after, traj = ppo.rollout(state, k_rollout)
     np.testing.assert_allclose(traj.reward, config.reward_scale)  # CartPole pays 1 a step, scaled
     rewards = np.asarray(traj.reward, np.float64)
     if config.normalize_reward:  # statistics start empty, so they are this rollout's discounted returns
         rewards = rewards / np.sqrt(np.var(np.asarray(traj.discounted_return, np.float64)) + 1e-8)
     if config.reward_clip:
         rewards = np.clip(rewards, -config.reward_clip, config.reward_clip)
-    next_values = trainer.policy.value(after.params, after.obs_stats, traj.final_obs)
+    next_values = ppo.policy.value(after.params, after.obs_stats, traj.final_obs)
     adv, _ = losses.gae(jnp.asarray(rewards, jnp.float32), traj.value, next_values, traj.terminated, traj.truncated,
                         config.gamma, config.gae_lambda)
-    _, metrics = jax.jit(trainer.update)(state)
+    _, metrics = jax.jit(ppo.update)(state)
     np.testing.assert_allclose(metrics["advantage_mean"], np.mean(adv), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(metrics["advantage_std"], np.std(adv), rtol=1e-4, atol=1e-6)
 
 
 def test_observation_statistics_take_in_the_rollout_after_learning_from_it():
-    trainer = make_trainer(TINY)
-    state = trainer.init(jax.random.key(5))
+    ppo = make_ppo(TINY)
+    state = ppo.init(jax.random.key(5))
     _, k_rollout, _ = jax.random.split(state.key, 3)
-    _, traj = trainer.rollout(state, k_rollout)
-    new, _ = jax.jit(trainer.update)(state)
+    _, traj = ppo.rollout(state, k_rollout)
+    new, _ = jax.jit(ppo.update)(state)
     seen = np.asarray(traj.obs, np.float64).reshape(-1, 4)
     np.testing.assert_allclose(new.obs_stats.mean, seen.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(new.obs_stats.var, seen.var(0), rtol=1e-3, atol=1e-5)

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CACHE, PENDULUM
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import ConfigError
+from purejaxppo.program import losses
+from purejaxppo.program.optim import entropy_coef
+from purejaxppo.program.ppo import make_train
 
-from purejaxppo import losses
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.optim import entropy_coef
-from purejaxppo.train import make_train
+from conftest import CACHE, PENDULUM
 
 BASE = PPOConfig(
     env="CartPole-v1", num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=4,

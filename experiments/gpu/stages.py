@@ -138,7 +138,7 @@ def stage_smoke(out: Path, sizes: Sizes, cache: str) -> None:
     import jax
     import numpy as np
 
-    from purejaxppo import runner
+    from purejaxppo import train
 
     record: dict[str, Any] = {"devices": [str(d) for d in jax.devices()]}
     start = time.perf_counter()
@@ -147,7 +147,7 @@ def stage_smoke(out: Path, sizes: Sizes, cache: str) -> None:
     record["tests"] = {"returncode": tests.returncode, "seconds": time.perf_counter() - start,
                        "summary": (tests.stdout.strip().splitlines() or [""])[-1], "tail": tests.stdout[-2000:]}
     write(out / "smoke.json", record)
-    result = runner.train(load(f"brax/{sizes.smoke_env}.yaml", TINY_BRAX, cache))  # 2 updates, 8 envs x 8 steps
+    result = train(load(f"brax/{sizes.smoke_env}.yaml", TINY_BRAX, cache))  # 2 updates, 8 envs x 8 steps
     finite = {k: bool(np.isfinite(result.metrics[k][0]).all()) for k in LOSS_METRICS}
     record["brax_run"] = {"env": sizes.smoke_env, "updates": int(result.metrics["env_steps"].shape[1]),
                           "compile_time": result.compile_time, "run_time": result.run_time,
@@ -196,7 +196,7 @@ def stage_ant(out: Path, sizes: Sizes, cache: str) -> None:
 
 
 def stage_sweep(out: Path, sizes: Sizes, cache: str) -> None:
-    from purejaxppo import stats
+    from purejaxppo.host import stats
     from purejaxppo.sweep import sweep
 
     config = load("cartpole.yaml", sizes.sweep_overrides, cache)
@@ -217,12 +217,12 @@ def stage_sweep(out: Path, sizes: Sizes, cache: str) -> None:
 def stage_extra(out: Path, sizes: Sizes, cache: str) -> None:
     from brax_benchmark import run_ours
 
-    from purejaxppo import runner
+    from purejaxppo import train
 
     record: dict[str, Any] = {"recurrent": {}, "brax": {}}
     for name, overrides in (("MLP", ("memory=none",)), ("GRU", ())):
         config = load("cartpole_pomdp_gru.yaml", (*overrides, *sizes.recurrent_overrides), cache)
-        result = runner.train(config)
+        result = train(config)
         record["recurrent"][name] = {"overrides": [*overrides, *sizes.recurrent_overrides],
                                      "compile_s": result.compile_time, "run_s": result.run_time,
                                      "env_steps_per_s": result.steps_per_second, "final_return": result.final_return}
@@ -234,7 +234,7 @@ def stage_extra(out: Path, sizes: Sizes, cache: str) -> None:
 
 
 def stage_playground(out: Path, sizes: Sizes, cache: str) -> None:
-    from purejaxppo import runner
+    from purejaxppo import train
 
     record: dict[str, Any] = {}
     for task in sizes.playground_tasks:
@@ -248,7 +248,7 @@ def stage_playground(out: Path, sizes: Sizes, cache: str) -> None:
             entry["env_steps_per_s"] = p.steps_per_second
             write(out / "playground.json", record)  # a stage cut off by its budget keeps the curve so far
 
-        result = runner.train(config, on_progress=on_progress)
+        result = train(config, on_progress=on_progress)
         steps, evals = result.metrics["env_steps"][0], result.metrics["eval_return"][0]
         entry.update(compile_s=result.compile_time, run_s=result.run_time, env_steps_per_s=result.steps_per_second,
                      final_return=result.final_return,
@@ -308,9 +308,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sizes = DRY if args.dry_run else REAL
     if args.stage:
-        from purejaxppo import runner
+        from purejaxppo.host.processes import use_compilation_cache
 
-        runner.use_compilation_cache(load("cartpole.yaml", (), args.cache))
+        use_compilation_cache(load("cartpole.yaml", (), args.cache))
         RUNNERS[args.stage](args.out, sizes, args.cache)
         return
     stages = args.stages.split(",")

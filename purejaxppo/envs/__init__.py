@@ -22,11 +22,21 @@ import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
-from purejaxppo.config import ConfigError
 from purejaxppo.envs import custom
-from purejaxppo.envs.base import ActionSpace, Env, EnvStep, HiddenObs, action_masks, image_shape, one_line, step_all
+from purejaxppo.envs.base import (
+    ActionSpace,
+    Env,
+    EnvStep,
+    Family,
+    HiddenObs,
+    action_masks,
+    image_shape,
+    one_line,
+    step_all,
+)
+from purejaxppo.errors import ConfigError
 
-__all__ = ["ActionSpace", "Env", "EnvStep", "HiddenObs", "action_masks", "check_env", "image_shape", "known_envs",
+__all__ = ["ActionSpace", "Env", "EnvStep", "Family", "HiddenObs", "action_masks", "image_shape", "known_envs",
            "make_env", "register_env", "step_all"]
 
 # name prefix -> (module, the extra that installs its library, or None when it is a dependency)
@@ -86,7 +96,7 @@ def _prefix(name: str) -> str:
     return next(p for p in FAMILIES if name.startswith(p))
 
 
-def _module(prefix: str, name: str) -> Any:
+def _module(prefix: str, name: str) -> Family:
     module, extra = FAMILIES[prefix]
     try:
         return importlib.import_module(module) if extra is None else _with_extra(module, extra)
@@ -127,12 +137,11 @@ def missing_families() -> list[str]:
     return out
 
 
-def _family_for(name: str) -> Any:
+def _family_for(name: str) -> Family:
     """The family module of a built-in name, after checking the name (one line with suggestions if unknown)."""
     prefix = _prefix(name)
     family = _module(prefix, name)
-    if hasattr(family, "refuse"):
-        family.refuse(name)
+    family.refuse(name)
     if name in family.names():
         return family
     known = known_envs()
@@ -162,17 +171,6 @@ def make_env(env: str | Any, env_kwargs: dict[str, Any] | None = None, obs_mask:
     else:
         made = _family_for(env).make(env, env_kwargs)
     return HiddenObs(made, tuple(obs_mask)) if obs_mask else made
-
-
-def check_env(name: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """Raise ConfigError for an unknown env name or parameter. Families whose envs take seconds to trace
-    (Brax, Playground) check without building the env; the others are built and checked."""
-    if isinstance(name, str) and ":" not in name and name not in _factories():
-        family = _family_for(name)
-        if hasattr(family, "check"):
-            family.check(name, dict(env_kwargs or {}))
-            return
-    make_env(name, env_kwargs)
 
 
 def label(env: str | Any) -> str:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.config import ConfigError
+from purejaxppo.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,45 @@ class Env(Protocol):
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]: ...
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep: ...
+
+
+@runtime_checkable
+class Family(Protocol):
+    """What an env family's module gives (`envs.gymnax`, `envs.brax`, ...; the registry finds a family by
+    its names' prefix and imports its module only when one of them is used):
+
+    - `names()`: the names it trains, prefix included;
+    - `refuse(name)`: ConfigError, in one line, for a name it knows but cannot train here (one that
+      downloads at construction, several agents); nothing otherwise;
+    - `make(name, env_kwargs)`: the env, its library's parameters set from `env_kwargs` (ConfigError for a
+      bad one);
+    - `owns(obj)`: whether an env object given from Python is one of its library's kind;
+    - `adapt(obj, label)`: that object as an Env, `label` naming it in messages.
+    """
+
+    def names(self) -> list[str]: ...
+
+    def refuse(self, name: str) -> None: ...
+
+    def make(self, name: str, env_kwargs: dict[str, Any]) -> Env: ...
+
+    def owns(self, obj: Any) -> bool: ...
+
+    def adapt(self, obj: Any, label: str) -> Env: ...
+
+
+def owns_nothing(obj: Any) -> bool:
+    """`Family.owns` of a family whose library's env objects are not given from Python."""
+    return False
+
+
+def adapts_nothing(obj: Any, label: str) -> Env:
+    """`Family.adapt` of a family that owns no object."""
+    raise ConfigError(f"env: {label} is not an object this family adapts")
+
+
+def refuses_nothing(name: str) -> None:
+    """`Family.refuse` of a family that trains every name it lists."""
 
 
 class HiddenObs:
@@ -188,6 +227,12 @@ def step_all(env: Env, key: jax.Array, states: Any, actions: jax.Array, resets: 
     return out._replace(obs=obs, state=state)
 
 
+def abstract_key(*shape: int) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of a PRNG key (or of `shape` of them), for tracing without making one: a made
+    key would run, and compile, its seeding."""
+    return jax.ShapeDtypeStruct(shape, jax.eval_shape(lambda: jax.random.key(0)).dtype)
+
+
 def abstract_action(space: ActionSpace) -> jax.ShapeDtypeStruct:
     """The shape and dtype of one action in `space`, for tracing an env's `step`."""
     return jax.ShapeDtypeStruct(tuple(space.shape), jnp.int32 if space.discrete else jnp.float32)
@@ -219,6 +264,20 @@ def image_of(obs: Any) -> tuple[int, int, int] | None:
     """The `(H, W, C)` shape of an observation that is one image (a single array of rank 3), else None."""
     leaves = jax.tree.leaves(obs)
     return tuple(int(s) for s in leaves[0].shape) if len(leaves) == 1 and leaves[0].ndim == 3 else None
+
+
+# what the user's code may raise while it is imported, built or traced: a `sys.exit()` in it too
+USER_ERRORS = (Exception, SystemExit)
+
+
+def traced(label: str, what: str, fn: Any) -> Any:
+    """`fn()`, with an exception raised while it traces the user's env turned into one ConfigError line."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except USER_ERRORS as err:
+        raise ConfigError(f"env: {label}.{what} failed when traced: {one_line(err)}") from err
 
 
 def one_line(err: BaseException) -> str:

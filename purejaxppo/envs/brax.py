@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, where_done
+from purejaxppo.envs.base import ActionSpace, EnvStep, abstract_key, flat, refuses_nothing, traced, where_done
+from purejaxppo.errors import ConfigError, unknown_key
 
 PREFIX = "brax/"
 EPISODE_LENGTH = 1000  # Brax's, and Playground's DM Control suite's, time limit when none is given
@@ -41,7 +41,7 @@ class StateEnv:
         size = int(env.action_size)
         self.action_space = ActionSpace.box(-1.0, 1.0, (size,))
         # `observation_size` would run an un-jitted reset; tracing the shape is near free.
-        obs = jax.eval_shape(self.reset, jax.random.key(0))[0]
+        obs = jax.eval_shape(self.reset, abstract_key())[0]
         self.observation_shape = tuple(obs.shape)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
@@ -111,7 +111,7 @@ def _make_base(name: str, env_kwargs: dict[str, Any]) -> tuple[Any, int, int]:
     known = _kwarg_names(env_class) | {"backend", *WRAPPER_KWARGS}
     for key in env_kwargs:
         if key not in known:
-            raise unknown_key_error(key, known, what=f"env_kwargs parameter of {name}")
+            raise unknown_key(key, known, what=f"env_kwargs parameter of {name}")
     episode_length = positive_int(env_kwargs, "episode_length", EPISODE_LENGTH, name)
     action_repeat = positive_int(env_kwargs, "action_repeat", 1, name)
     rest = {k: v for k, v in env_kwargs.items() if k not in ("backend", *WRAPPER_KWARGS)}
@@ -141,11 +141,6 @@ def make(name: str, env_kwargs: dict[str, Any]) -> BraxEnv:
     return BraxEnv(name, env_kwargs)
 
 
-def check(name: str, env_kwargs: dict[str, Any]) -> None:
-    """What `make` would refuse, without tracing the env (Brax's reset takes seconds to trace)."""
-    _make_base(name, env_kwargs)
-
-
 def is_training_wrapped(obj: Any) -> bool:
     """Whether `obj` is wrapped by Brax's training wrappers (`brax.envs.create` wraps by default): its
     EpisodeWrapper would count steps beside the adapter's own."""
@@ -153,6 +148,21 @@ def is_training_wrapped(obj: Any) -> bool:
         "mujoco_playground._src.wrapper")
 
 
-def is_state_env(obj: Any) -> bool:
+def owns(obj: Any) -> bool:
     """Whether `obj` has Brax's state API (a Brax PipelineEnv or a Playground MjxEnv)."""
     return all(callable(getattr(obj, a, None)) for a in ("reset", "step")) and hasattr(obj, "action_size")
+
+
+def adapt(obj: Any, label: str) -> StateEnv:
+    """An env object with Brax's state API, unwrapped, as an Env. Playground keeps a task's time limit in its
+    config; a Brax env's is the adapter's default."""
+    if is_training_wrapped(obj):
+        raise ConfigError(f"env: {label} is wrapped by {type(obj).__name__}; give the env unwrapped (e.g. "
+                          f"brax.envs.get_environment(name)): purejaxppo adds its own time limit and resets")
+    config = getattr(obj, "_config", None)
+    episode_length = int(getattr(config, "episode_length", EPISODE_LENGTH))
+    action_repeat = int(getattr(config, "action_repeat", 1))
+    return traced(label, "reset", lambda: StateEnv(obj, episode_length, action_repeat, label))
+
+
+refuse = refuses_nothing

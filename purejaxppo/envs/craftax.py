@@ -23,9 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.config import ConfigError
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, flat_shape, image_of, where_done
+from purejaxppo.envs.base import (
+    ActionSpace,
+    EnvStep,
+    abstract_key,
+    adapts_nothing,
+    flat,
+    flat_shape,
+    image_of,
+    owns_nothing,
+    refuses_nothing,
+    where_done,
+)
 from purejaxppo.envs.gymnax import with_params
+from purejaxppo.errors import ConfigError
 
 PREFIX = "craftax/"
 # The names `craftax.craftax_env.make_craftax_env_from_name` builds without auto-reset; its
@@ -75,7 +86,7 @@ class CraftaxEnv:
         self._no_limit = params.replace(max_timesteps=NO_LIMIT)
         self.name = name
         self.action_space = ActionSpace.discrete_actions(int(env.action_space(params).n))
-        obs = jax.eval_shape(lambda k: env.reset_env(k, params), jax.random.key(0))[0]
+        obs = jax.eval_shape(lambda k: env.reset_env(k, params), abstract_key())[0]
         self.image_shape = image_of(obs)
         self.observation_shape = flat_shape(obs)
 
@@ -108,11 +119,6 @@ class CraftaxEnv:
         )
 
 
-def check(name: str, env_kwargs: dict[str, Any]) -> None:
-    """Raise ConfigError for a bad env_kwargs of `name`, without building the env."""
-    _params(_default_params(name), env_kwargs, name)
-
-
 def _strong(state: Any) -> Any:
     """`state` with no weak-typed leaves: Classic's `generate_world` sets some from Python numbers, and a
     reset state typed unlike a stepped one would make every jitted function taking it compile twice."""
@@ -126,3 +132,8 @@ def _strong(state: Any) -> Any:
 def make(name: str, env_kwargs: dict[str, Any]) -> CraftaxEnv:
     env = _make_env(name)
     return CraftaxEnv(env, _params(env.default_params, env_kwargs, name), name)
+
+
+refuse = refuses_nothing
+owns = owns_nothing  # its env objects are not given from Python: named, they are built here
+adapt = adapts_nothing

@@ -5,10 +5,10 @@ nothing compiles) to check that its outputs fit, so a mistake is one ConfigError
 Three kinds are recognised, in this order:
 - purejaxppo's own protocol (`envs.base.Env`): `observation_shape`, `action_space` (an ActionSpace),
   `reset(key) -> (obs, state)` and `step(key, state, action) -> EnvStep` (or the same six values as a
-  tuple), with `step` resetting by itself where an episode ended;
-- a gymnax `Environment` (1.x, or older with a five-value `step`; see `envs.gymnax`), or a factory
-  returning gymnax's `(env, params)` pair;
-- an env with Brax's state API: a Brax `PipelineEnv` or a Playground `MjxEnv` (see `envs.brax`).
+  tuple), with `step` resetting by itself where an episode ended; adapted here;
+- a gymnax `Environment` (1.x, or older with a five-value `step`), or a factory returning gymnax's
+  `(env, params)` pair: the gymnax family owns and adapts it;
+- an env with Brax's state API, a Brax `PipelineEnv` or a Playground `MjxEnv`: the Brax family's.
 """
 
 from __future__ import annotations
@@ -23,16 +23,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.config import ConfigError
-from purejaxppo.errors import notify
-from purejaxppo.envs.base import ActionSpace, Env, EnvStep, abstract_action, described, one_line
-from purejaxppo.envs.brax import EPISODE_LENGTH, StateEnv, is_state_env, is_training_wrapped
-from purejaxppo.envs.gymnax import adapt as adapt_gymnax
+from purejaxppo.envs import brax, gymnax
+from purejaxppo.envs.base import (
+    USER_ERRORS,
+    ActionSpace,
+    Env,
+    EnvStep,
+    Family,
+    abstract_action,
+    abstract_key,
+    described,
+    one_line,
+    traced,
+)
 from purejaxppo.envs.gymnax import is_gymnax_like, with_params
+from purejaxppo.errors import ConfigError
 
 OBJECT_PREFIX = "object:"
-# what the user's code may raise while it is imported, built or traced: a `sys.exit()` in it too
-USER_ERRORS = (Exception, SystemExit)
+# the families whose library's env objects may be given from Python, asked in turn whether one is theirs
+OBJECT_FAMILIES: tuple[Family, ...] = (gymnax, brax)
 
 
 def is_import_path(name: str) -> bool:
@@ -110,29 +119,16 @@ def _split(target: Any, env_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dic
 
 
 def adapt(obj: Any, label: str | None = None) -> Env:
-    """Any env object of a recognised kind as an Env, checked by tracing reset and step once."""
+    """Any env object of a recognised kind as an Env (purejaxppo's protocol here; gymnax's and Brax's state
+    API by their families), checked by tracing reset and step once alone and once vmapped."""
     label = label or object_label(obj).removeprefix(OBJECT_PREFIX)
-    params = None
-    if isinstance(obj, tuple) and len(obj) == 2 and is_gymnax_like(obj[0]):
-        obj, params = obj  # gymnax.make's (env, params)
     if isinstance(getattr(obj, "action_space", None), ActionSpace) and hasattr(obj, "observation_shape"):
         env: Env = ProtocolEnv(obj, label)
-    elif is_gymnax_like(obj):
-        env = _traced(label, "step", lambda: adapt_gymnax(obj, params, label))
-        if env.old_api:
-            notify(f"{label}.step returns five values (gymnax before 1.0): its `done` is taken as termination, "
-                   f"so an episode cut by a time limit is not bootstrapped", once=True)
-    elif is_state_env(obj):
-        if is_training_wrapped(obj):
-            raise ConfigError(f"env: {label} is wrapped by {type(obj).__name__}; give the env unwrapped (e.g. "
-                              f"brax.envs.get_environment(name)): purejaxppo adds its own time limit and resets")
-        # Playground keeps a task's time limit in its config; a Brax env's is the adapter's default.
-        config = getattr(obj, "_config", None)
-        episode_length = int(getattr(config, "episode_length", EPISODE_LENGTH))
-        action_repeat = int(getattr(config, "action_repeat", 1))
-        env = _traced(label, "reset", lambda: StateEnv(obj, episode_length, action_repeat, label))
     else:
-        raise ConfigError(f"env: {label} fits none of the env kinds purejaxppo trains: {_missing(obj)}")
+        family = next((f for f in OBJECT_FAMILIES if f.owns(obj)), None)
+        if family is None:
+            raise ConfigError(f"env: {label} fits none of the env kinds purejaxppo trains: {_missing(obj)}")
+        env = family.adapt(obj, label)
     if callable(getattr(obj, "action_mask", None)) and not env.action_space.masked:
         how = ("declare it: ActionSpace.discrete_actions(n, masked=True), or multi_discrete(nvec, masked=True)"
                if isinstance(env, ProtocolEnv) else "give it purejaxppo's protocol (envs.Env) with a masked "
@@ -159,16 +155,6 @@ def _missing(obj: Any) -> str:
     }
     return "; ".join(f"{kind} (missing {', '.join(a for a, ok in needs.items() if not ok)})"
                      for kind, needs in kinds.items())
-
-
-def _traced(label: str, what: str, fn: Any) -> Any:
-    """`fn()`, with an exception raised while it traces the user's env turned into one ConfigError line."""
-    try:
-        return fn()
-    except ConfigError:
-        raise
-    except USER_ERRORS as err:
-        raise ConfigError(f"env: {label}.{what} failed when traced: {one_line(err)}") from err
 
 
 def _numeric(value: Any, what: str) -> jax.Array:
@@ -269,11 +255,11 @@ def check(env: Env, label: str) -> None:
     non-scalar rewards or flags, or a state whose structure, shapes or dtypes change in a step (the
     rollout's scan carries it)."""
     check_action_space(env.action_space, label)
-    key = jax.random.key(0)
+    key = abstract_key()
     action = abstract_action(env.action_space)
-    obs, state = _traced(label, "reset", lambda: jax.eval_shape(env.reset, key))
-    out = _traced(label, "step", lambda: jax.eval_shape(env.step, key, state, action))
-    keys = jax.random.split(key, 2)
+    obs, state = traced(label, "reset", lambda: jax.eval_shape(env.reset, key))
+    out = traced(label, "step", lambda: jax.eval_shape(env.step, key, state, action))
+    keys = abstract_key(2)
     actions = jax.ShapeDtypeStruct((2, *action.shape), action.dtype)
     try:
         jax.eval_shape(lambda k, a: jax.vmap(env.step)(k, jax.vmap(env.reset)(k)[1], a), keys, actions)
@@ -295,7 +281,7 @@ def check(env: Env, label: str) -> None:
     if env.action_space.masked:
         if not callable(getattr(env, "action_mask", None)):
             raise ConfigError(f"env: {label}: its action space is masked, but it has no action_mask(state) method")
-        mask = _traced(label, "action_mask", lambda: jax.eval_shape(env.action_mask, state))
+        mask = traced(label, "action_mask", lambda: jax.eval_shape(env.action_mask, state))
         if getattr(mask, "shape", None) != (env.action_space.n,) or mask.dtype != bool:
             raise ConfigError(f"env: {label}.action_mask returns {getattr(mask, 'dtype', '?')}"
                               f"{list(getattr(mask, 'shape', []))}; it must be bool[{env.action_space.n}], one "

@@ -20,17 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.config import ConfigError, unknown_key_error
 from purejaxppo.envs.base import (
     ActionSpace,
     EnvStep,
     abstract_action,
+    abstract_key,
     described,
     flat,
     flat_shape,
     image_of,
+    traced,
     where_done,
 )
+from purejaxppo.errors import ConfigError, notify, unknown_key
 
 # gymnax envs whose constructor downloads a dataset: purejaxppo loads nothing from the internet.
 DOWNLOADING_ENVS = ("MNISTBandit-bsuite",)
@@ -77,7 +79,7 @@ class GymnaxEnv:
         self.name = name or type(env).__name__
         self.old_api = old_api
         self.action_space = action_space_of(env.action_space(self._params))
-        obs = jax.eval_shape(lambda k: self._env.reset(k, self._params), jax.random.key(0))[0]
+        obs = jax.eval_shape(lambda k: self._env.reset(k, self._params), abstract_key())[0]
         self.image_shape = image_of(obs)
         self.observation_shape = flat_shape(obs)
 
@@ -127,7 +129,7 @@ def with_params(params: Any, env_kwargs: dict[str, Any], name: str) -> Any:
     changes = {}
     for key, value in env_kwargs.items():
         if key not in fields:
-            raise unknown_key_error(key, fields, what=f"env_kwargs parameter of {name}")
+            raise unknown_key(key, fields, what=f"env_kwargs parameter of {name}")
         changes[key] = _like(f"env_kwargs.{key}", value, getattr(params, key))
     return params.replace(**changes)
 
@@ -184,11 +186,27 @@ def is_gymnax_like(obj: Any) -> bool:
         and hasattr(obj, "default_params")
 
 
-def adapt(obj: Any, params: Any = None, name: str | None = None) -> GymnaxEnv:
-    """A gymnax-style env object as an Env: its `step` traced once to tell the 1.x six-value API from the
-    old five-value one."""
+def owns(obj: Any) -> bool:
+    """A gymnax Environment, or the `(env, params)` pair `gymnax.make` returns."""
+    pair = isinstance(obj, tuple) and len(obj) == 2
+    return is_gymnax_like(obj[0] if pair else obj)
+
+
+def adapt(obj: Any, label: str) -> GymnaxEnv:
+    """A gymnax-style env object (or an `(env, params)` pair) as an Env: its `step` traced once to tell the
+    1.x six-value API from the old five-value one, which is said once."""
+    env, params = obj if isinstance(obj, tuple) else (obj, None)
+    adapted = traced(label, "step", lambda: wrap(env, params, label))
+    if adapted.old_api:
+        notify(f"{label}.step returns five values (gymnax before 1.0): its `done` is taken as termination, so an "
+               f"episode cut by a time limit is not bootstrapped", once=True)
+    return adapted
+
+
+def wrap(obj: Any, params: Any = None, name: str | None = None) -> GymnaxEnv:
+    """`obj` with `params` (its default ones when None) behind the adapter interface."""
     params = obj.default_params if params is None else params
-    key = jax.random.key(0)
+    key = abstract_key()
     _, state = jax.eval_shape(lambda k: obj.reset(k, params), key)
     action = abstract_action(action_space_of(obj.action_space(params)))
     out = jax.eval_shape(lambda k, s, a: obj.step(k, s, a, params), key, state, action)

@@ -29,9 +29,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.config import ConfigError
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, flat_shape, image_of, one_line, where_done
+from purejaxppo.envs.base import (
+    ActionSpace,
+    EnvStep,
+    abstract_key,
+    adapts_nothing,
+    flat,
+    flat_shape,
+    image_of,
+    one_line,
+    owns_nothing,
+    where_done,
+)
 from purejaxppo.envs.brax import positive_int
+from purejaxppo.errors import ConfigError
 
 PREFIX = "jumanji/"
 MASK = "action_mask"
@@ -179,7 +190,7 @@ class JumanjiEnv:
             env = _build(name, {**env_kwargs, "time_limit": limit + 1})
         self._env = env
 
-        state, ts = jax.eval_shape(env.reset, jax.random.key(0))
+        state, ts = jax.eval_shape(env.reset, abstract_key())
         obs, mask = split_obs(ts.observation)
         if not obs:
             raise ConfigError(f"env: {name}: its observation holds nothing but the action mask")
@@ -237,3 +248,7 @@ class JumanjiEnv:
 
 def make(name: str, env_kwargs: dict[str, Any]) -> JumanjiEnv:
     return JumanjiEnv(name, env_kwargs)
+
+
+owns = owns_nothing  # its env objects are not given from Python: named, they are built here
+adapt = adapts_nothing

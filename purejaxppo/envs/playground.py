@@ -19,9 +19,9 @@ from typing import Any
 
 import jax
 
-from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import one_line
+from purejaxppo.envs.base import adapts_nothing, one_line, owns_nothing
 from purejaxppo.envs.brax import StateEnv, positive_int
+from purejaxppo.errors import ConfigError, unknown_key
 
 PREFIX = "playground/"
 IMPLS = ("jax", "warp")
@@ -56,7 +56,7 @@ def _task_config(name: str, env_kwargs: dict[str, Any]) -> Any:
     known = set(config.keys())
     for key, value in env_kwargs.items():
         if key not in known:
-            raise unknown_key_error(key, known, what=f"env_kwargs parameter of {name}")
+            raise unknown_key(key, known, what=f"env_kwargs parameter of {name}")
     positive_int(env_kwargs, "episode_length", int(config.episode_length), name)
     positive_int(env_kwargs, "action_repeat", int(config.action_repeat), name)
     impl = env_kwargs.get("impl", "jax")
@@ -95,6 +95,5 @@ def make(name: str, env_kwargs: dict[str, Any]) -> PlaygroundEnv:
     return PlaygroundEnv(name, env_kwargs)
 
 
-def check(name: str, env_kwargs: dict[str, Any]) -> None:
-    """What `make` would refuse, without loading the model."""
-    _task_config(name, env_kwargs)
+owns = owns_nothing  # a Playground MjxEnv given from Python has Brax's state API: the Brax family adapts it
+adapt = adapts_nothing

@@ -22,9 +22,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from purejaxppo.config import ConfigError, unknown_key_error
-from purejaxppo.envs.base import ActionSpace, EnvStep, flat, flat_shape, image_of, where_done
+from purejaxppo.envs.base import (
+    ActionSpace,
+    EnvStep,
+    abstract_key,
+    adapts_nothing,
+    flat,
+    flat_shape,
+    image_of,
+    owns_nothing,
+    where_done,
+)
 from purejaxppo.envs.gymnax import with_params
+from purejaxppo.errors import ConfigError, unknown_key
 
 PREFIX = "xminigrid/"
 # Prefix of the tasks whose rulesets come from a downloaded benchmark.
@@ -58,7 +68,7 @@ def _params(name: str, env_kwargs: dict[str, Any]) -> tuple[Any, Any]:
     fields = {f.name for f in dataclasses.fields(params)}
     for key in env_kwargs:
         if key not in fields:
-            raise unknown_key_error(key, SETTABLE, what=f"env_kwargs parameter of {name}")
+            raise unknown_key(key, SETTABLE, what=f"env_kwargs parameter of {name}")
         if key not in SETTABLE:
             why = ("the grid's size is part of the task's name: pick the task of the size you want"
                    if key in ("height", "width") else "not one purejaxppo lets you set")
@@ -83,7 +93,7 @@ class XMiniGridEnv:
         self._params = params
         self.name = name or type(env).__name__
         self.action_space = ActionSpace.discrete_actions(env.num_actions(params))
-        obs = jax.eval_shape(lambda k: env.reset(params, k), jax.random.key(0)).observation
+        obs = jax.eval_shape(lambda k: env.reset(params, k), abstract_key()).observation
         self.image_shape = image_of(obs)
         self.observation_shape = flat_shape(obs)
 
@@ -120,6 +130,5 @@ def make(name: str, env_kwargs: dict[str, Any]) -> XMiniGridEnv:
     return XMiniGridEnv.from_name(name, env_kwargs)
 
 
-def check(name: str, env_kwargs: dict[str, Any]) -> None:
-    """What `make` would refuse, without tracing the env."""
-    _params(name, env_kwargs)
+owns = owns_nothing  # its env objects are not given from Python: named, they are built here
+adapt = adapts_nothing

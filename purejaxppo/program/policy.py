@@ -4,7 +4,7 @@
 statistics, runs the network and returns the action distribution, the value and the carried state.
 Training, in-program evaluation, `eval`, `render` and `load_policy` all act through it, so the
 observation statistics travel with the policy to whoever acts. A recurrent policy's carry holds its
-cores' states; a feedforward policy's carry is the empty tuple, which holds no arrays. Whoever steps
+cores' states; a feedforward policy's carry is None. Whoever steps
 a recurrent policy resets its carry where an episode ended (`reset`); `unroll` replays whole
 sequences from the carry each started with.
 """
@@ -18,15 +18,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from purejaxppo import recurrent
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.distributions import Beta, Categorical, DiagGaussian, Distribution, MultiCategorical, TanhGaussian
+from purejaxppo.config import PPOConfig
 from purejaxppo.envs import ActionSpace
-from purejaxppo.networks import ActorCritic, RecurrentActorCritic, conv_output_shape
-from purejaxppo.normalization import RunningStats
+from purejaxppo.errors import ConfigError
+from purejaxppo.program import recurrent
+from purejaxppo.program.distributions import (
+    Beta,
+    Categorical,
+    DiagGaussian,
+    Distribution,
+    MultiCategorical,
+    TanhGaussian,
+)
+from purejaxppo.program.networks import ActorCritic, RecurrentActorCritic, conv_output_shape
+from purejaxppo.program.normalization import RunningStats
 
 MIN_STD = 1e-3  # floor of a state-dependent std, so the log prob stays bounded
-Carry = Any  # a policy's state carried from step to step; () for a feedforward policy
+Carry = Any  # a policy's state carried from step to step; None for a feedforward policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,18 +93,18 @@ class Policy:
         return DiagGaussian(head, log_std, low, high)
 
     def apply(
-        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), mask: jax.Array | None = None
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = None, mask: jax.Array | None = None
     ) -> tuple[Distribution, jax.Array, Carry]:
         """One step: the action distribution (over the legal actions `mask` gives, if any) and value of
         `obs` seen after `carry`, and the next carry."""
         head, log_std, value, carry = self.network.apply(params, carry, self.observe(obs_stats, obs))
         return self.distribution(*_float32((head, log_std)), mask), _float32(value), carry
 
-    def value(self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = ()) -> jax.Array:
+    def value(self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = None) -> jax.Array:
         return _float32(self.network.apply(params, carry, self.observe(obs_stats, obs), method="value"))
 
     def unroll(
-        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = (), first: Any = (),
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, carry: Carry = None, first: Any = None,
         mask: jax.Array | None = None,
     ) -> tuple[Distribution, jax.Array]:
         """The distributions and values of a batch of observations, as `apply` gives them step by step.
@@ -116,7 +124,7 @@ class Policy:
         return self.distribution(head, log_std, mask), value
 
     def act(
-        self, params: Any, obs_stats: RunningStats, obs: jax.Array, key: jax.Array | None = None, carry: Carry = (),
+        self, params: Any, obs_stats: RunningStats, obs: jax.Array, key: jax.Array | None = None, carry: Carry = None,
         mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Carry]:
         """The env action (a legal one, given the `mask`): the distribution's deterministic action without a

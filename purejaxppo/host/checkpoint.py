@@ -2,14 +2,16 @@
 that keep a checkpoint on disk while a reader reads it from a live run.
 
 A checkpoint is the training states of a population (every run stacked on a leading axis; one for a
-single run) saved with `StandardSave`, plus JSON metadata holding the config and the population. Restores always go through an abstract
-target built from the config, so a state comes back with its own types, and a checkpoint written
-for another config is refused with a message that names the difference. Nothing uses pickle.
+single run) saved with `StandardSave`, and its run record (`record.RunRecord`) as JSON. Restores go
+through an abstract target built from the config, so a state comes back with its own types, and a
+checkpoint written for another config is refused with a message that names the difference; a trained
+policy's parts restore alone (`restore_parts`). Nothing uses pickle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -26,18 +28,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from purejaxppo import config as config_lib
-from purejaxppo import rundir
-from purejaxppo.config import ConfigError, PPOConfig
-from purejaxppo.errors import SaveError
+from purejaxppo.errors import CheckpointError, SaveError
+from purejaxppo.host import rundir
+from purejaxppo.host.record import RunRecord
 
 CHECKPOINT_DIR = "checkpoints"
 READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>-<id>`, locked while it reads
 DELETING = ".deleting-"  # a pruned checkpoint's folder, renamed out of sight before it is removed
-
-
-class CheckpointError(ConfigError):
-    """A run dir or checkpoint that cannot be used. One line, shown without a traceback."""
 
 
 def resolved(run_dir: str | Path) -> Path:
@@ -66,7 +63,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self._dir, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=True, create=True))
 
-    def save(self, update: int, state: Any, meta: dict[str, Any]) -> None:
+    def save(self, update: int, state: Any, record: RunRecord) -> None:
+        """Save `state` as checkpoint `update`, with `record` (its update set to it)."""
         if update in self._manager.all_steps():  # already saved (a stop right after a periodic save)
             return
         self.wait()  # the previous save's failure is reported as its own (orbax would wait here anyway)
@@ -75,7 +73,8 @@ class Checkpointer:
         try:
             saved = self._manager.save(
                 update,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(without_empty(state)), meta=ocp.args.JsonSave(meta)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(without_empty(state)),
+                                        meta=ocp.args.JsonSave(dataclasses.replace(record, update=update).to_json())),
             )
         except Exception as err:  # orbax and tensorstore raise many types
             raise self._failed(err) from None
@@ -84,9 +83,6 @@ class Checkpointer:
                 f"checkpoint {update} was not written: {self._dir} already holds later "
                 f"checkpoint {self._manager.latest_step()}"
             )
-
-    def latest(self) -> int | None:
-        return self._manager.latest_step()
 
     def wait(self) -> None:
         """Wait for the save under way, then prune the checkpoints past `keep` that no reader holds."""
@@ -274,73 +270,23 @@ def _pick_step(run_dir: Path, step: int | None, kind: str = "run") -> int:
     return step
 
 
-def _load_meta(run_dir: Path, step: int) -> dict[str, Any]:
-    return json.loads((checkpoint_dir(run_dir) / str(step) / "meta" / "metadata").read_text())
-
-
-def read_raw_meta(run_dir: str | Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """The step and metadata of a checkpoint as stored, the config not yet validated (so no JAX work).
-    Raises OSError or ValueError where the file cannot be read."""
-    step = _pick_step(Path(run_dir), step)
-    return step, _load_meta(Path(run_dir), step)
-
-
-def read_meta(run_dir: str | Path, step: int | None = None, kind: str = "run") -> tuple[int, dict[str, Any]]:
-    """The step and metadata (config included) of a checkpoint, the latest one by default (`kind` as in
-    `available_steps`)."""
+def read_record(run_dir: str | Path, step: int | None = None, kind: str = "run") -> tuple[int, RunRecord]:
+    """The step and run record of a checkpoint, the latest one by default (`kind` as in `available_steps`).
+    Reads JSON only: no JAX work."""
     run_dir = Path(run_dir)
     step = _pick_step(run_dir, step, kind)
     try:
-        meta = _load_meta(run_dir, step)
-        config_lib.from_dict(meta["config"])
+        data = json.loads((checkpoint_dir(run_dir) / str(step) / "meta" / "metadata").read_text())
+        if "stacked_runs" not in data:
+            raise CheckpointError(f"checkpoint {step} in {run_dir} was written by an earlier purejaxppo, whose "
+                                  f"single runs were not yet stacked as populations; this version cannot restore it")
+        return step, RunRecord.from_json(data)
+    except CheckpointError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"checkpoint {step} in {run_dir} is corrupt: its metadata cannot be read ({type(err).__name__}: {err})"
         ) from None
-    if "stacked_runs" not in meta:
-        raise CheckpointError(f"checkpoint {step} in {run_dir} was written by an earlier purejaxppo, whose single runs "
-                              f"were not yet stacked as populations; this version cannot restore it")
-    return step, meta
-
-
-def config_of(meta: dict[str, Any]) -> PPOConfig:
-    return config_lib.from_dict(meta["config"])
-
-
-def check_compatible(saved: PPOConfig, config: PPOConfig, where: str) -> None:
-    """Refuse a config that would build another program than the one the checkpoint was written by."""
-    saved_d, new_d = saved.to_dict(), config.to_dict()
-    diffs = [k for k in saved_d if k not in config_lib.RUN_CONTROL_KEYS and saved_d[k] != new_d[k]]
-    if diffs:
-        shown = "; ".join(f"{k}: checkpoint has {saved_d[k]!r}, config has {new_d[k]!r}" for k in diffs[:4])
-        raise CheckpointError(f"{where} was written for another config ({shown})")
-    scheduled = [f"{k} {getattr(config, k)}" for k in ("lr_schedule", "ent_schedule") if getattr(config, k) != "constant"]
-    if saved.num_updates != config.num_updates and scheduled:
-        raise CheckpointError(
-            f"total_timesteps: {where} was written for {saved.total_timesteps:,} env steps; the {' and '.join(scheduled)} "
-            f"schedules span the run, so changing its length would change them mid-run. Resume with "
-            f"total_timesteps={saved.total_timesteps}, or train with constant schedules"
-        )
-
-
-def resume_point(run_dir: str | Path | None, step: int | None, kind: str, config: PPOConfig) -> tuple[int, dict]:
-    """(step, meta) of the checkpoint a `kind` ("run", "sweep" or "pbt") resumes from, once it is known to
-    fit `config`; raises CheckpointError otherwise."""
-    if run_dir is None:
-        raise CheckpointError("resume needs a run dir")
-    step, meta = read_meta(run_dir, step, kind)
-    if meta.get("kind") != kind:
-        command = {"run": "train", "sweep": "sweep", "pbt": "pbt"}.get(meta.get("kind"), "train")
-        what = {"pbt": "PBT run"}.get(meta.get("kind"), meta.get("kind"))
-        raise CheckpointError(f"{run_dir} holds a {what}, not a {'PBT run' if kind == 'pbt' else kind}; resume it "
-                              f"with {command} --resume")
-    if config.num_updates < step:
-        raise CheckpointError(
-            f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} updates, fewer than "
-            f"the {step} that checkpoint {step} in {run_dir} has done already"
-        )
-    check_compatible(config_of(meta), config, f"checkpoint {step} in {run_dir}")
-    return step, meta
 
 
 def _empty(leaf: Any) -> bool:
@@ -408,22 +354,30 @@ def check_arrays(run_dir: Path, step: int, abstract_state: Any) -> Any:
     return stored
 
 
-def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]]:
-    """Restore (step, state, meta) against `abstract_state`, from the latest checkpoint by default.
+def _here(abstract: Any) -> Any:
+    """`abstract` with this process's first device on every leaf that has no sharding: without one, orbax
+    refuses a checkpoint written on another device count."""
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+        abstract)
+
+
+def _unreadable(run_dir: Path, step: int, err: Exception) -> CheckpointError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CheckpointError(f"checkpoint {step} in {run_dir} cannot be restored: {first[:300]}; it is corrupt or was "
+                           f"written by another version (other steps: {available_steps(run_dir)})")
+
+
+def restore(run_dir: str | Path, abstract_state: Any, step: int, record: RunRecord, stored: Any) -> Any:
+    """The training state of checkpoint `step`, against `abstract_state`; `record` and `stored` (the arrays'
+    metadata, from `check_arrays`) as read before.
 
     The arrays are read by name into the structure they were stored with, then placed into the
     target's, so a checkpoint of an earlier version restores as long as every array it lacks is one a
     later version added (`ADDED_LATER`)."""
     run_dir = Path(run_dir)
-    step, meta = read_meta(run_dir, step)
-    stored = check_arrays(run_dir, step, abstract_state)
-    # A leaf without a sharding comes back on this process's first device, whatever devices wrote it.
-    # Without one, orbax refuses a checkpoint written on another device count.
-    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_state = jax.tree.map(
-        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
-        abstract_state,
-    )
+    abstract_state = _here(abstract_state)
     wanted = _named(abstract_state)
     target = jax.tree.map(lambda m: wanted[m.name], stored)
     reader = None
@@ -432,23 +386,36 @@ def restore(run_dir: str | Path, abstract_state: Any, step: int | None = None) -
         restored = reader.restore(checkpoint_dir(run_dir) / str(step),
                                   args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as err:  # orbax and tensorstore raise many types; all mean the same to a user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {step} in {run_dir} cannot be restored: {first[:300]}; it is corrupt or was written by "
-            f"another version (other steps: {available_steps(run_dir)})"
-        ) from None
+        raise _unreadable(run_dir, step, err) from None
     finally:
         if reader is not None:
             reader.close()
     arrays = dict(zip((m.name for m in jax.tree.leaves(stored)), jax.tree.leaves(restored.state)))
-    saved_config = config_of(meta)
     paths, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
 
     def placed(name: str, x: Any) -> Any:
         if name in arrays:
             return arrays[name]
         # a zero-size array, or an array added later (a traced hyperparameter: its config value)
-        value = getattr(saved_config, name.removeprefix("hparams.")) if name.startswith("hparams.") else 0
+        value = getattr(record.config, name.removeprefix("hparams.")) if name.startswith("hparams.") else 0
         return jax.device_put(np.full(x.shape, value, x.dtype), getattr(x, "sharding", None))
 
-    return step, treedef.unflatten([placed(_leaf_name(path), x) for path, x in paths]), meta
+    return treedef.unflatten([placed(_leaf_name(path), x) for path, x in paths])
+
+
+def restore_parts(run_dir: str | Path, step: int, parts: tuple[str, ...]) -> dict[str, Any]:
+    """Only the named top-level parts of checkpoint `step`'s training state (e.g. params and observation
+    statistics), as host arrays in the nested dicts they were stored as: what acting with a trained
+    policy needs, without its envs' states or a training state's structure."""
+    run_dir = Path(run_dir)
+    stored = _stored_arrays(run_dir, step)
+    wanted = {p: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored[p]) for p in parts}
+    wanted = _here(wanted)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            checkpoint_dir(run_dir) / str(step) / "state",
+            args=ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                                        partial_restore=True))
+    except Exception as err:  # orbax and tensorstore raise many types; all mean the same to a user
+        raise _unreadable(run_dir, step, err) from None
+    return jax.device_get(restored)

@@ -1,11 +1,11 @@
-"""A population: the runs that one compiled program trains side by side, and how they are laid out.
+"""How a population's runs are laid out, and its compiled programs.
 
-A single run is a population of one. Each member has a seed and the traced hyperparameter values it
-changes from the config. The members' training states are stacked on a leading run axis and advance
-together, `chunk_size` updates per call of one compiled chunk program. The program is laid out on a
-device mesh with a "runs" and an "envs" axis: several runs are split over the devices along the run
-axis (padded to a multiple of the device count, in calls of equal size when they do not fit in one),
-and a single run's envs are split along the env axis, over the devices of every process.
+The members' training states are stacked on a leading run axis and advance together, `chunk_size`
+updates per call of one compiled chunk program. The program is laid out on a device mesh with a "runs"
+and an "envs" axis: several runs are split over the devices along the run axis (padded to a multiple of
+the device count, in calls of equal size when they do not fit in one), and a single run's envs are split
+along the env axis, over the devices of every process. Before anything compiles, `check_fits` refuses a
+program that plainly cannot fit the memory it may take.
 """
 
 from __future__ import annotations
@@ -13,55 +13,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from purejaxppo import acting, limits
-from purejaxppo.config import TRACED, ConfigError, PPOConfig
-from purejaxppo.hparams import HParams
-from purejaxppo.limits import gib, nbytes
-from purejaxppo.train import ENV_AXIS_FIELDS, Trainer, TrainState, abstract_states
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import ConfigError
+from purejaxppo.host import limits
+from purejaxppo.host.limits import Headroom, gib, nbytes
+from purejaxppo.host.population import Member, Population
+from purejaxppo.program import chunk as chunk_lib
+from purejaxppo.program.hparams import HParams
+from purejaxppo.program.ppo import ENV_AXIS_FIELDS, PPO, TrainState, abstract_states
 
 Metrics = dict[str, jax.Array]
 METRICS_PER_UPDATE = 48  # a bound on the metrics one run reports per update (about 20 without variants)
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    seed: int
-    values: Mapping[str, float] = dataclasses.field(default_factory=dict)  # traced keys that differ from the config
-    point: int = 0  # the grid point it belongs to, for grouping seeds
-
-
-@dataclasses.dataclass(frozen=True)
-class Population:
-    config: PPOConfig
-    members: tuple[Member, ...]
-    # what happens between the members at each chunk's end, inside the program (PBT's exploit and
-    # explore: pbt.Exploit); None for runs and sweeps, whose members never meet
-    step: Any = None
-
-    @classmethod
-    def single(cls, config: PPOConfig) -> Population:
-        return cls(config, (Member(config.seed),))
-
-    def to_meta(self) -> list[dict[str, Any]]:
-        return [{"seed": m.seed, "values": dict(m.values), "point": m.point} for m in self.members]
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def inputs(self, members: Sequence[Member]) -> tuple[np.ndarray, HParams]:
-        """The seeds and hyperparameters of `members`, stacked on the run axis: host arrays, so making them
-        compiles nothing."""
-        configs = [self.config.replace(**m.values) if m.values else self.config for m in members]
-        hparams = HParams(**{n: np.array([getattr(c, n) for c in configs], np.float32) for n in TRACED})
-        return np.array([m.seed for m in members], np.uint32), hparams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,83 +87,12 @@ def layout(config: PPOConfig, num_runs: int, max_runs_per_call: int | None = Non
     return Layout(1, 1, None)
 
 
-def over_runs(fn: Any, num_runs: int, in_axes: tuple = (0,)) -> Any:
-    """`fn` mapped over the leading run axis of the arguments `in_axes` marks 0. One run is sliced out and
-    back in rather than vmapped, so a single run compiles to the program of one unbatched run."""
-    if num_runs > 1:
-        return jax.vmap(fn, in_axes=in_axes)
-
-    def single(*args: Any) -> Any:
-        args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
-        return jax.tree.map(lambda x: x[None], fn(*args))
-
-    return single
-
-
-def init_program(trainer: Trainer, num_runs: int) -> Any:
-    """`init(seeds, hparams) -> states` over stacked runs."""
-    return over_runs(lambda seed, hp: trainer.init(jax.random.key(seed), hp), num_runs, (0, 0))
-
-
-def chunk_program(trainer: Trainer, num_runs: int = 2, step: Any = None) -> Any:
-    """`chunk(states, first_update, num_active) -> (states, metrics, params_finite)` over stacked runs.
-
-    `chunk_size` updates in one scan; updates past `num_active` leave a state untouched and report zeros
-    (the host drops them), so one compiled chunk also serves the shorter last one. With `eval_every`,
-    the chunk ends with deterministic evaluation episodes when it crossed a multiple of eval_every (or
-    finished the run), reported as `eval_return` on its last active update. The update counts are the
-    host's, shared by every run, so the evaluation stays a branch under the run axis's vmap rather
-    than a select that would evaluate every chunk. `params_finite` (per run) feeds the NaN guard.
-    `step(trainer, states, metrics, params_finite, first_update, num_active) -> (states, more metrics)`
-    then acts on all the runs at once (see Population.step).
-    """
-    config = trainer.config
-
-    def one_run(state: TrainState, first_update: jax.Array, num_active: jax.Array) -> tuple[TrainState, Metrics, Any]:
-        metrics_shape = jax.eval_shape(trainer.update, state)[1]
-
-        def skip(s: TrainState) -> tuple[TrainState, Metrics]:
-            return s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape)
-
-        def body(s: TrainState, i: jax.Array) -> tuple[TrainState, Metrics]:
-            return jax.lax.cond(i < num_active, trainer.update, skip, s)
-
-        state, metrics = jax.lax.scan(body, state, jnp.arange(config.chunk_size))
-        if config.eval_every:
-            done, every = first_update + num_active, config.eval_every
-            due = (done // every > first_update // every) | (done == config.num_updates)
-            value = jax.lax.cond(due, lambda s: evaluation_return(trainer, s), lambda s: jnp.float32(jnp.nan), state)
-            metrics["eval_return"] = jnp.full(config.chunk_size, jnp.nan).at[num_active - 1].set(value)
-        finite = [jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)]
-        return state, metrics, jnp.stack(finite).all()
-
-    chunk = over_runs(one_run, num_runs, (0, None, None))
-    if step is None:
-        return chunk
-
-    def with_step(states: TrainState, first_update: jax.Array,
-                  num_active: jax.Array) -> tuple[TrainState, Metrics, Any]:
-        states, metrics, finite = chunk(states, first_update, num_active)
-        states, more = step(trainer, states, metrics, finite, first_update, num_active)
-        return states, {**metrics, **more}, finite
-
-    return with_step
-
-
-def evaluation_return(trainer: Trainer, state: TrainState) -> jax.Array:
-    """Mean return of `eval_episodes` deterministic episodes on separate envs. Its key is derived
-    without advancing the training key, so evaluating does not change training."""
-    returns, _ = acting.evaluate(trainer.policy, trainer.env, state.params, state.obs_stats,
-                                 jax.random.fold_in(state.key, 0x5EED), trainer.config.eval_episodes)
-    return returns.mean()
-
-
 @dataclasses.dataclass
 class Program:
     """A population's layout, the shapes of its stacked state, and (once compiled) its init and chunk
     programs, each compiled once."""
 
-    trainer: Trainer
+    ppo: PPO
     population: Population
     layout: Layout
     abstract: TrainState  # all stacked runs of every call, unsharded: what a checkpoint holds
@@ -204,15 +102,15 @@ class Program:
 
     def compile(self) -> None:
         lay = self.layout
-        call_abstract = abstract_states(self.trainer, lay.per_call)
+        call_abstract = abstract_states(self.ppo, lay.per_call)
         shardings = lay.state_shardings(call_abstract)
         call_abstract = _placed(call_abstract, shardings)
-        out = (shardings, lay.runs_sharding, lay.runs_sharding) if shardings is not None else None
+        out = chunk_lib.ChunkOut(shardings, lay.runs_sharding, lay.runs_sharding) if shardings is not None else None
         inputs = self.call_inputs(list(self.population.members[:1]) * lay.per_call)
         clock = time.perf_counter()
-        program = chunk_program(self.trainer, lay.per_call, self.population.step)
+        program = chunk_lib.chunk_program(self.ppo, lay.per_call, self.population.step)
         lowered = jax.jit(program, out_shardings=out).lower(call_abstract, 0, 0)
-        lowered_init = jax.jit(init_program(self.trainer, lay.per_call), out_shardings=shardings).lower(*inputs)
+        lowered_init = jax.jit(chunk_lib.init_program(self.ppo, lay.per_call), out_shardings=shardings).lower(*inputs)
         self.timings["trace_lower"] = time.perf_counter() - clock
         clock = time.perf_counter()
         self.chunk, self.init = lowered.compile(), lowered_init.compile()
@@ -244,13 +142,13 @@ class Program:
         trajectory, the flattened batch, an epoch's shuffled copy), with a recurrent policy's carry stored
         at each step of the trajectory; the evaluation episodes' envs; and the chunk's metrics, on the
         device and on the host (at most METRICS_PER_UPDATE a run and update). A floor, not a forecast."""
-        trainer, lay, config = self.trainer, self.layout, self.trainer.config
+        ppo, lay, config = self.ppo, self.layout, self.ppo.config
         per_env = lambda tree: nbytes(tree) // (lay.stacked_runs * config.num_envs)  # noqa: E731
         state = nbytes(self.abstract) * lay.per_call // lay.stacked_runs
-        space = trainer.policy.action_space
+        space = ppo.policy.action_space
         action = max(1, math.prod(space.shape)) if space.discrete else space.dim
         mask = space.n // 4 + 1 if space.masked else 0  # one byte per action, in 4-byte words
-        obs = 4 * math.prod(trainer.env.observation_shape)
+        obs = 4 * math.prod(ppo.env.observation_shape)
         per_step = 2 * obs + 4 * (action + mask + 10)
         rollout = lay.per_call * config.num_steps * config.num_envs * (3 * per_step + per_env(self.abstract.carry))
         episodes = config.eval_episodes if config.eval_every else 0
@@ -273,14 +171,15 @@ def _placed(abstract: TrainState, shardings: Any) -> TrainState:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def check_fits(program: Program) -> None:
+def check_fits(program: Program) -> tuple[dict[str, int], Headroom | None]:
     """Refuse, before compiling, a program that plainly cannot fit the devices' memory, naming the key to
-    change for its largest part and what bounds the memory."""
+    change for its largest part and what bounds the memory. Returns the estimate by part and the
+    headroom."""
     parts, have = program.memory_estimate(), limits.device_headroom()
     need = sum(parts.values())
     if have is None or need <= have.bytes:
-        return
-    config, population = program.trainer.config, program.population
+        return parts, have
+    config, population = program.ppo.config, program.population
     pbt = population.step is not None
     fewer = "" if len(population) == 1 else " or a smaller --population," if pbt else " or --max-runs-per-call,"
     largest = max(parts, key=parts.get)
@@ -299,7 +198,7 @@ def check_fits(program: Program) -> None:
                       f"available (bound by {have.source}); {advice}")
 
 
-def plan(trainer: Trainer, population: Population, max_runs_per_call: int | None = None) -> Program:
+def plan(ppo: PPO, population: Population, max_runs_per_call: int | None = None) -> Program:
     """The population's layout and state shapes, before anything compiles."""
-    lay = layout(trainer.config, len(population), max_runs_per_call)
-    return Program(trainer, population, lay, abstract_states(trainer, lay.stacked_runs))
+    lay = layout(ppo.config, len(population), max_runs_per_call)
+    return Program(ppo, population, lay, abstract_states(ppo, lay.stacked_runs))

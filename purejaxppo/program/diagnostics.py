@@ -1,12 +1,16 @@
 """The diagnostics of an update, computed inside the compiled program: per minibatch step from the
-log ratios, and per update from the rollout and the steps taken. Pure functions of arrays."""
+log ratios, and per update from the rollout and the steps taken, assembled into what an update
+reports. Pure functions of arrays."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from purejaxppo import losses
+from purejaxppo.config import PPOConfig
+from purejaxppo.program import losses, optim
 
 Metrics = dict[str, jax.Array]
 
@@ -62,3 +66,23 @@ def update(
         ratio_max=jnp.max(jnp.where(taken > 0, ratio_max, 0.0)),
     )
     return out
+
+
+def update_metrics(config: PPOConfig, state: Any, traj: Any, advantages: jax.Array, targets: jax.Array,
+                   steps: Metrics, opt_state: Any, ent_coef: jax.Array, kl_metrics: Metrics) -> Metrics:
+    """What one update reports: `update` over its minibatch steps and its rollout (`traj`, time-major, with
+    its advantages and value targets), then its env steps, the learning rate of its last step, and what
+    the switched-on variants add (the scheduled entropy coefficient, the steps target_kl let through, the
+    reference KL in the reward, the adaptive KL's `kl_metrics`)."""
+    steps = dict(steps)
+    taken = steps.pop("taken")
+    metrics = update(steps, taken, traj.value, targets, advantages, traj.finished_return, traj.finished_length)
+    metrics.update(env_steps=(state.update_step + 1) * config.batch_size,
+                   lr=optim.lr_schedule(config, state.hparams)(optim.optimizer_steps(opt_state) - 1))
+    if config.ent_schedule != "constant":
+        metrics["ent_coef"] = ent_coef
+    if config.target_kl:
+        metrics["minibatch_steps"] = taken.sum()
+    if traj.ref_kl is not None:
+        metrics["ref_kl"] = jnp.mean(traj.ref_kl)
+    return {**metrics, **kl_metrics}

@@ -14,13 +14,14 @@ import csv
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from purejaxppo import rundir
 from purejaxppo.errors import notify
+from purejaxppo.host import rundir
 
 FILE = "metrics.csv"
 
@@ -245,10 +246,10 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
 
 
-def write_runs(run_dir: Path, members: list[dict[str, Any]], metrics: dict[str, np.ndarray] | None = None) -> None:
-    """`runs.csv`: per run its index, grid point, seed and the values it changes; with `metrics`, also its
-    final return and the area under its return curve."""
-    keys = list(dict.fromkeys(k for m in members for k in m["values"]))
+def write_runs(run_dir: Path, members: Sequence[Any], metrics: dict[str, np.ndarray] | None = None) -> None:
+    """`runs.csv`: per run (a population's member) its index, grid point, seed and the values it changes;
+    with `metrics`, also its final return and the area under its return curve."""
+    keys = list(dict.fromkeys(k for m in members for k in m.values))
     with (run_dir / RUNS_FILE).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "point", "seed", *keys, *(["final_return", "auc"] if metrics else [])])
@@ -257,7 +258,7 @@ def write_runs(run_dir: Path, members: list[dict[str, Any]], metrics: dict[str, 
             if metrics:
                 returns, steps = metrics["episode_return"][k], metrics["env_steps"][k].astype(np.float64)
                 finals = [f"{final_return(returns):.6g}", f"{area_under_curve(steps, returns):.6g}"]
-            writer.writerow([k, m["point"], m["seed"], *(m["values"].get(key, "") for key in keys), *finals])
+            writer.writerow([k, m.point, m.seed, *(m.values.get(key, "") for key in keys), *finals])
 
 
 def read_runs(run_dir: Path) -> list[dict[str, Any]]:

@@ -116,5 +116,10 @@ def nbytes(tree: object) -> int:
                for x in jax.tree.leaves(tree))
 
 
+def size(n: int) -> str:
+    """Bytes in MiB below a GiB, else in GiB."""
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else gib(n)
+
+
 def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"

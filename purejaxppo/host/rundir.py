@@ -12,20 +12,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from purejaxppo.config import ConfigError
+from purejaxppo.errors import RunDirError
 
 LOCK_FILE = ".lock"
 SUPERSEDED = "superseded"  # where files a run replaces are kept, never deleted
-
-
-class RunDirError(ConfigError):
-    """A run dir that cannot be written, or that another process is writing. One line."""
 
 
 def prepare(run_dir: Path) -> None:
@@ -46,11 +43,63 @@ def prepare(run_dir: Path) -> None:
         raise RunDirError(f"run dir {run_dir}: cannot write there ({err.strerror or err})") from None
 
 
+def check_writable(run_dir: Path) -> None:
+    """Refuse, without creating anything, a run dir that could not be made and written: one that is a
+    file or under one, or whose nearest existing folder cannot be written (a read-only disk)."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a link to nowhere
+            break
+        existing = existing.parent
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run dir {run_dir}: exists and is not a folder")
+    if existing.exists() and not existing.is_dir():
+        raise RunDirError(f"run dir {run_dir}: a part of its path is a file, not a folder")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        what = "write there" if existing == run_dir else "create it"
+        reason = "Read-only file system" if _read_only(existing) else "Permission denied"
+        raise RunDirError(f"run dir {run_dir}: cannot {what} ({reason})")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def default(env: str, root: str | Path = "runs", suffix: str = "") -> Path:
+    """A new run dir under `root`, named after the env (an import path's or object's characters that a
+    folder name should not hold made dashes) and the time."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", env.removeprefix("object:"))  # e.g. pkg.mod:MyEnv, brax/ant
+    return Path(root) / f"{name}-{stamp}{suffix}"
+
+
 def superseded_folder(run_dir: Path, label: str) -> Path:
     """A new folder `RUN_DIR/superseded/<label>-<time>/` for files that a run replaces."""
     folder = Path(run_dir) / SUPERSEDED / f"{label}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     folder.mkdir(parents=True)
     return folder
+
+
+def check_free(run_dir: Path) -> None:
+    """Refuse a run dir that another process is writing now (it holds the lock), naming that process."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or none readable): no writer, or one the claim itself will report
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirError(_busy(run_dir, fd)) from None
+    finally:
+        os.close(fd)
+
+
+def _busy(run_dir: Path, fd: int) -> str:
+    holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    return f"run dir {run_dir} is being written by {holder}; wait for it to end, or choose another run dir"
 
 
 @contextlib.contextmanager
@@ -70,10 +119,9 @@ def claimed(run_dir: Path | None, create: bool = True, primary: bool = True) -> 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        message = _busy(run_dir, fd)
         os.close(fd)
-        raise RunDirError(f"run dir {run_dir} is being written by {holder}; wait for it to end, or choose another "
-                          f"run dir") from None
+        raise RunDirError(message) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])})".encode(), 0)

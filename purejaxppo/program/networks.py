@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from purejaxppo import recurrent
+from purejaxppo.program import recurrent
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": nn.tanh,
@@ -139,14 +139,14 @@ class ActorCritic(nn.Module):
         if self.free_log_std:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.free_log_std,))
 
-    def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> tuple:
-        return ()
+    def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> None:
+        return None  # a feedforward network carries nothing
 
-    def __call__(self, carry: tuple, obs: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array, tuple]:
+    def __call__(self, carry: None, obs: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array, None]:
         head = self.actor_head(self.actor_torso(obs))
         return head, _log_std(self, head), self.value(carry, obs), carry
 
-    def value(self, carry: tuple, obs: jax.Array) -> jax.Array:
+    def value(self, carry: None, obs: jax.Array) -> jax.Array:
         torso = self.actor_torso if self.shared_torso else self.critic_torso
         return self.critic_head(torso(obs))[..., 0]
 

@@ -1,0 +1,237 @@
+"""The one host loop. It trains a prepared population (a single run is a population of one) with its
+compiled chunk program, and between chunks it writes metrics and logs, reports progress, checkpoints,
+guards against non-finite values and honours stop requests. Nothing calls back from compiled code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purejaxppo import config as config_lib
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import NonFiniteError, SaveError
+from purejaxppo.host import checkpoint
+from purejaxppo.host import metrics as metrics_lib
+from purejaxppo.host.layout import Layout, Program
+from purejaxppo.host.loggers import Loggers
+from purejaxppo.host.population import Population
+from purejaxppo.host.processes import any_process, is_primary, sync
+from purejaxppo.host.record import RunRecord
+from purejaxppo.host.signals import StopSignal, written
+from purejaxppo.program.ppo import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What the loop reports after each chunk."""
+
+    update: int
+    num_updates: int
+    env_steps: int  # per run
+    total_env_steps: int  # per run, at the end
+    num_runs: int
+    steps_per_second: float  # env steps of all runs per second since this call's first chunk began
+    episode_return: float  # the latest finite return, mean over runs (NaN before any episode ended)
+    seconds: float
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of one call of `Prepared.run`: final states and metrics of every run of the population."""
+
+    config: PPOConfig
+    population: Population
+    state: TrainState  # final states, stacked over runs
+    metrics: dict[str, np.ndarray]  # [runs, updates], from update 0 (a resumed call includes the earlier ones)
+    compile_time: float
+    run_time: float
+    run_dir: Path | None
+    layout: Layout
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds before the first update, by stage
+    first_update: int = 0  # where this call started: > 0 when resumed
+    update: int = 0  # where it ended
+    stopped: bool = False  # stopped early by a signal or `until_update`, with a checkpoint to resume from
+    superseded: Path | None = None  # where the checkpoints after the resumed one, or a stranded run's files, went
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps of each run so far."""
+        return int(self.metrics["env_steps"][0, -1])
+
+    @property
+    def steps_per_second(self) -> float:
+        """Env steps of all runs in this call per second of this call's run time."""
+        steps = self.env_steps - self.first_update * self.config.batch_size
+        return steps * len(self.population) / self.run_time
+
+    def final_returns(self) -> np.ndarray:
+        """Per run: the mean episode return over the last 10% of updates."""
+        return np.array([metrics_lib.final_return(r) for r in self.metrics["episode_return"]])
+
+    @property
+    def final_return(self) -> float:
+        """The final return of the first run (the only one of a single run)."""
+        return float(self.final_returns()[0])
+
+
+@dataclasses.dataclass
+class Outputs:
+    """The run dir's writers for one call; all None without a run dir (and, but for the checkpoints, on
+    every process of a multi-host run but the first)."""
+
+    store: metrics_lib.MetricsStore | None = None
+    loggers: Loggers | None = None
+    ckpt: checkpoint.Checkpointer | None = None
+    superseded: Path | None = None
+
+    def close(self) -> None:
+        for closing in (self.store, self.loggers):
+            if closing is not None:
+                closing.close()
+        if self.ckpt is not None:
+            try:
+                self.ckpt.wait()
+            finally:
+                with contextlib.suppress(Exception):  # after a failed save orbax's close fails the same way
+                    self.ckpt.close()
+
+
+def open_run_dir(run_dir: Path | None, record: RunRecord, first: int, resumed: bool,
+                 stranded: list[str]) -> Outputs:
+    """Set the run dir up for this call: the files a resume replaces, or an earlier run's that never
+    reached a checkpoint, moved aside; config.yaml, the metrics store (cut at a resume's point), the
+    loggers, runs.csv and the checkpointer."""
+    out = Outputs()
+    if run_dir is None:
+        return out
+    config, n = record.config, record.num_runs
+    if is_primary():
+        out.superseded = (checkpoint.supersede_later(run_dir, first) if resumed
+                          else checkpoint.set_aside(run_dir, stranded))
+    sync("purejaxppo: earlier files moved aside")
+    if is_primary():
+        with _writing(run_dir / "config.yaml", run_dir):
+            config_lib.save(config, run_dir / "config.yaml")
+        with _writing(run_dir / metrics_lib.FILE, run_dir):
+            out.store = metrics_lib.MetricsStore(run_dir, n, resume_from=first if resumed else None)
+        out.loggers = Loggers.create(config, run_dir, n)
+        with _writing(run_dir / metrics_lib.RUNS_FILE, run_dir):
+            metrics_lib.write_runs(run_dir, record.members)
+    out.ckpt = checkpoint.Checkpointer(run_dir, config.keep_checkpoints)
+    return out
+
+
+def train_population(
+    program: Program, states: list[TrainState], first: int, run_dir: Path | None, record: RunRecord, *,
+    resumed: bool, stranded: list[str], stop: StopSignal, until_update: int | None = None, guard: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunResult:
+    """Train `states` (the calls' states, at update `first`) to the end of the run, or to a stop: the
+    first chunk end at or after `until_update`, or a stop `stop` records. With `guard`, a non-finite loss,
+    gradient norm or parameter in any run stops the call with NonFiniteError, after checkpointing the last
+    good state. Returns the result, its compile time and timings left to the caller."""
+    config, n = record.config, record.num_runs
+    if run_dir is not None and is_primary():
+        stop.written = lambda: written(run_dir, record.kind)
+    out = open_run_dir(run_dir, record, first, resumed, stranded)
+
+    def save(update: int, to_save: list[TrainState]) -> None:
+        if out.ckpt is not None:
+            out.ckpt.save(update, _whole(to_save), record)
+
+    collected = [out.store.previous] if out.store is not None and out.store.previous else []
+    update, stopped, last_saved = first, False, first
+    start = time.perf_counter()
+    try:
+        while update < config.num_updates:
+            if any_process(stop.requested is not None) or (
+                    until_update is not None and update >= until_update and update > first):
+                stopped = True
+                save(update, states)
+                break
+            active = min(config.chunk_size, config.num_updates - update)
+            chunks = [program.chunk(s, update, active) for s in states]
+            # copies, not views: a view would keep the chunk's whole device buffer alive for the run
+            parts = [{k: np.array(v[:, :active]) for k, v in jax.device_get(c.metrics).items()} for c in chunks]
+            metrics = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+            if out.store is not None:  # a bad chunk's rows too, for the post-mortem
+                with _writing(out.store.path, run_dir, out.ckpt):
+                    out.store.write(update, metrics)
+            if guard:
+                _guard(metrics, chunks, update, active, n, config, lambda: save(update, states), run_dir)
+            states = [c.states for c in chunks]
+            collected.append(metrics)
+            if out.loggers is not None:
+                out.loggers.log(update, metrics)
+            update += active
+            if on_progress is not None and is_primary():
+                elapsed = time.perf_counter() - start
+                returns = [metrics_lib.last_finite(r) for r in metrics["episode_return"]]
+                on_progress(Progress(
+                    update, config.num_updates, update * config.batch_size, config.num_updates * config.batch_size,
+                    n, (update - first) * config.batch_size * n / elapsed,
+                    float(np.nanmean(returns)) if np.isfinite(returns).any() else float("nan"), elapsed))
+            if (config.checkpoint_every and update < config.num_updates
+                    and update // config.checkpoint_every > last_saved // config.checkpoint_every):
+                save(update, states)
+                last_saved = update
+        if not stopped:
+            save(update, states)
+    finally:
+        out.close()
+    states = jax.block_until_ready(states)
+    run_time = time.perf_counter() - start
+    names = metrics_lib.metric_names(collected[-1]) if collected else []
+    # rows read back from metrics.csv (float64) take the dtype the program gives: 9 digits round-trip float32
+    stacked = {k: np.concatenate([c[k].astype(collected[-1][k].dtype) for c in collected], axis=1) for k in names}
+    state = _whole(states)
+    state = jax.tree.map(lambda x: x[:n], state) if program.layout.stacked_runs != n else state
+    if run_dir is not None and is_primary() and not stopped:
+        with _writing(run_dir / metrics_lib.RUNS_FILE, run_dir):
+            metrics_lib.write_runs(run_dir, record.members, stacked)
+    return RunResult(config, program.population, state, stacked, 0.0, run_time, run_dir, program.layout,
+                     first_update=first, update=update, stopped=stopped, superseded=out.superseded)
+
+
+def _guard(metrics: dict[str, np.ndarray], chunks: list[Any], update: int, active: int, n: int, config: PPOConfig,
+           save_last_good: Callable[[], None], run_dir: Path | None) -> None:
+    """The NaN guard: a non-finite guarded metric or parameter in any run stops the call, once the last
+    good state (the chunk's start) is saved."""
+    bad = metrics_lib.first_non_finite(metrics)
+    params_ok = all(bool(np.asarray(jax.device_get(c.params_finite))[:n].all()) for c in chunks)
+    if bad is None and params_ok:
+        return
+    where = (f"update {update + bad[0]} (env steps {(update + bad[0] + 1) * config.batch_size:,}): {bad[1]} is not "
+             f"finite") if bad else f"the params of updates {update}-{update + active - 1}"
+    save_last_good()
+    kept = f"; the last good state is checkpoint {update} in {checkpoint.checkpoint_dir(run_dir)}" \
+        if run_dir is not None else ""
+    raise NonFiniteError(f"training stopped at {where}{kept}")
+
+
+def _whole(states: list[TrainState]) -> TrainState:
+    """The calls' states as one, every stacked run of the population in order."""
+    return states[0] if len(states) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, run_dir: Path, ckpt: checkpoint.Checkpointer | None = None) -> Iterator[None]:
+    """A failure to write the run file `path` (a full disk, a lost mount) as one SaveError line naming the
+    file and the newest checkpoint, once `ckpt`'s save under way has ended."""
+    try:
+        yield
+    except OSError as err:
+        if ckpt is not None:
+            with contextlib.suppress(Exception):
+                ckpt.wait()
+        raise SaveError(f"{err.filename or path} could not be written: {err.strerror or err}; the last good "
+                        f"checkpoint is {checkpoint.last_good(run_dir).removeprefix('checkpoint ')}") from None

@@ -1,0 +1,275 @@
+"""The one seam between a front end and a run: `prepare` builds and checks everything a run, a sweep or a
+PBT population needs, once and without compiling: the config and its env, the PPO program's pieces and
+the trained policy a fine-tune starts from, the population and its device layout, the memory it needs,
+the run dir, and the resume point with its run record. `Prepared.describe()` says what will run;
+`Prepared.run()` claims the run dir, compiles, initialises or restores, and trains (`loop`).
+
+Every entrance goes through it: `purejaxppo.train`, `sweep`, `pbt`, their resumes, the CLI, and
+`purejaxppo check`, which prepares and describes without running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from purejaxppo import config as config_lib
+from purejaxppo.config import PPOConfig
+from purejaxppo.errors import CheckpointError, Interrupted, device_error, is_device_error
+from purejaxppo.host import checkpoint, rundir
+from purejaxppo.host.layout import Program, check_fits, plan
+from purejaxppo.host.limits import Headroom, size
+from purejaxppo.host.loop import Progress, RunResult, train_population
+from purejaxppo.host.population import Population
+from purejaxppo.host.processes import is_primary, use_compilation_cache
+from purejaxppo.host.record import KINDS, RunRecord, Signature
+from purejaxppo.host.signals import StopSignal, written
+from purejaxppo.host.trained import with_pretrained
+from purejaxppo.program.pbt_step import PBTConfig
+from purejaxppo.program.ppo import PPO, TrainState, make_ppo, with_env
+
+WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from, and its run record, read once."""
+
+    run_dir: Path
+    step: int
+    record: RunRecord
+
+
+def resume_point(run_dir: str | Path | None, step: int | None, kind: str | None) -> ResumePoint:
+    """The checkpoint (the latest, or `step`) a `kind` ("run", "sweep" or "pbt"; None for whatever it
+    holds) resumes from, with its record; refused in one line where the run dir holds none, or another
+    kind. Reads JSON only: the CLI calls it before JAX starts, to learn the devices the run was written on."""
+    if run_dir is None:
+        raise CheckpointError("resume needs a run dir")
+    step, record = checkpoint.read_record(run_dir, step, kind or "run")
+    if kind is not None and record.kind != kind:
+        raise CheckpointError(f"{run_dir} holds a {WHAT[record.kind]}, not a {WHAT[kind]}; resume it with "
+                              f"{record.command} --resume")
+    return ResumePoint(Path(run_dir), step, record)
+
+
+def check_compatible(saved: PPOConfig, config: PPOConfig, where: str) -> None:
+    """Refuse a config that would build another program than the one a checkpoint was written by."""
+    saved_d, new_d = saved.to_dict(), config.to_dict()
+    diffs = [k for k in saved_d if k not in config_lib.RUN_CONTROL_KEYS and saved_d[k] != new_d[k]]
+    if diffs:
+        shown = "; ".join(f"{k}: checkpoint has {saved_d[k]!r}, config has {new_d[k]!r}" for k in diffs[:4])
+        raise CheckpointError(f"{where} was written for another config ({shown})")
+    scheduled = [f"{k} {getattr(config, k)}" for k in ("lr_schedule", "ent_schedule") if getattr(config, k) != "constant"]
+    if saved.num_updates != config.num_updates and scheduled:
+        raise CheckpointError(
+            f"total_timesteps: {where} was written for {saved.total_timesteps:,} env steps; the {' and '.join(scheduled)} "
+            f"schedules span the run, so changing its length would change them mid-run. Resume with "
+            f"total_timesteps={saved.total_timesteps}, or train with constant schedules"
+        )
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run, sweep or PBT population, built and checked, not yet compiled."""
+
+    program: Program  # the PPO program's pieces, the population, its layout and its state's shapes
+    record: RunRecord  # what each checkpoint will say about the run
+    run_dir: Path | None
+    resume: ResumePoint | None
+    stored: Any = None  # the resume checkpoint's array metadata, read once by the checks and the restore
+    stranded: list[str] = dataclasses.field(default_factory=list)  # an earlier run's files without a checkpoint
+    memory: dict[str, int] = dataclasses.field(default_factory=dict)  # the estimate, by part
+    headroom: Headroom | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def config(self) -> PPOConfig:
+        return self.record.config
+
+    @property
+    def ppo(self) -> PPO:
+        return self.program.ppo
+
+    @property
+    def population(self) -> Population:
+        return self.program.population
+
+    def headline(self) -> str:
+        """One line: what runs, for how long, where."""
+        config, n = self.config, self.record.num_runs
+        steps = f"{config.num_updates * config.batch_size:,} env steps ({config.num_updates} updates)"
+        verb = "resuming" if self.resume is not None else "training"
+        origin = f" from the policy in {config.init_from}" if config.init_from and self.resume is None else ""
+        runs = {"run": "", "sweep": f" sweep of {n} runs,", "pbt": f" PBT population of {n} members,"}[self.record.kind]
+        where = f"writing {self.run_dir}" if self.run_dir is not None else "writing no files (no run dir)"
+        return f"{verb}{runs} {config.env}{origin} for {steps}; {where}".replace("  ", " ")
+
+    def describe(self) -> str:
+        """The plan, a line each: env, policy, runs and devices, batch, updates and chunks, memory, run dir
+        and resume point."""
+        config, signature, lay = self.config, self.record.signature, self.program.layout
+        params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.program.abstract.params))
+        params //= lay.stacked_runs
+        recurrent = f", {config.memory.upper()} core of {config.memory_size}" if config.memory != "none" else ""
+        torso = "CNN + MLP" if config.torso == "cnn" else "MLP"
+        image = f" (an image {signature.image_shape})" if signature.image_shape else ""
+        minibatch = config.batch_size // config.num_minibatches
+        chunks = math.ceil((config.num_updates - self.first_update) / config.chunk_size)
+        need = sum(self.memory.values())
+        room = (f" of {size(self.headroom.bytes)} available ({self.headroom.source})" if self.headroom is not None
+                else "")
+        lines = [
+            self.headline(),
+            f"  env       {config.env}: observations {signature.observation_shape}{image}, "
+            f"{signature.action_space.describe()}",
+            f"  policy    {self.ppo.policy.kind}, {torso} {list(config.hidden_sizes)}{recurrent}, "
+            f"{params:,} parameters",
+            f"  runs      {len(self.population)} run(s) on {lay.devices} {jax.devices()[0].platform} device(s)"
+            + (f", in {lay.num_calls} calls of {lay.per_call}" if lay.num_calls > 1 else ""),
+            f"  batch     {config.num_envs} envs x {config.num_steps} steps = {config.batch_size:,} env steps an "
+            f"update; {config.num_minibatches} minibatches of {minibatch:,}, {config.update_epochs} epochs",
+            f"  updates   {config.num_updates - self.first_update} to go of {config.num_updates}, in {chunks} "
+            f"chunk(s) of up to {config.chunk_size}",
+            f"  memory    at least {size(need)}{room}",
+            f"  run dir   {self.run_dir if self.run_dir is not None else '(none)'}"
+            + (f" (an earlier run's {', '.join(self.stranded)} without a checkpoint will be moved aside)"
+               if self.stranded else ""),
+        ]
+        if self.resume is not None:
+            lines.append(f"  resume    from checkpoint {self.resume.step} ({self.resume.record.env_steps:,} env steps)")
+        return "\n".join(lines)
+
+    @property
+    def first_update(self) -> int:
+        return 0 if self.resume is None else self.resume.step
+
+    def run(self, *, until_update: int | None = None, guard: bool = True,
+            on_progress: Callable[[Progress], None] | None = None,
+            finish: Callable[[RunResult], Any] | None = None) -> Any:
+        """Claim the run dir, compile, initialise or restore, and train to the end, or to a stop at the first
+        chunk end at or after `until_update`, or on a signal, with a checkpoint. With `guard`, a non-finite
+        loss, gradient norm or parameter stops the run (errors.NonFiniteError). Returns the RunResult, or
+        what `finish` (a front end's own outputs, written while the run dir is still held) makes of it.
+
+        A signal during the compile and the init or restore interrupts at once (KeyboardInterrupt), before
+        anything is written; from then on the first asks for a stop at the next chunk's end, with a
+        checkpoint, and a second interrupts at once (errors.Interrupted, saying what the run dir holds)."""
+        kind = self.record.kind
+        fewer = {"sweep": ", or fewer runs per call (max_runs_per_call)", "pbt": ", or a smaller population"}.get(kind, "")
+        out_of_memory = f"num_envs: use fewer envs or steps (num_envs, num_steps) or a smaller network{fewer}"
+        with rundir.claimed(self.run_dir, create=self.resume is None, primary=is_primary()):
+            self._check_unchanged()
+            stop = StopSignal(interrupt=True)
+            with stop.installed():
+                try:
+                    first, states, compile_time = self._start()
+                except Exception as err:
+                    if is_device_error(err):
+                        raise device_error(err, out_of_memory) from None
+                    raise
+                if stop.requested:  # its KeyboardInterrupt was dropped, as inside a garbage-collection callback
+                    raise KeyboardInterrupt
+                with stop.stop_requests():
+                    try:
+                        result = train_population(
+                            self.program, states, first, self.run_dir, self.record, resumed=self.resume is not None,
+                            stranded=self.stranded, stop=stop, until_update=until_update, guard=guard,
+                            on_progress=on_progress)
+                    except KeyboardInterrupt:
+                        raise Interrupted(written(self.run_dir, kind)) from None
+                    except Exception as err:
+                        if is_device_error(err):
+                            raise device_error(err, f"{out_of_memory}; {written(self.run_dir, kind)}") from None
+                        raise
+            result = dataclasses.replace(result, compile_time=compile_time, timings=self.timings)
+            if finish is None:
+                return result
+            try:
+                return finish(result)
+            except KeyboardInterrupt:
+                raise Interrupted(written(self.run_dir, kind)) from None
+
+    def _check_unchanged(self) -> None:
+        """Refuse to resume from a checkpoint that is gone since this was prepared (another writer's prune)."""
+        if self.resume is not None and self.resume.step not in checkpoint.available_steps(self.run_dir):
+            raise CheckpointError(f"checkpoint {self.resume.step} in {self.run_dir} is gone since the run was "
+                                  f"prepared; prepare it again")
+
+    def _start(self) -> tuple[int, list[TrainState], float]:
+        """Compile, then init or restore: (the update the states are at, the calls' states, the seconds)."""
+        use_compilation_cache(self.config)
+        start = time.perf_counter()
+        self.program.compile()
+        self.timings.update(self.program.timings)
+        clock = time.perf_counter()
+        if self.resume is None:
+            first, states = 0, jax.block_until_ready(self.program.initial_states())
+        else:
+            restored = checkpoint.restore(self.run_dir, self.program.restore_target(), self.resume.step,
+                                          self.resume.record, self.stored)
+            first, states = self.resume.step, self.program.split(restored)
+        self.timings["init" if self.resume is None else "restore"] = time.perf_counter() - clock
+        return first, states, time.perf_counter() - start
+
+
+def prepare(
+    population: Population,
+    run_dir: str | Path | None = None,
+    *,
+    kind: str = "run",
+    resume: ResumePoint | None = None,
+    max_runs_per_call: int | None = None,
+    env: Any = None,
+    num_seeds: int | None = None,
+    grid: dict[str, list[float]] | None = None,
+    pbt: PBTConfig | None = None,
+) -> Prepared:
+    """Build and check `population`'s run (`kind` "run", "sweep" or "pbt") before anything compiles or is
+    written: from its init, or from `resume` (see `resume_point`). `env`, an env object, replaces the
+    config's env name (the config records its class). `num_seeds` and `grid` (a sweep's) and `pbt` (a PBT
+    run's setup) go into the run record. Raises ConfigError (CheckpointError, RunDirError) in one line."""
+    clock = time.perf_counter()
+    config = with_env(population.config, env)
+    population = dataclasses.replace(population, config=config)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None and run_dir.is_dir() and is_primary():
+        rundir.check_free(run_dir)  # a run dir another process writes is refused first, whatever else is wrong
+    ppo = make_ppo(config, env)
+    if resume is None:  # a resume restores its own state, the started-from policy's included
+        ppo = with_pretrained(ppo)
+    program = plan(ppo, population, max_runs_per_call)
+    memory, headroom = check_fits(program)
+    lay = program.layout
+    record = RunRecord(kind, config, population.members, lay.stacked_runs, lay.devices, 0, Signature.of(ppo.env),
+                       max_runs_per_call, num_seeds, grid, pbt)
+    prepared = Prepared(program, record, run_dir, resume, memory=memory, headroom=headroom)
+    if resume is not None:
+        saved, step = resume.record, resume.step
+        where = f"checkpoint {step} in {run_dir}"
+        if config.num_updates < step:
+            raise CheckpointError(f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} "
+                                  f"updates, fewer than the {step} that {where} has done already")
+        check_compatible(saved.config, config, where)
+        if saved.stacked_runs != lay.stacked_runs:
+            raise CheckpointError(f"{run_dir}: the checkpoint holds {saved.stacked_runs} stacked runs, but "
+                                  f"{lay.devices} device(s) give {lay.stacked_runs} here; resume on as many devices as "
+                                  f"it ran on (--cpu-devices N)")
+        prepared.stored = checkpoint.check_arrays(run_dir, step, program.abstract)
+    if run_dir is not None and is_primary():
+        rundir.check_writable(run_dir)
+    if resume is None and run_dir is not None and run_dir.is_dir():
+        prepared.stranded = checkpoint.check_fresh(run_dir)
+    prepared.timings["build"] = time.perf_counter() - clock
+    return prepared
+
+
+def default_run_dir(config: PPOConfig, root: str | Path = "runs", kind: str = "run") -> Path:
+    """A new folder under `root` named after the env and the time (a sweep's and a PBT run's say so)."""
+    return rundir.default(config.env, root, "" if kind == "run" else f"-{KINDS[kind]}")
