@@ -12,7 +12,7 @@ so its compile is cold and its peak host memory (RSS) is its own. Per case it re
   policy, trace and lower, XLA compile, init), against the run's training time;
 - throughput: env steps of all runs per second of run time (compile excluded);
 - the ceiling: the same envs stepped with the same network's forward pass and action sampling, and no
-  learning (the rollout of `Trainer.update` alone, scanned over as many updates), and the ratio of
+  learning (the rollout of `PPO.update` alone, scanned over as many updates), and the ratio of
   training throughput to it;
 - peak memory: the process's peak RSS, and on a GPU the device's peak bytes in use.
 

@@ -1,4 +1,4 @@
-"""The KL anchor's estimator in each form: how close each (mode, estimator) pair keeps a fine-tuned
+"""The reference KL's estimator in each form: how close each (mode, estimator) pair keeps a fine-tuned
 policy to its reference, as the coefficient grows.
 
     python experiments/ref_kl.py [--seeds 3] [--out experiments/results/ref_kl.md]
@@ -51,7 +51,7 @@ def main() -> None:
                 rows.append((mode, estimator + (" (auto)" if auto else ""), final))
                 print(mode, estimator, final.round(4).tolist(), flush=True)
     command = "python experiments/ref_kl.py" + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
-    lines = report_head("The KL anchor: each mode and estimator against the coefficient", command, __doc__) + [
+    lines = report_head("The reference KL: each mode and estimator against the coefficient", command, __doc__) + [
         "| mode | estimator | " + " | ".join(f"ref_kl_coef {c:g}: ref_kl per seed" for c in COEFS) + " |",
         "|---|---|" + "---|" * len(COEFS),
     ]

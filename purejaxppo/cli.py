@@ -109,7 +109,6 @@ def _pbt_options(p: argparse.ArgumentParser, population: int | None) -> None:
 
 PBT_OPTIONS = ("population", "explore", "interval", "quantile", "perturb", "resample", "score")
 SWEEP_OPTIONS = ("grid", "max_runs_per_call", "seeds")
-WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -224,6 +223,8 @@ def _load(args: argparse.Namespace) -> config_lib.PPOConfig:
 def _refuse_ignored(args: argparse.Namespace, kind: str) -> None:
     """Refuse options the command would ignore: a resume's, which it takes from its checkpoint, and
     another kind's (`check` takes them all)."""
+    from purejaxppo.host.record import WHAT
+
     given = _given(args)
     own = {"run": (), "sweep": SWEEP_OPTIONS, "pbt": PBT_OPTIONS + ("seeds",)}[kind]
     for name in SWEEP_OPTIONS + PBT_OPTIONS:
@@ -402,8 +403,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from purejaxppo.host.trained import render_html
 
-    if args.max_steps < 1:
-        raise ConfigError(f"--max-steps: must be >= 1, got {args.max_steps}")
     out = Path(args.out) if args.out else Path(args.run_dir) / "render.html"
     out.write_text(render_html(args.run_dir, args.step, args.max_steps, args.seed))
     print(f"wrote {out} (Brax's viewer; it loads its scripts from a CDN when opened)")
@@ -477,11 +476,8 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
     its devices stay; asking for another count is then an error."""
     if args.command not in ("train", "sweep", "pbt", "check"):
         return
-    if args.command != "check":  # before the checkpoint is read: a usage error comes first
-        _refuse_ignored(args, _kind(args))
-    kind = _kind(args)
-    if args.command == "check":
-        _refuse_ignored(args, kind)
+    kind = _kind(args)  # a check of a resume reads its checkpoint for it; the other commands read nothing
+    _refuse_ignored(args, kind)
     count = _cpu_devices(args, kind)
     if count is None:
         return
@@ -503,7 +499,7 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
 
 def _initialize_distributed(args: argparse.Namespace) -> None:
     """jax.distributed.initialize, before JAX does anything else (loading a config builds env arrays)."""
-    given = (getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None))
+    given = tuple(getattr(args, name, None) for name in ("coordinator", "num_processes", "process_id"))
     if getattr(args, "distributed", False) or any(v is not None for v in given):
         from purejaxppo.host import processes
 
@@ -526,7 +522,7 @@ def _quiet_library_noise() -> None:
         return
 
     def hook(unraisable: Any) -> None:
-        # a Ctrl-C that landed in a garbage-collection callback is dropped there; runner.StopSignal
+        # a Ctrl-C that landed in a garbage-collection callback is dropped there; host.signals.StopSignal
         # recorded it, and the run raises it again itself
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             return

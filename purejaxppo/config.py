@@ -613,8 +613,14 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges, as YAML means it to
+                continue
             key = self.construct_object(key_node, deep=True)
-            if key in seen:
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if twice:
                 raise ConfigError(f"{key}: given twice in one mapping (line {key_node.start_mark.line + 1}); give "
                                   f"each key once")
             seen.add(key)
@@ -712,7 +718,7 @@ def reference_markdown() -> str:
         "run may change only the *run control* keys; a fine-tuning run's *network* and *observation* keys",
         f"must be its source's ({', '.join(FINE_TUNE_KEYS)}).",
     ]
-    defaults = PPOConfig().to_dict()
+    defaults = DEFAULTS.to_dict()
     for group, keys in GROUPS.items():
         lines += ["", f"## {group[0].upper()}{group[1:]}", "", "| key | type | default | meaning | source |",
                   "|---|---|---|---|---|"]

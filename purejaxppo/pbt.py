@@ -188,7 +188,7 @@ def run_pbt(prepared: Prepared, *, until_update: int | None = None,
     spec = prepared.record.pbt
 
     def finish(result: RunResult) -> PBTResult:
-        out = PBTResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}, spec=spec)
+        out = PBTResult.extending(result, spec=spec)
         if out.run_dir is not None and not out.stopped and is_primary():
             write_lineage(out, spec)
         return out

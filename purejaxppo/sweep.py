@@ -136,12 +136,12 @@ def run_sweep(prepared: Prepared, *, until_update: int | None = None,
               on_progress: Callable[[Progress], None] | None = None) -> SweepResult:
     """Run a prepared sweep; its aggregate.csv and curves.png are written once it ends."""
     record = prepared.record
-    grid, seeds = record.grid, record.num_seeds
-    config = record.config
+    seeds, config = record.num_seeds, record.config
+    points = [dict(m.values) for m in record.members[::seeds]]  # seed i of point g is member g * seeds + i
 
     def finish(result: RunResult) -> SweepResult:
-        out = SweepResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}, grid=grid,
-                          points=check_grid(config, grid), seeds=[config.seed + i for i in range(seeds)])
+        out = SweepResult.extending(result, grid=record.grid, points=points,
+                                    seeds=[config.seed + i for i in range(seeds)])
         if out.run_dir is not None and not out.stopped and is_primary():
             write_results(out, out.run_dir)
         return out

@@ -84,7 +84,8 @@ def violations(edges: dict[str, set[str]], stdlib: dict[str, set[str]]) -> list[
             if name in shared and dep != "purejaxppo.errors":
                 out.append(f"{name} imports {dep}")
         if within(name, "program"):
-            out += [f"{name}, in the compiled program, imports {m}" for m in sorted(stdlib.get(name, set()) & FILE_AND_PROCESS)]
+            forbidden = sorted(stdlib.get(name, set()) & FILE_AND_PROCESS)
+            out += [f"{name}, in the compiled program, imports {m}" for m in forbidden]
     return out
 
 

@@ -49,6 +49,16 @@ def test_yaml_round_trip(tmp_path):
     assert config_lib.load(tmp_path / "c.yaml") == config  # every key, inert ones at their defaults too
 
 
+def test_yaml_merges_and_keys_that_cannot_be_keys(tmp_path):
+    (tmp_path / "merged.yaml").write_text("x-base: &base {max_steps_in_episode: 50}\nenv_kwargs:\n  <<: *base\n")
+    with pytest.raises(ConfigError, match="x-base: unknown config key"):  # the merge itself reads as YAML means
+        config_lib.load(tmp_path / "merged.yaml")
+    (tmp_path / "list-key.yaml").write_text("[lr, gamma]: 1\n")
+    with pytest.raises(ConfigError, match="list-key.yaml is not valid YAML"):
+        config_lib.load(tmp_path / "list-key.yaml")
+    assert config_lib.yaml_load("a: &a {b: 1}\nc:\n  <<: *a\n  d: 2\n") == {"a": {"b": 1}, "c": {"b": 1, "d": 2}}
+
+
 def test_exponents_without_a_dot_are_numbers_everywhere(tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 3e-4\nenv: Pendulum-v1\nenv_kwargs: {dt: 5e-2}\n")
     config = config_lib.load(tmp_path / "c.yaml", ["ent_coef=1E-3"])

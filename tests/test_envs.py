@@ -43,7 +43,9 @@ def test_every_family_module_is_a_family_that_knows_its_own_objects():
         family = importlib.import_module(module)
         assert isinstance(family, envs.Family), module
         assert all(name.startswith(prefix) for name in family.names()), module
+    for family in (envs.gymnax, envs.brax):
+        assert isinstance(family, envs.ObjectFamily)
     gymnax_env, params = import_gymnax().make("CartPole-v1")
     assert envs.gymnax.owns(gymnax_env) and envs.gymnax.owns((gymnax_env, params))
-    assert not envs.brax.owns(gymnax_env) and not envs.jumanji.owns(gymnax_env)
+    assert not envs.brax.owns(gymnax_env)
     assert envs.gymnax.adapt((gymnax_env, params), "pair").observation_shape == (4,)

@@ -115,6 +115,7 @@ def test_rows_of_an_earlier_versions_metrics_are_rewritten_in_one_rename(tmp_pat
     store.close()
     assert (tmp_path / metrics.FILE).read_text().splitlines() == [
         "run,update,env_steps,new", "0,0,64,nan", "0,1,128,nan", "0,2,192,0.5"]
+    assert list(store.previous) == ["env_steps", "new"] and np.isnan(store.previous["new"]).all()  # as the file
     (kept,) = (tmp_path / "superseded").glob("earlier-metrics-*/metrics.csv")
     assert kept.read_text() == written and "rewritten with this version's columns" in capsys.readouterr().err
 

@@ -126,8 +126,8 @@ def test_a_second_ctrl_c_says_what_the_run_dir_holds_and_how_to_go_on(tmp_path, 
                           cwd=ROOT, timeout=120)  # its shutdown never ends: the CLI's own bound ends it
     assert proc.returncode == 130, proc.stderr[-2000:]
     if newest is None:  # the checkpoint of update 3 was due after the progress report
-        assert proc.stderr.strip() == (f"purejaxppo: interrupted; no checkpoint was written; purejaxppo train "
-                                       f"--run-dir {run_dir} starts the run again (its files are moved aside)")
+        assert proc.stderr.strip() == (f"purejaxppo: interrupted; no checkpoint was written; start it again with "
+                                       f"purejaxppo train --run-dir {run_dir} (its files are moved aside)")
         again = cli(*args)
     else:
         assert proc.stderr.strip() == (f"purejaxppo: interrupted; checkpoint {newest} is the newest; resume with "
@@ -212,7 +212,7 @@ def test_a_run_that_died_before_its_first_checkpoint_is_not_stranded(straight, t
     for name in ("metrics.csv", "runs.csv", "config.yaml"):  # what a run has written before a kill -9
         (run_dir / name).write_text((straight.run_dir / name).read_text())
     line = one_error_line(cli("train", "--resume", str(run_dir)))
-    assert line.endswith(f"its run ended before its first checkpoint, so there is nothing to resume or load: train it "
+    assert line.endswith(f"its run ended before its first checkpoint, so there is nothing to resume or load: start it "
                          f"again with purejaxppo train --run-dir {run_dir} (its files are moved aside)")
     proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=256")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from purejaxppo import config as config_lib
-from purejaxppo import train
-from purejaxppo.errors import CheckpointError, NonFiniteError
+from purejaxppo import prepare, train
+from purejaxppo.errors import CheckpointError, ConfigError, NonFiniteError
 from purejaxppo.host import checkpoint, layout, metrics
 from purejaxppo.host.loop import Progress
 from purejaxppo.host.population import Population
@@ -129,6 +129,27 @@ def test_a_resume_interrupted_as_it_cuts_the_metrics_loses_no_row(kind, resumed,
     assert (run_dir / "runs.csv").read_text() == (whole.parent / "runs.csv").read_text()  # the AUC from every row
 
 
+def test_a_resume_without_the_earlier_rows_says_so_and_reports_them_as_unknown(resumed, straight, tmp_path, capsys):
+    for step in (6, 8):  # mid-run, and at the end (no chunk left to train)
+        run_dir = tmp_path / f"lost-{step}"
+        shutil.copytree(resumed[1].run_dir, run_dir)
+        (run_dir / "metrics.csv").unlink()
+        again = train(TINY, run_dir, resume=True, step=step)
+        assert f"metrics.csv: missing; this run's metrics.csv starts at update {step}" in capsys.readouterr().err
+        env_steps, returns = again.metrics["env_steps"][0], again.metrics["episode_return"][0]
+        assert env_steps.tolist() == [(u + 1) * TINY.batch_size for u in range(TINY.num_updates)]
+        assert np.isnan(returns[:step]).all()
+        np.testing.assert_array_equal(returns[step:], straight.metrics["episode_return"][0, step:])
+        assert (run_dir / "runs.csv").is_file()
+
+
+def test_a_prepared_run_runs_once(tmp_path):
+    prepared = prepare(Population.single(TINY), tmp_path / "once")
+    prepared.run(until_update=3)
+    with pytest.raises(ConfigError, match="has run already; prepare it again"):
+        prepared.run()
+
+
 def test_a_new_run_refuses_a_run_dir_that_holds_a_run(straight):
     with pytest.raises(CheckpointError, match=r"already holds a run \(checkpoints \[.*\], metrics.csv, runs.csv, config"):
         train(TINY, straight.run_dir)
@@ -141,7 +162,7 @@ def test_resume_refuses_a_length_that_would_change_the_schedules(straight):
         train(TINY.replace(total_timesteps=2 * TINY.total_timesteps), straight.run_dir, resume=True)
     with pytest.raises(CheckpointError, match="make 4 updates, fewer than the 8 that checkpoint 8"):
         train(TINY.replace(total_timesteps=4 * TINY.batch_size), straight.run_dir, resume=True)
-    with pytest.raises(CheckpointError, match="holds a run, not a sweep; resume it with train --resume"):
+    with pytest.raises(CheckpointError, match="holds a run, not a sweep; resume it with purejaxppo train --resume "):
         sweep(TINY, resume=True, run_dir=straight.run_dir)
 
 

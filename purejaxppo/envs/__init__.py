@@ -29,6 +29,7 @@ from purejaxppo.envs.base import (
     EnvStep,
     Family,
     HiddenObs,
+    ObjectFamily,
     action_masks,
     image_shape,
     one_line,
@@ -36,8 +37,8 @@ from purejaxppo.envs.base import (
 )
 from purejaxppo.errors import ConfigError
 
-__all__ = ["ActionSpace", "Env", "EnvStep", "Family", "HiddenObs", "action_masks", "image_shape", "known_envs",
-           "make_env", "register_env", "step_all"]
+__all__ = ["ActionSpace", "Env", "EnvStep", "Family", "HiddenObs", "ObjectFamily", "action_masks", "image_shape",
+           "known_envs", "make_env", "register_env", "step_all"]
 
 # name prefix -> (module, the extra that installs its library, or None when it is a dependency)
 FAMILIES: dict[str, tuple[str, str | None]] = {

@@ -1,8 +1,9 @@
-"""The env protocol the trainer sees, and the one wrapper every family shares (hidden observations).
+"""The env protocol training sees, the interface of an env family, and what families share (hidden
+observations, flattening, fresh starts).
 
-An env is unbatched (the trainer vmaps it) and jittable. `step` auto-resets and reports the two end
-flags separately, with the last observation of the finished episode, so GAE can bootstrap on
-truncation. Each family's adapter lives in its own module and turns its library's API into this one.
+An env is unbatched (training vmaps it) and jittable. `step` auto-resets and reports the two end flags
+separately, with the last observation of the finished episode, so GAE can bootstrap on truncation.
+Each family's adapter lives in its own module and turns its library's API into this one.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class EnvStep(NamedTuple):
 
 @runtime_checkable
 class Env(Protocol):
-    """What the trainer needs of an env. `observation_shape` is the float32 observation's shape;
+    """What training needs of an env. `observation_shape` is the float32 observation's shape;
     actions arrive as an int32 scalar (discrete), int32 array (MultiDiscrete) or float32 array of
     `action_space.shape`.
 
@@ -103,9 +104,7 @@ class Family(Protocol):
     - `refuse(name)`: ConfigError, in one line, for a name it knows but cannot train here (one that
       downloads at construction, several agents); nothing otherwise;
     - `make(name, env_kwargs)`: the env, its library's parameters set from `env_kwargs` (ConfigError for a
-      bad one);
-    - `owns(obj)`: whether an env object given from Python is one of its library's kind;
-    - `adapt(obj, label)`: that object as an Env, `label` naming it in messages.
+      bad one).
     """
 
     def names(self) -> list[str]: ...
@@ -114,23 +113,28 @@ class Family(Protocol):
 
     def make(self, name: str, env_kwargs: dict[str, Any]) -> Env: ...
 
+
+@runtime_checkable
+class ObjectFamily(Family, Protocol):
+    """A family whose library's env objects may be given from Python (gymnax's, Brax's state API), which
+    recognises and adapts its own:
+
+    - `owns(obj)`: whether an env object is one of its library's kind;
+    - `adapt(obj, label)`: that object as an Env, `label` naming it in messages.
+    """
+
     def owns(self, obj: Any) -> bool: ...
 
     def adapt(self, obj: Any, label: str) -> Env: ...
 
 
-def owns_nothing(obj: Any) -> bool:
-    """`Family.owns` of a family whose library's env objects are not given from Python."""
-    return False
-
-
-def adapts_nothing(obj: Any, label: str) -> Env:
-    """`Family.adapt` of a family that owns no object."""
-    raise ConfigError(f"env: {label} is not an object this family adapts")
-
-
 def refuses_nothing(name: str) -> None:
     """`Family.refuse` of a family that trains every name it lists."""
+
+
+def kept_components(size: int, hidden: tuple[int, ...]) -> np.ndarray:
+    """The indices of a flat observation of `size` components that `hidden` (obs_mask) leaves in view."""
+    return np.array([i for i in range(size) if i not in set(hidden)], np.int32)
 
 
 class HiddenObs:
@@ -145,7 +149,7 @@ class HiddenObs:
         if outside:
             raise ConfigError(f"obs_mask: index {outside[0]} is outside this env's {size} observation components "
                               f"(0..{size - 1})")
-        self._keep = np.array([i for i in range(size) if i not in hidden], np.int32)
+        self._keep = kept_components(size, hidden)
         if self._keep.size == 0:
             raise ConfigError(f"obs_mask: hides all {size} observation components, leaving the policy nothing")
         self.env = env

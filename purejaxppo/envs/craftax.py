@@ -27,11 +27,9 @@ from purejaxppo.envs.base import (
     ActionSpace,
     EnvStep,
     abstract_key,
-    adapts_nothing,
     flat,
     flat_shape,
     image_of,
-    owns_nothing,
     refuses_nothing,
     where_done,
 )
@@ -50,15 +48,6 @@ def _make_env(name: str) -> Any:
     from craftax.craftax_env import make_craftax_env_from_name
 
     return make_craftax_env_from_name(name.removeprefix(PREFIX), auto_reset=False)
-
-
-def _default_params(name: str) -> Any:
-    """The variant's default EnvParams, without building the env (a pixel one loads its textures)."""
-    if "Classic" in name:
-        from craftax.craftax_classic.envs.craftax_state import EnvParams
-    else:
-        from craftax.craftax.craftax_state import EnvParams
-    return EnvParams()
 
 
 def names() -> list[str]:
@@ -96,7 +85,7 @@ class CraftaxEnv:
 
     def step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         """One step, not reset where the episode ended (`obs` is `final_obs`): for `resets_per_step`, where
-        the trainer draws fewer resets than envs, since a reset (world generation) costs about 10x a step."""
+        training draws fewer resets than envs, since a reset (world generation) costs about 10x a step."""
         return self._advance(jax.random.split(key)[0], state, action)
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
@@ -135,5 +124,3 @@ def make(name: str, env_kwargs: dict[str, Any]) -> CraftaxEnv:
 
 
 refuse = refuses_nothing
-owns = owns_nothing  # its env objects are not given from Python: named, they are built here
-adapt = adapts_nothing

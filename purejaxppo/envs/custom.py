@@ -29,7 +29,7 @@ from purejaxppo.envs.base import (
     ActionSpace,
     Env,
     EnvStep,
-    Family,
+    ObjectFamily,
     abstract_action,
     abstract_key,
     described,
@@ -41,7 +41,7 @@ from purejaxppo.errors import ConfigError
 
 OBJECT_PREFIX = "object:"
 # the families whose library's env objects may be given from Python, asked in turn whether one is theirs
-OBJECT_FAMILIES: tuple[Family, ...] = (gymnax, brax)
+OBJECT_FAMILIES: tuple[ObjectFamily, ...] = (gymnax, brax)
 
 
 def is_import_path(name: str) -> bool:
@@ -167,7 +167,7 @@ def _numeric(value: Any, what: str) -> jax.Array:
 
 
 class ProtocolEnv:
-    """An env that follows purejaxppo's protocol, with its outputs cast to the trainer's dtypes (float32
+    """An env that follows purejaxppo's protocol, with its outputs cast to the dtypes training takes (float32
     observations and rewards, bool flags) and its observations of any rank raveled, as the suites'
     adapters ravel theirs (one of rank 3 declares itself an image, unless the env says otherwise); any
     other kind of output is a ConfigError."""
@@ -269,7 +269,7 @@ def check(env: Env, label: str) -> None:
         raise ConfigError(f"env: {label} fails under jax.vmap, which training steps many envs with: "
                           f"{one_line(err)}") from err
     shape = tuple(env.observation_shape)
-    wrong = [f"reset's obs has shape {obs.shape}" for _ in [0] if obs.shape != shape]
+    wrong = [f"reset's obs has shape {obs.shape}"] if obs.shape != shape else []
     wrong += [f"step's {f} has shape {getattr(out, f).shape}" for f in ("obs", "final_obs")
               if getattr(out, f).shape != shape]
     if wrong:
@@ -277,7 +277,7 @@ def check(env: Env, label: str) -> None:
     for name in ("reward", "terminated", "truncated"):
         if getattr(out, name).shape != ():
             raise ConfigError(f"env: {label}.step's {name} has shape {getattr(out, name).shape}; it must be a "
-                              f"scalar (the trainer vmaps one env)")
+                              f"scalar (training vmaps one env)")
     if env.action_space.masked:
         if not callable(getattr(env, "action_mask", None)):
             raise ConfigError(f"env: {label}: its action space is masked, but it has no action_mask(state) method")

@@ -33,12 +33,10 @@ from purejaxppo.envs.base import (
     ActionSpace,
     EnvStep,
     abstract_key,
-    adapts_nothing,
     flat,
     flat_shape,
     image_of,
     one_line,
-    owns_nothing,
     where_done,
 )
 from purejaxppo.envs.brax import positive_int
@@ -248,7 +246,3 @@ class JumanjiEnv:
 
 def make(name: str, env_kwargs: dict[str, Any]) -> JumanjiEnv:
     return JumanjiEnv(name, env_kwargs)
-
-
-owns = owns_nothing  # its env objects are not given from Python: named, they are built here
-adapt = adapts_nothing

@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from purejaxppo.envs.base import adapts_nothing, one_line, owns_nothing
+from purejaxppo.envs.base import one_line
 from purejaxppo.envs.brax import StateEnv, positive_int
 from purejaxppo.errors import ConfigError, unknown_key
 
@@ -93,7 +93,3 @@ class PlaygroundEnv(StateEnv):
 
 def make(name: str, env_kwargs: dict[str, Any]) -> PlaygroundEnv:
     return PlaygroundEnv(name, env_kwargs)
-
-
-owns = owns_nothing  # a Playground MjxEnv given from Python has Brax's state API: the Brax family adapts it
-adapt = adapts_nothing

@@ -26,11 +26,9 @@ from purejaxppo.envs.base import (
     ActionSpace,
     EnvStep,
     abstract_key,
-    adapts_nothing,
     flat,
     flat_shape,
     image_of,
-    owns_nothing,
     where_done,
 )
 from purejaxppo.envs.gymnax import with_params
@@ -128,7 +126,3 @@ class XMiniGridEnv:
 
 def make(name: str, env_kwargs: dict[str, Any]) -> XMiniGridEnv:
     return XMiniGridEnv.from_name(name, env_kwargs)
-
-
-owns = owns_nothing  # its env objects are not given from Python: named, they are built here
-adapt = adapts_nothing

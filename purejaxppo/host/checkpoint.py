@@ -29,8 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from purejaxppo.errors import CheckpointError, SaveError
-from purejaxppo.host import rundir
-from purejaxppo.host.record import RunRecord
+from purejaxppo.host import metrics, rundir
+from purejaxppo.host.record import RunRecord, start_again
 
 CHECKPOINT_DIR = "checkpoints"
 READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>-<id>`, locked while it reads
@@ -174,7 +174,7 @@ def reading(run_dir: str | Path, step: int | None = None) -> Iterator[int]:
             os.close(fd)
 
 
-RUN_FILES = ("metrics.csv", "runs.csv")  # what a run or sweep writes besides checkpoints
+RUN_FILES = (metrics.FILE, metrics.RUNS_FILE)  # what a run or sweep writes besides checkpoints
 
 
 def check_fresh(run_dir: str | Path) -> list[str]:
@@ -228,9 +228,10 @@ def last_good(run_dir: str | Path) -> str:
     return f"checkpoint {steps[-1]}" if steps else "none (no checkpoint was completed)"
 
 
-def available_steps(run_dir: str | Path, kind: str = "run") -> list[int]:
+def available_steps(run_dir: str | Path, kind: str | None = "run") -> list[int]:
     """The completed checkpoints of a run dir (orbax renames a save into place only once it is whole). `kind`
-    ("run", "sweep" or "pbt") is what the caller expects it to hold, for the hint of a stranded one."""
+    ("run", "sweep" or "pbt"; None where any) is what the caller expects it to hold, for the hint of a
+    stranded one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist")
@@ -249,17 +250,15 @@ def _completed(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _again(run_dir: Path, kind: str) -> str:
+def _again(run_dir: Path, kind: str | None) -> str:
     """For a run dir whose run ended before its first checkpoint: how to train it again."""
     if not any((run_dir / name).exists() for name in RUN_FILES):
         return ""
-    again = (f"train it again with purejaxppo train --run-dir {run_dir}" if kind == "run" else
-             f"start it again with purejaxppo {kind} --run-dir {run_dir} and its other options")
-    return (f"; its run ended before its first checkpoint, so there is nothing to resume or load: {again} (its "
-            f"files are moved aside)")
+    return f"; its run ended before its first checkpoint, so there is nothing to resume or load: " \
+           f"{start_again(run_dir, kind)}"
 
 
-def _pick_step(run_dir: Path, step: int | None, kind: str = "run") -> int:
+def _pick_step(run_dir: Path, step: int | None, kind: str | None = "run") -> int:
     steps = available_steps(run_dir, kind)
     if not steps:
         raise CheckpointError(f"run dir {run_dir} has no completed checkpoint{_again(run_dir, kind)}")
@@ -270,7 +269,7 @@ def _pick_step(run_dir: Path, step: int | None, kind: str = "run") -> int:
     return step
 
 
-def read_record(run_dir: str | Path, step: int | None = None, kind: str = "run") -> tuple[int, RunRecord]:
+def read_record(run_dir: str | Path, step: int | None = None, kind: str | None = "run") -> tuple[int, RunRecord]:
     """The step and run record of a checkpoint, the latest one by default (`kind` as in `available_steps`).
     Reads JSON only: no JAX work."""
     run_dir = Path(run_dir)

@@ -29,7 +29,6 @@ from purejaxppo.program import chunk as chunk_lib
 from purejaxppo.program.hparams import HParams
 from purejaxppo.program.ppo import ENV_AXIS_FIELDS, PPO, TrainState, abstract_states
 
-Metrics = dict[str, jax.Array]
 METRICS_PER_UPDATE = 48  # a bound on the metrics one run reports per update (about 20 without variants)
 
 
@@ -98,6 +97,7 @@ class Program:
     abstract: TrainState  # all stacked runs of every call, unsharded: what a checkpoint holds
     init: Any = None
     chunk: Any = None
+    metric_shapes: dict[str, Any] = dataclasses.field(default_factory=dict)  # what a chunk reports, once traced
     timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of each compile stage
 
     def compile(self) -> None:
@@ -110,6 +110,7 @@ class Program:
         clock = time.perf_counter()
         program = chunk_lib.chunk_program(self.ppo, lay.per_call, self.population.step)
         lowered = jax.jit(program, out_shardings=out).lower(call_abstract, 0, 0)
+        self.metric_shapes = lowered.out_info.metrics
         lowered_init = jax.jit(chunk_lib.init_program(self.ppo, lay.per_call), out_shardings=shardings).lower(*inputs)
         self.timings["trace_lower"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -171,7 +172,14 @@ def _placed(abstract: TrainState, shardings: Any) -> TrainState:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def check_fits(program: Program) -> tuple[dict[str, int], Headroom | None]:
+def fewer_runs(population: Population, resumed: bool) -> str:
+    """How a population can hold fewer runs in memory at once, as advice (a resume keeps its own)."""
+    if len(population) == 1 or resumed:
+        return ""
+    return " or a smaller --population," if population.step is not None else " or --max-runs-per-call,"
+
+
+def check_fits(program: Program, resumed: bool = False) -> tuple[dict[str, int], Headroom | None]:
     """Refuse, before compiling, a program that plainly cannot fit the devices' memory, naming the key to
     change for its largest part and what bounds the memory. Returns the estimate by part and the
     headroom."""
@@ -181,7 +189,7 @@ def check_fits(program: Program) -> tuple[dict[str, int], Headroom | None]:
         return parts, have
     config, population = program.ppo.config, program.population
     pbt = population.step is not None
-    fewer = "" if len(population) == 1 else " or a smaller --population," if pbt else " or --max-runs-per-call,"
+    fewer = fewer_runs(population, resumed)
     largest = max(parts, key=parts.get)
     key, advice = {
         "the training state": ("memory_size" if config.memory != "none" else "hidden_sizes",

@@ -82,6 +82,11 @@ class RunResult:
         """The final return of the first run (the only one of a single run)."""
         return float(self.final_returns()[0])
 
+    @classmethod
+    def extending(cls, result: RunResult, **more: Any) -> Any:
+        """`result` as a front end's own result class (a subclass), with its `more` fields."""
+        return cls(**{f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}, **more)
+
 
 @dataclasses.dataclass
 class Outputs:
@@ -148,7 +153,7 @@ def train_population(
         if out.ckpt is not None:
             out.ckpt.save(update, _whole(to_save), record)
 
-    collected = [out.store.previous] if out.store is not None and out.store.previous else []
+    collected: list[dict[str, np.ndarray]] = []
     update, stopped, last_saved = first, False, first
     start = time.perf_counter()
     try:
@@ -190,9 +195,8 @@ def train_population(
         out.close()
     states = jax.block_until_ready(states)
     run_time = time.perf_counter() - start
-    names = metrics_lib.metric_names(collected[-1]) if collected else []
-    # rows read back from metrics.csv (float64) take the dtype the program gives: 9 digits round-trip float32
-    stacked = {k: np.concatenate([c[k].astype(collected[-1][k].dtype) for c in collected], axis=1) for k in names}
+    earlier = out.store.previous if out.store is not None else {}
+    stacked = _history(program.metric_shapes, earlier, collected, first, n, config.batch_size)
     state = _whole(states)
     state = jax.tree.map(lambda x: x[:n], state) if program.layout.stacked_runs != n else state
     if run_dir is not None and is_primary() and not stopped:
@@ -216,6 +220,25 @@ def _guard(metrics: dict[str, np.ndarray], chunks: list[Any], update: int, activ
     kept = f"; the last good state is checkpoint {update} in {checkpoint.checkpoint_dir(run_dir)}" \
         if run_dir is not None else ""
     raise NonFiniteError(f"training stopped at {where}{kept}")
+
+
+def _history(shapes: dict[str, Any], earlier: dict[str, np.ndarray], chunks: list[dict[str, np.ndarray]],
+             first: int, runs: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Every metric the program reports, `[runs, updates]` from update 0: the rows before `first` as
+    metrics.csv held them (float64, 9 digits, so float32 round-trips: given back the program's dtypes),
+    then this call's chunks. Rows the file could not give (it was missing or set aside) are NaN, with
+    their env steps, in float64."""
+    out = {}
+    for name in metrics_lib.metric_names(shapes):
+        dtype = np.dtype(shapes[name].dtype)
+        before = earlier.get(name)
+        if before is None:
+            before = np.full((runs, first), np.nan) if name != "env_steps" else \
+                np.broadcast_to((np.arange(first) + 1) * batch_size, (runs, first))
+        if np.issubdtype(dtype, np.floating) or np.isfinite(before).all():  # an int metric's NaN stays float
+            before = before.astype(dtype)
+        out[name] = np.concatenate([before, *(c[name] for c in chunks)], axis=1)
+    return out
 
 
 def _whole(states: list[TrainState]) -> TrainState:

@@ -142,7 +142,8 @@ class MetricsStore:
             writer = csv.writer(f)
             writer.writerow(["run", "update", *names])
             lacking = np.full((runs, count), np.nan)
-            columns = [self.previous.get(n, lacking) for n in names]
+            self.previous = {n: self.previous.get(n, lacking) for n in names} if self.previous else {}
+            columns = [self.previous[n] for n in names] if self.previous else []
             writer.writerows([k, i, *(_fmt(c[k, i]) for c in columns)] for k in range(runs) for i in range(count))
         os.replace(fresh, self.path)
         notify(f"{self.path}: its earlier rows had the metrics of another version; rewritten with this version's "
@@ -196,7 +197,8 @@ def rows_before(path: Path, before: int, runs: int) -> tuple[bytes, bool, list[s
     table = np.array([[rows[(r, u)] for u in range(before)] for r in range(runs)], np.float64).reshape(
         runs, before, len(names))
     kept_bytes = b"".join(kept)
-    return kept_bytes, data.startswith(kept_bytes), names, {n: table[..., i] for i, n in enumerate(names)} if before else {}
+    arrays = {n: table[..., i] for i, n in enumerate(names)} if before else {}
+    return kept_bytes, data.startswith(kept_bytes), names, arrays
 
 
 def final_return(returns: np.ndarray) -> float:

@@ -33,9 +33,6 @@ class Population:
     def single(cls, config: PPOConfig) -> Population:
         return cls(config, (Member(config.seed),))
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [{"seed": m.seed, "values": dict(m.values), "point": m.point} for m in self.members]
-
     def __len__(self) -> int:
         return len(self.members)
 

@@ -21,21 +21,18 @@ import jax
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
-from purejaxppo.errors import CheckpointError, Interrupted, device_error, is_device_error
+from purejaxppo.errors import CheckpointError, ConfigError, Interrupted, device_error, is_device_error
 from purejaxppo.host import checkpoint, rundir
-from purejaxppo.host.layout import Program, check_fits, plan
+from purejaxppo.host.layout import Program, check_fits, fewer_runs, plan
 from purejaxppo.host.limits import Headroom, size
 from purejaxppo.host.loop import Progress, RunResult, train_population
 from purejaxppo.host.population import Population
 from purejaxppo.host.processes import is_primary, use_compilation_cache
-from purejaxppo.host.record import KINDS, RunRecord, Signature
+from purejaxppo.host.record import KINDS, WHAT, RunRecord, Signature
 from purejaxppo.host.signals import StopSignal, written
 from purejaxppo.host.trained import with_pretrained
 from purejaxppo.program.pbt_step import PBTConfig
 from purejaxppo.program.ppo import PPO, TrainState, make_ppo, with_env
-
-WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run"}
-
 
 @dataclasses.dataclass(frozen=True)
 class ResumePoint:
@@ -52,10 +49,10 @@ def resume_point(run_dir: str | Path | None, step: int | None, kind: str | None)
     kind. Reads JSON only: the CLI calls it before JAX starts, to learn the devices the run was written on."""
     if run_dir is None:
         raise CheckpointError("resume needs a run dir")
-    step, record = checkpoint.read_record(run_dir, step, kind or "run")
+    step, record = checkpoint.read_record(run_dir, step, kind)
     if kind is not None and record.kind != kind:
         raise CheckpointError(f"{run_dir} holds a {WHAT[record.kind]}, not a {WHAT[kind]}; resume it with "
-                              f"{record.command} --resume")
+                              f"purejaxppo {record.command} --resume {run_dir}")
     return ResumePoint(Path(run_dir), step, record)
 
 
@@ -88,6 +85,7 @@ class Prepared:
     memory: dict[str, int] = dataclasses.field(default_factory=dict)  # the estimate, by part
     headroom: Headroom | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    ran: bool = False  # a prepared run runs once: its checks speak of the run dir as it was then
 
     @property
     def config(self) -> PPOConfig:
@@ -109,7 +107,7 @@ class Prepared:
         origin = f" from the policy in {config.init_from}" if config.init_from and self.resume is None else ""
         runs = {"run": "", "sweep": f" sweep of {n} runs,", "pbt": f" PBT population of {n} members,"}[self.record.kind]
         where = f"writing {self.run_dir}" if self.run_dir is not None else "writing no files (no run dir)"
-        return f"{verb}{runs} {config.env}{origin} for {steps}; {where}".replace("  ", " ")
+        return f"{verb}{runs} {config.env}{origin} for {steps}; {where}"
 
     def describe(self) -> str:
         """The plan, a line each: env, policy, runs and devices, batch, updates and chunks, memory, run dir
@@ -162,8 +160,12 @@ class Prepared:
         anything is written; from then on the first asks for a stop at the next chunk's end, with a
         checkpoint, and a second interrupts at once (errors.Interrupted, saying what the run dir holds)."""
         kind = self.record.kind
-        fewer = {"sweep": ", or fewer runs per call (max_runs_per_call)", "pbt": ", or a smaller population"}.get(kind, "")
-        out_of_memory = f"num_envs: use fewer envs or steps (num_envs, num_steps) or a smaller network{fewer}"
+        fewer = fewer_runs(self.population, self.resume is not None).rstrip(",")
+        out_of_memory = (f"num_envs: use fewer envs or steps (num_envs, num_steps){',' if fewer else ' or'} a smaller "
+                         f"network{fewer}")
+        if self.ran:
+            raise ConfigError("this prepared run has run already; prepare it again (with resume_point to go on)")
+        self.ran = True
         with rundir.claimed(self.run_dir, create=self.resume is None, primary=is_primary()):
             self._check_unchanged()
             stop = StopSignal(interrupt=True)
@@ -188,7 +190,7 @@ class Prepared:
                         if is_device_error(err):
                             raise device_error(err, f"{out_of_memory}; {written(self.run_dir, kind)}") from None
                         raise
-            result = dataclasses.replace(result, compile_time=compile_time, timings=self.timings)
+            result = dataclasses.replace(result, compile_time=compile_time, timings=dict(self.timings))
             if finish is None:
                 return result
             try:
@@ -197,10 +199,13 @@ class Prepared:
                 raise Interrupted(written(self.run_dir, kind)) from None
 
     def _check_unchanged(self) -> None:
-        """Refuse to resume from a checkpoint that is gone since this was prepared (another writer's prune)."""
+        """With the run dir held: refuse a run dir that another writer changed since this was prepared (a
+        resume's checkpoint gone, a new run's dir holding a run now), and find a stranded run's files."""
         if self.resume is not None and self.resume.step not in checkpoint.available_steps(self.run_dir):
             raise CheckpointError(f"checkpoint {self.resume.step} in {self.run_dir} is gone since the run was "
                                   f"prepared; prepare it again")
+        if self.resume is None and self.run_dir is not None and is_primary():
+            self.stranded = checkpoint.check_fresh(self.run_dir)
 
     def _start(self) -> tuple[int, list[TrainState], float]:
         """Compile, then init or restore: (the update the states are at, the calls' states, the seconds)."""
@@ -239,17 +244,22 @@ def prepare(
     config = with_env(population.config, env)
     population = dataclasses.replace(population, config=config)
     run_dir = Path(run_dir) if run_dir is not None else None
+    if resume is not None:
+        if run_dir is not None and run_dir.resolve() != resume.run_dir.resolve():
+            raise CheckpointError(f"run dir {run_dir}: the resume point is in {resume.run_dir}; a resumed run "
+                                  f"continues in its own run dir")
+        run_dir = resume.run_dir
     if run_dir is not None and run_dir.is_dir() and is_primary():
         rundir.check_free(run_dir)  # a run dir another process writes is refused first, whatever else is wrong
     ppo = make_ppo(config, env)
     if resume is None:  # a resume restores its own state, the started-from policy's included
         ppo = with_pretrained(ppo)
     program = plan(ppo, population, max_runs_per_call)
-    memory, headroom = check_fits(program)
+    memory, headroom = check_fits(program, resumed=resume is not None)
     lay = program.layout
     record = RunRecord(kind, config, population.members, lay.stacked_runs, lay.devices, 0, Signature.of(ppo.env),
                        max_runs_per_call, num_seeds, grid, pbt)
-    prepared = Prepared(program, record, run_dir, resume, memory=memory, headroom=headroom)
+    stored, stranded = None, []
     if resume is not None:
         saved, step = resume.record, resume.step
         where = f"checkpoint {step} in {run_dir}"
@@ -261,13 +271,13 @@ def prepare(
             raise CheckpointError(f"{run_dir}: the checkpoint holds {saved.stacked_runs} stacked runs, but "
                                   f"{lay.devices} device(s) give {lay.stacked_runs} here; resume on as many devices as "
                                   f"it ran on (--cpu-devices N)")
-        prepared.stored = checkpoint.check_arrays(run_dir, step, program.abstract)
+        stored = checkpoint.check_arrays(run_dir, step, program.abstract)
     if run_dir is not None and is_primary():
         rundir.check_writable(run_dir)
     if resume is None and run_dir is not None and run_dir.is_dir():
-        prepared.stranded = checkpoint.check_fresh(run_dir)
-    prepared.timings["build"] = time.perf_counter() - clock
-    return prepared
+        stranded = checkpoint.check_fresh(run_dir)
+    return Prepared(program, record, run_dir, resume, stored, stranded, memory, headroom,
+                    {"build": time.perf_counter() - clock})
 
 
 def default_run_dir(config: PPOConfig, root: str | Path = "runs", kind: str = "run") -> Path:

@@ -18,6 +18,17 @@ from purejaxppo.host.population import Member
 from purejaxppo.program.pbt_step import PBTConfig
 
 KINDS = {"run": "train", "sweep": "sweep", "pbt": "pbt"}  # a record's kind, and the command that runs it
+WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run"}  # a record's kind, in words
+
+
+def start_again(run_dir: object, kind: str | None) -> str:
+    """How to start over a run that never reached a checkpoint in `run_dir` (its files are then moved
+    aside), for a `kind` ("run", "sweep", "pbt"; None where it is not known)."""
+    if kind is None:
+        command = f"the command that made it, with --run-dir {run_dir}"
+    else:
+        command = f"purejaxppo {KINDS[kind]} --run-dir {run_dir}" + (" and its other options" if kind != "run" else "")
+    return f"start it again with {command} (its files are moved aside)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +108,7 @@ class RunRecord:
         if self.kind == "sweep":
             out.update(num_seeds=self.num_seeds, grid=self.grid)
         if self.pbt is not None:
-            out["pbt"] = self.pbt.to_meta()
+            out["pbt"] = self.pbt.to_json()
         return out
 
     @classmethod
@@ -115,5 +126,5 @@ class RunRecord:
             max_runs_per_call=data.get("max_runs_per_call"),
             num_seeds=None if data.get("num_seeds") is None else int(data["num_seeds"]),
             grid=None if grid is None else {k: list(v) for k, v in grid.items()},
-            pbt=None if data.get("pbt") is None else PBTConfig.from_meta(data["pbt"]),
+            pbt=None if data.get("pbt") is None else PBTConfig.from_json(data["pbt"]),
         )

@@ -1,8 +1,9 @@
 """The run dir as a place to write: created and proven writable before anything compiles, and held
 by one writer at a time.
 
-A run or sweep holds an exclusive lock (`fcntl.flock`) on `RUN_DIR/.lock` from before its checks to
-its last write, with the holder written in the file. A second writer is refused with one line naming
+A run or sweep holds an exclusive lock (`fcntl.flock`) on `RUN_DIR/.lock` from the start of its run
+(`Prepared.run`, which checks the run dir again under it) to its last write, with the holder written in
+the file; `prepare` refuses a run dir that another process holds. A second writer is refused with one line naming
 the holder; readers (`eval`, `plot`, `load_policy`) take no lock and keep working on a live run. The
 kernel drops the lock when the holder exits, however it exits, so a killed run never strands it.
 """

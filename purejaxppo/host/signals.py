@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from purejaxppo.host import checkpoint
-from purejaxppo.host.record import KINDS
+from purejaxppo.host.record import KINDS, start_again
 
 
 class StopSignal:
     """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) into a request to stop
     after the current chunk; a second signal interrupts.
 
-    While `interrupting` (the checks and the compile, before anything is written), the first signal
+    While `interrupting` (the compile and the init or restore, before anything is written), the first signal
     raises KeyboardInterrupt at once, and is recorded as well: Python drops an exception raised inside a
     garbage-collection callback, and the caller then raises it itself.
 
@@ -103,6 +103,5 @@ def written(run_dir: Path | None, kind: str) -> str:
     steps = checkpoint.available_steps(run_dir) if checkpoint.checkpoint_dir(run_dir).is_dir() else []
     if steps:
         return f"checkpoint {steps[-1]} is the newest; resume with purejaxppo {KINDS[kind]} --resume {run_dir}"
-    return (f"no checkpoint was written; purejaxppo {KINDS[kind]} --run-dir {run_dir} starts the run again "
-            f"(its files are moved aside)")
+    return f"no checkpoint was written; {start_again(run_dir, kind)}"
 

@@ -20,7 +20,7 @@ import numpy as np
 from purejaxppo import envs
 from purejaxppo.config import FINE_TUNE_KEYS
 from purejaxppo.envs import Env
-from purejaxppo.envs.base import abstract_key
+from purejaxppo.envs.base import abstract_key, kept_components
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.errors import CheckpointError, ConfigError, notify
 from purejaxppo.host import checkpoint, limits
@@ -41,7 +41,6 @@ class Trained:
 
     record: RunRecord
     step: int
-    run: int  # its index among the checkpoint's runs
     signature: Signature
     policy: Policy
     params: Any  # host arrays
@@ -72,7 +71,7 @@ def read_trained(run_dir: str | Path, step: int | None = None, run: int | None =
     config = record.config
     policy = make_policy(config, signature.action_space, signature.image_shape)
     params, obs_stats = jax.tree.map(lambda x: x[picked], (parts["params"], parts["obs_stats"]))
-    return Trained(record, chosen, picked, signature, policy, params, RunningStats(**obs_stats))
+    return Trained(record, chosen, signature, policy, params, RunningStats(**obs_stats))
 
 
 def _picked(run_dir: str | Path, step: int, record: RunRecord, run: int | None, note: bool) -> int:
@@ -116,9 +115,8 @@ class LoadedPolicy:
     def __init__(self, policy: Policy, params: Any, obs_stats: RunningStats, hidden: tuple[int, ...] = (),
                  env_observation_shape: tuple[int, ...] = ()) -> None:
         self.policy = policy
-        size = int(np.prod(env_observation_shape)) if hidden else 0
-        keep = np.array([i for i in range(size) if i not in set(hidden)], np.int32)
-        as_obs = lambda obs: (obs[..., keep] if hidden else obs)  # noqa: E731
+        keep = kept_components(int(np.prod(env_observation_shape)), hidden) if hidden else None
+        as_obs = lambda obs: obs[..., keep] if hidden else obs  # noqa: E731
         as_mask = lambda mask: None if mask is None else jnp.asarray(mask, bool)  # noqa: E731
         self._step = jax.jit(lambda obs, carry, key, mask: policy.act(
             params, obs_stats, as_obs(jnp.asarray(obs, jnp.float32)), key, carry, as_mask(mask)))
@@ -228,7 +226,8 @@ def with_pretrained(ppo: PPO) -> PPO:
     low, high = theirs.action_space.low, theirs.action_space.high
     if not mine.action_space.discrete and not (np.array_equal(mine.action_space.low, low)
                                                and np.array_equal(mine.action_space.high, high)):
-        raise ConfigError(f"{origin} acted within the bounds {np.asarray(low).tolist()} to {np.asarray(high).tolist()}, "
+        raise ConfigError(f"{origin} acted within the bounds {np.asarray(low).tolist()} to "
+                          f"{np.asarray(high).tolist()}, "
                           f"{config.env} has {mine.action_space.low.tolist()} to {mine.action_space.high.tolist()}: "
                           f"the same params would act otherwise")
     return dataclasses.replace(ppo, pretrained=Pretrained(source.params, source.obs_stats))

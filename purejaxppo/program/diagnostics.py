@@ -39,50 +39,35 @@ def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def update(
-    steps: Metrics,
-    taken: jax.Array,
-    values: jax.Array,
-    targets: jax.Array,
-    advantages: jax.Array,
-    finished_return: jax.Array,
-    finished_length: jax.Array,
-) -> Metrics:
-    """One update's metrics: the minibatch `steps` (stacked [epochs, minibatches]) averaged over the
-    steps `taken` (ratio_max: their maximum), the episodes that completed in the rollout (NaN when none
-    did), and the value fit and advantages before normalisation."""
+def update_metrics(config: PPOConfig, state: Any, traj: Any, advantages: jax.Array, targets: jax.Array,
+                   steps: Metrics, opt_state: Any, ent_coef: jax.Array, kl_metrics: Metrics) -> Metrics:
+    """What one update reports: its minibatch `steps` (stacked [epochs, minibatches]) averaged over the
+    steps taken (ratio_max: their maximum); the episodes that completed in its rollout `traj` (NaN when
+    none did); the value fit and advantages before normalisation (time-major); its env steps and the
+    learning rate of its last step; and what the switched-on variants add (the scheduled entropy
+    coefficient, the steps target_kl let through, the reference KL in the reward, the adaptive KL's
+    `kl_metrics`)."""
     steps = dict(steps)
+    taken = steps.pop("taken")
     ratio_max = steps.pop("ratio_max")
     out = {name: weighted_mean(value, taken) for name, value in steps.items()}
-    count = (finished_length > 0).sum()
+    count = (traj.finished_length > 0).sum()
     out.update(
-        episode_return=jnp.where(count > 0, finished_return.sum() / count, jnp.nan),
-        episode_length=jnp.where(count > 0, finished_length.sum() / count, jnp.nan),
+        episode_return=jnp.where(count > 0, traj.finished_return.sum() / count, jnp.nan),
+        episode_length=jnp.where(count > 0, traj.finished_length.sum() / count, jnp.nan),
         episode_count=count,
-        explained_variance=losses.explained_variance(values, targets),
-        value_error=jnp.mean(jnp.abs(values - targets)),
+        explained_variance=losses.explained_variance(traj.value, targets),
+        value_error=jnp.mean(jnp.abs(traj.value - targets)),
         advantage_mean=jnp.mean(advantages),
         advantage_std=jnp.std(advantages),
         ratio_max=jnp.max(jnp.where(taken > 0, ratio_max, 0.0)),
+        env_steps=(state.update_step + 1) * config.batch_size,
+        lr=optim.lr_schedule(config, state.hparams)(optim.optimizer_steps(opt_state) - 1),
     )
-    return out
-
-
-def update_metrics(config: PPOConfig, state: Any, traj: Any, advantages: jax.Array, targets: jax.Array,
-                   steps: Metrics, opt_state: Any, ent_coef: jax.Array, kl_metrics: Metrics) -> Metrics:
-    """What one update reports: `update` over its minibatch steps and its rollout (`traj`, time-major, with
-    its advantages and value targets), then its env steps, the learning rate of its last step, and what
-    the switched-on variants add (the scheduled entropy coefficient, the steps target_kl let through, the
-    reference KL in the reward, the adaptive KL's `kl_metrics`)."""
-    steps = dict(steps)
-    taken = steps.pop("taken")
-    metrics = update(steps, taken, traj.value, targets, advantages, traj.finished_return, traj.finished_length)
-    metrics.update(env_steps=(state.update_step + 1) * config.batch_size,
-                   lr=optim.lr_schedule(config, state.hparams)(optim.optimizer_steps(opt_state) - 1))
     if config.ent_schedule != "constant":
-        metrics["ent_coef"] = ent_coef
+        out["ent_coef"] = ent_coef
     if config.target_kl:
-        metrics["minibatch_steps"] = taken.sum()
+        out["minibatch_steps"] = taken.sum()
     if traj.ref_kl is not None:
-        metrics["ref_kl"] = jnp.mean(traj.ref_kl)
-    return {**metrics, **kl_metrics}
+        out["ref_kl"] = jnp.mean(traj.ref_kl)
+    return {**out, **kl_metrics}

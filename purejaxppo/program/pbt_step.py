@@ -52,13 +52,13 @@ class PBTConfig:
     score: str = "episode_return"
     seeds: int = 1  # independent populations in one call
 
-    def to_meta(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "explore": [dataclasses.asdict(e) for e in self.explore]}
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> PBTConfig:
-        return cls(**{**meta, "explore": tuple(Explored(**e) for e in meta["explore"]),
-                      "perturb": tuple(meta["perturb"])})
+    def from_json(cls, data: Mapping[str, Any]) -> PBTConfig:
+        return cls(**{**data, "explore": tuple(Explored(**e) for e in data["explore"]),
+                      "perturb": tuple(data["perturb"])})
 
 
 

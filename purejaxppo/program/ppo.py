@@ -43,7 +43,7 @@ class TrainState:
     kl_beta: jax.Array  # coefficient of the adaptive KL penalty
     env_state: Any
     obs: jax.Array
-    carry: Carry  # the policy's carried state per env; () for a feedforward policy
+    carry: Carry  # the policy's carried state per env; None for a feedforward policy
     discounted_return: jax.Array  # of each env's current episode, scaled, for normalize_reward
     episode_return: jax.Array  # running undiscounted return of each env's current episode
     episode_length: jax.Array
