@@ -12,9 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# the tests also cover the optional env families, so they install their extras
+# the tests also cover the optional env families and the ONNX export, so they install their extras
 $(BIN)/.installed-extras: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid,export]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -159,6 +159,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="for a sweep: the run index (see runs.csv); for PBT: the member (default: the best)")
     ev.add_argument("--seed", type=_count(0), default=0, help="seed of the evaluation envs")
 
+    export = sub.add_parser("export", help="write a trained policy as an ONNX model or a serialized JAX program")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", choices=("onnx", "jax"), default="onnx",
+                        help="onnx (needs the export extra) or jax (jax.export's serialized StableHLO)")
+    export.add_argument("--out", help="file to write (default: RUN_DIR/policy.onnx or RUN_DIR/policy.jaxexport)")
+    export.add_argument("--step", type=_count(0), help="checkpoint to export (default: the latest)")
+    export.add_argument("--run", type=_count(0), default=None,
+                        help="for a sweep: the run index (see runs.csv); for PBT: the member (default: the best)")
+    export.add_argument("--stochastic", action="store_true",
+                        help="sample the action from a noise input instead of taking the distribution's mode")
+    export.add_argument("--value", action="store_true", help="output the value too")
+
     render = sub.add_parser("render", help="write Brax's HTML viewer of one episode of a trained Brax policy")
     render.add_argument("run_dir", metavar="RUN_DIR")
     render.add_argument("--out", help="HTML file (default: RUN_DIR/render.html)")
@@ -400,6 +412,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from purejaxppo.host.export import export_policy
+
+    exported = export_policy(args.run_dir, args.format, args.out, step=args.step, run=args.run,
+                             stochastic=args.stochastic, value=args.value)
+    meta = json.loads(exported.metadata.read_text())
+    shown = lambda items: ", ".join(f"{i['name']}[{','.join(map(str, i['shape']))}] {i['dtype']}" for i in items)  # noqa: E731
+    print(f"wrote {exported.path} ({args.format}): {shown(meta['inputs'])} -> {shown(meta['outputs'])}")
+    if exported.initial_carry is not None:
+        print(f"wrote {exported.initial_carry}: the initial carry for a batch of observations")
+    print(f"wrote {exported.metadata}: its inputs, outputs, spaces and source (checkpoint {meta['checkpoint_step']})")
+    return 0
+
+
 def _render(args: argparse.Namespace) -> int:
     from purejaxppo.host.trained import render_html
 
@@ -538,8 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
-    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "check": _check, "eval": _eval, "render": _render,
-                "plot": _plot, "envs": _envs}
+    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "check": _check, "eval": _eval, "export": _export,
+                "render": _render, "plot": _plot, "envs": _envs}
     try:
         _set_cpu_devices(args)
         _initialize_distributed(args)

@@ -1,5 +1,6 @@
 """The bounded action distributions (TanhGaussian, Beta), checked against float64 references written
-from the change-of-variables formula, math.lgamma closed forms, quadrature and Monte Carlo."""
+from the change-of-variables formula, math.lgamma closed forms, quadrature and Monte Carlo; and sampling
+from given noise against the Gumbel-max and reparameterisation formulas and binomial frequencies."""
 
 import math
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxppo.program.distributions import Beta, Categorical, DiagGaussian, TanhGaussian
+from purejaxppo.program.distributions import Beta, Categorical, DiagGaussian, MultiCategorical, TanhGaussian
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -291,3 +292,52 @@ def test_each_distribution_owns_its_env_action_and_deterministic_action():
 
     categorical = Categorical(jnp.log(jnp.array([0.2, 0.5, 0.3])))
     assert int(categorical.deterministic_action()) == 1 and int(categorical.env_action(jnp.int32(2))) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling from given noise (what an exported stochastic policy does)
+
+N_DRAWS = 200_000
+
+
+def uniform_noise(key, shape):
+    return jax.random.uniform(key, shape, jnp.float32, minval=np.finfo(np.float32).tiny, maxval=1.0)
+
+
+def test_categorical_from_uniform_noise_has_the_softmax_frequencies_and_never_a_masked_action():
+    probs = np.array([0.1, 0.0, 0.6, 0.3])  # action 1 masked
+    mask = probs > 0
+    logits = np.log(np.where(mask, probs, 1.0)) + np.array([0.0, 5.0, 0.0, 0.0])  # the masked logit is the largest
+    dist = Categorical(jnp.broadcast_to(f32(logits), (N_DRAWS, 4)), jnp.broadcast_to(jnp.asarray(mask), (N_DRAWS, 4)))
+    actions = np.asarray(dist.sample_from(uniform_noise(jax.random.key(11), (N_DRAWS, 4))))
+    freq = np.bincount(actions, minlength=4) / N_DRAWS
+    assert freq[1] == 0.0
+    # five standard errors of a binomial frequency
+    np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / N_DRAWS) + 1e-12)
+
+
+def test_multicategorical_from_uniform_noise_samples_each_component_from_its_own_part():
+    nvec = (2, 3)
+    logits = f32([[0.0, 1.0, 2.0, -1.0, 0.5]])
+    noise = uniform_noise(jax.random.key(12), (1, 5))
+    action = MultiCategorical(logits, nvec).sample_from(noise)
+    first = Categorical(logits[:, :2]).sample_from(noise[:, :2])
+    second = Categorical(logits[:, 2:]).sample_from(noise[:, 2:])
+    np.testing.assert_array_equal(action, jnp.stack([first, second], axis=-1))
+    # and the Gumbel-max argmax, written out
+    gumbel = np.asarray(logits) - np.log(-np.log(np.asarray(noise, np.float64)))
+    np.testing.assert_array_equal(action[0], [np.argmax(gumbel[0, :2]), np.argmax(gumbel[0, 2:])])
+
+
+def test_gaussians_from_normal_noise_are_the_mean_plus_std_times_noise():
+    key = jax.random.key(13)
+    gauss = DiagGaussian(f32(MEAN), f32(LOG_STD))
+    # sample(key) is sample_from the normal noise that key draws
+    np.testing.assert_array_equal(gauss.sample(key), gauss.sample_from(jax.random.normal(key, (3,), jnp.float32)))
+    noise = np.array([0.5, -1.5, 2.0])
+    np.testing.assert_allclose(gauss.sample_from(f32(noise)), MEAN + np.exp(LOG_STD) * noise, rtol=1e-6)
+    # a TanhGaussian's sample is the raw pre-tanh one; its env action squashes it into the bounds
+    tanh = tanh_dist()
+    raw = tanh.sample_from(f32(noise))
+    np.testing.assert_allclose(raw, MEAN + np.exp(LOG_STD) * noise, rtol=1e-6)
+    np.testing.assert_allclose(tanh.env_action(raw), LOW + (np.tanh(raw) + 1) * (HIGH - LOW) / 2, rtol=1e-6)

@@ -34,6 +34,7 @@ from purejaxppo.host.trained import with_pretrained
 from purejaxppo.program.pbt_step import PBTConfig
 from purejaxppo.program.ppo import PPO, TrainState, make_ppo, with_env
 
+
 @dataclasses.dataclass(frozen=True)
 class ResumePoint:
     """The checkpoint a run resumes from, and its run record, read once."""

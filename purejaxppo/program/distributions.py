@@ -7,6 +7,10 @@ alike; only those without a closed form (TanhGaussian) use it.
 Each also owns its action semantics: `env_action` turns a raw sample (what `log_prob` takes) into
 the action an env steps with (clipped, squashed or as it is), `deterministic_action` is the env action
 of the mode, and the continuous ones give their per-component `std`.
+
+All but the Beta also sample from given noise (`sample_from`), for a program that cannot draw its own (an
+exported policy): their `NOISE` says which, uniform in (0, 1) for the categoricals (the Gumbel-max
+trick) or standard normal for the Gaussians, one value per logit or action component.
 """
 
 from __future__ import annotations
@@ -48,8 +52,14 @@ class Categorical:
         """The sum of per-action `terms` over the legal actions."""
         return jnp.sum(terms if self.mask is None else jnp.where(self.mask, terms, 0.0), axis=-1)
 
+    NOISE = "uniform"
+
     def sample(self, key: jax.Array) -> jax.Array:
         return jax.random.categorical(key, masked_logits(self.logits, self.mask), axis=-1)
+
+    def sample_from(self, uniform: jax.Array) -> jax.Array:
+        """A sample driven by `uniform` (the logits' shape, in (0, 1)): argmax(logits + Gumbel noise)."""
+        return jnp.argmax(masked_logits(self.logits, self.mask) - jnp.log(-jnp.log(uniform)), axis=-1)
 
     def log_prob(self, action: jax.Array) -> jax.Array:
         idx = jnp.expand_dims(action.astype(jnp.int32), -1)
@@ -91,9 +101,16 @@ class MultiCategorical:
         masks = [None] * len(self.nvec) if self.mask is None else jnp.split(self.mask, cuts, axis=-1)
         return [Categorical(lg, m) for lg, m in zip(logits, masks)]
 
+    NOISE = "uniform"
+
     def sample(self, key: jax.Array) -> jax.Array:
         keys = jax.random.split(key, len(self.nvec))
         return jnp.stack([c.sample(k) for c, k in zip(self.components(), keys)], axis=-1)
+
+    def sample_from(self, uniform: jax.Array) -> jax.Array:
+        """A sample driven by `uniform` (the logits' shape, in (0, 1)), each component from its own part."""
+        parts = jnp.split(uniform, list(itertools.accumulate(self.nvec))[:-1], axis=-1)
+        return jnp.stack([c.sample_from(u) for c, u in zip(self.components(), parts)], axis=-1)
 
     def log_prob(self, action: jax.Array) -> jax.Array:
         return sum(c.log_prob(action[..., i]) for i, c in enumerate(self.components()))
@@ -126,8 +143,14 @@ class DiagGaussian:
     low: jax.Array | None = None
     high: jax.Array | None = None
 
+    NOISE = "normal"
+
     def sample(self, key: jax.Array) -> jax.Array:
-        return self.mean + jnp.exp(self.log_std) * jax.random.normal(key, self.mean.shape, self.mean.dtype)
+        return self.sample_from(jax.random.normal(key, self.mean.shape, self.mean.dtype))
+
+    def sample_from(self, normal: jax.Array) -> jax.Array:
+        """The sample `normal` (standard normal, the mean's shape) stands for: mean + std * normal."""
+        return self.mean + jnp.exp(self.log_std) * normal
 
     def log_prob(self, action: jax.Array) -> jax.Array:
         z = (action - self.mean) * jnp.exp(-self.log_std)
@@ -184,9 +207,15 @@ class TanhGaussian:
     def _gaussian(self) -> DiagGaussian:
         return DiagGaussian(self.mean, self.log_std)
 
+    NOISE = "normal"
+
     def sample(self, key: jax.Array) -> jax.Array:
         """A raw pre-tanh sample u."""
         return self._gaussian().sample(key)
+
+    def sample_from(self, normal: jax.Array) -> jax.Array:
+        """The raw pre-tanh sample u that `normal` (standard normal, the mean's shape) stands for."""
+        return self._gaussian().sample_from(normal)
 
     def log_prob(self, u: jax.Array) -> jax.Array:
         """Log density of the squashed action squash(u), given the pre-squash u."""
@@ -252,6 +281,8 @@ class Beta:
 
     def _rescale(self, x: jax.Array) -> jax.Array:
         return self.low + x * (self.high - self.low)
+
+    NOISE = None  # its sampler draws gammas by rejection, which no fixed noise input stands for
 
     def sample(self, key: jax.Array) -> jax.Array:
         x = jax.random.beta(key, self.alpha, self.beta, self._shape(), jnp.result_type(self.alpha))
