@@ -125,7 +125,8 @@ def _abstract(interface: Interface, batch: Any) -> list[jax.ShapeDtypeStruct]:
             for _, shape, dtype in interface.inputs]
 
 
-def _to_jax(fn: Callable, interface: Interface) -> bytes:
+def _to_jax(fn: Callable, interface: Interface, name: str) -> bytes:
+    del name  # a serialized JAX program has no name
     (batch,) = jax.export.symbolic_shape("batch")
     return bytes(jax.export.export(jax.jit(fn))(*_abstract(interface, batch)).serialize())
 
@@ -202,8 +203,7 @@ def export_policy(
         raise ConfigError(f"--format: one of {', '.join(FORMATS)}; got {format!r}")
     trained = read_trained(run_dir, step, run)
     path = output_path(run_dir, format, out)
-    write = (lambda fn, sig, name: _to_onnx(fn, sig, name)) if format == "onnx" else \
-        (lambda fn, sig, name: _to_jax(fn, sig))
+    write = _to_onnx if format == "onnx" else _to_jax
     act, interface = acting_program(trained, stochastic, value)
     written = {path: write(act, interface, "policy")}
     initial_path = None
