@@ -561,6 +561,11 @@ def _quiet_library_noise() -> None:
     sys.unraisablehook = hook
 
 
+# The exit status of each kind of error a user can cause (a CheckpointError is a ConfigError: 2).
+EXIT_STATUS: dict[type[Exception], int] = {ConfigError: 2, NonFiniteError: EXIT_NON_FINITE, SaveError: EXIT_SAVE_FAILED,
+                                           DeviceError: EXIT_DEVICE}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status. It may set JAX's CPU device count for the process
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
@@ -572,18 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_cpu_devices(args)
         _initialize_distributed(args)
         return commands[args.command](args)
-    except ConfigError as err:
+    except (ConfigError, NonFiniteError, SaveError, DeviceError) as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteError as err:
-        print(f"purejaxppo: error: {err}", file=sys.stderr)
-        return EXIT_NON_FINITE
-    except SaveError as err:
-        print(f"purejaxppo: error: {err}", file=sys.stderr)
-        return EXIT_SAVE_FAILED
-    except DeviceError as err:
-        print(f"purejaxppo: error: {err}", file=sys.stderr)
-        return EXIT_DEVICE
+        return next(status for kind, status in EXIT_STATUS.items() if isinstance(err, kind))
     except OSError as err:  # a path the user gave that cannot be read or written
         where = f"{err.filename}: " if err.filename else ""
         print(f"purejaxppo: error: {where}{err.strerror or err}", file=sys.stderr)

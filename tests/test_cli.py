@@ -73,6 +73,8 @@ def test_input_that_would_be_ignored_or_misread_is_refused_in_one_line(capsys, t
     assert _refused(capsys, "sweep", "--resume", str(stranded)).endswith(
         f"nothing to resume or load: start it again with purejaxppo sweep --run-dir {stranded} and its other options "
         f"(its files are moved aside)")
+    assert _refused(capsys, "eval", str(stranded)).endswith(  # a reader does not know what made it
+        f"start it again with the command that made it, with --run-dir {stranded} (its files are moved aside)")
     assert _refused(capsys, "sweep", "--resume", str(straight.run_dir), "--seeds", "4") == \
         "--seeds: a resumed sweep keeps its --seeds from the checkpoint; drop --seeds"
     assert _refused(capsys, "sweep", "--resume", str(straight.run_dir), "--max-runs-per-call", "2") == \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -28,7 +29,9 @@ from purejaxppo import cli as cli_lib
 from purejaxppo.config import PPOConfig, load
 from purejaxppo.envs import ActionSpace, EnvStep, make_env, register_env
 from purejaxppo.errors import ConfigError
-from purejaxppo.host.trained import evaluate_run, with_pretrained
+from purejaxppo.host import checkpoint
+from purejaxppo.host.record import Signature
+from purejaxppo.host.trained import evaluate_run, read_trained, with_pretrained
 
 from conftest import CACHE, ROOT, cli, leaves_equal, one_error_line
 
@@ -269,6 +272,18 @@ def test_an_object_run_loads_and_fine_tunes_without_its_env_and_resumes_with_it(
     assert cut.stopped
     resumed = train(CONFIG, tmp_path / "cut", env=Corridor(), resume=True)
     assert leaves_equal(resumed.state.params, trained.state.params)
+
+
+def test_a_record_of_a_version_before_signatures_reads_through_its_env_object_masked_once(tmp_path):
+    config = CONFIG.replace(obs_mask=(1,), total_timesteps=8 * 16 * 2, log_every=2)
+    made = train(config, tmp_path / "masked", env=Corridor())
+    meta = checkpoint.checkpoint_dir(made.run_dir) / str(config.num_updates) / "meta" / "metadata"
+    data = json.loads(meta.read_text())
+    signature = Signature.from_json(data.pop("signature"))
+    meta.write_text(json.dumps(data))
+    assert signature.observation_shape == (1,) and read_trained(made.run_dir, env=Corridor()).signature == signature
+    tuned = with_pretrained(make_ppo(config.replace(init_from=str(made.run_dir)), Corridor()))
+    assert leaves_equal(tuned.pretrained.params, jax.tree.map(lambda x: x[0], made.state.params))
 
 
 def test_make_train_takes_an_env_object(trained):

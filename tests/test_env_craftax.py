@@ -12,8 +12,8 @@ pytest.importorskip("craftax")
 
 from craftax.craftax_env import make_craftax_env_from_name  # noqa: E402
 
-from purejaxppo.envs import make_env  # noqa: E402
 from purejaxppo.envs import craftax as family  # noqa: E402
+from purejaxppo.envs import make_env  # noqa: E402
 from purejaxppo.errors import ConfigError  # noqa: E402
 
 NAME = "Craftax-Classic-Symbolic-v1"

@@ -73,6 +73,20 @@ def test_a_resume_keeps_the_rows_before_it_and_ignores_a_torn_row(tmp_path):
     np.testing.assert_array_equal(back["env_steps"][0], [1024, 2048, 3072, 4096, 5120])
 
 
+def test_a_last_row_without_its_newline_is_torn_for_every_reader(tmp_path):
+    """A crash can cut a row inside its last number, leaving a row that parses; every reader (a resume,
+    `plot`, the best member of a population) takes it as torn alike."""
+    store = metrics.MetricsStore(tmp_path, 1)
+    store.write(0, chunk(1, 0, 3, 0))
+    store.close()
+    path = tmp_path / metrics.FILE
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])  # the last row cut before its newline (or inside its last number)
+    assert metrics.read(path)["episode_return"].shape == (1, 2)
+    _, _, _, kept = metrics.rows_before(path, 2, 1)
+    np.testing.assert_array_equal(kept["episode_return"], metrics.read(path)["episode_return"])
+
+
 def test_the_kept_rows_are_not_rewritten(tmp_path):
     store = metrics.MetricsStore(tmp_path, 1)
     store.write(0, {"env_steps": np.array([[3_000_000_123]], np.int64), "x": np.array([[0.1]], np.float32)})

@@ -171,6 +171,9 @@ def test_mismatched_config_is_refused_with_the_difference(straight):
         train(TINY.replace(hidden_sizes=(32,)), straight.run_dir, resume=True)
     with pytest.raises(CheckpointError, match="env: checkpoint has 'CartPole-v1', config has 'Acrobot-v1'"):
         train(TINY.replace(env="Acrobot-v1", env_kwargs={}), straight.run_dir, resume=True)
+    # the difference is what is wrong, before the env is built
+    with pytest.raises(CheckpointError, match="env: checkpoint has 'CartPole-v1', config has 'NoSuchEnv-v0'"):
+        train(TINY.replace(env="NoSuchEnv-v0", env_kwargs={}), straight.run_dir, resume=True)
 
 
 def test_nan_guard_reports_the_first_bad_update_and_keeps_the_last_good_state(monkeypatch, tmp_path):

@@ -182,6 +182,11 @@ class HiddenObs:
         return out._replace(obs=self.hide(out.obs), final_obs=self.hide(out.final_obs))
 
 
+def unmasked(env: Env) -> Env:
+    """An env as it was before obs_mask hid any of its observation's components."""
+    return env.env if isinstance(env, HiddenObs) else env
+
+
 def action_masks(env: Env, states: Any) -> jax.Array | None:
     """The legal actions in each of a batch of env states, for an env whose action space is masked."""
     return jax.vmap(env.action_mask)(states) if env.action_space.masked else None

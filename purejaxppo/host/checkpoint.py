@@ -182,7 +182,7 @@ def check_fresh(run_dir: str | Path) -> list[str]:
     overwrite. Returns the files of a run that ended before its first checkpoint (a kill, an
     out-of-memory error), which has nothing to resume: `set_aside` moves them before the new run writes."""
     run_dir = Path(run_dir)
-    steps = available_steps(run_dir) if checkpoint_dir(run_dir).is_dir() else []
+    steps = completed_steps(run_dir)
     held = [name for name in (*RUN_FILES, "config.yaml", "tensorboard") if (run_dir / name).exists()]
     if steps:
         raise CheckpointError(
@@ -222,16 +222,21 @@ def supersede_later(run_dir: str | Path, step: int) -> Path | None:
     return target
 
 
+def completed_steps(run_dir: str | Path) -> list[int]:
+    """The completed checkpoints of a run dir, none where it has no checkpoints folder (or is no folder)."""
+    return _completed(checkpoint_dir(run_dir))
+
+
 def last_good(run_dir: str | Path) -> str:
     """The newest completed checkpoint of a run dir, in words."""
-    steps = _completed(checkpoint_dir(run_dir))
+    steps = completed_steps(run_dir)
     return f"checkpoint {steps[-1]}" if steps else "none (no checkpoint was completed)"
 
 
-def available_steps(run_dir: str | Path, kind: str | None = "run") -> list[int]:
+def available_steps(run_dir: str | Path, kind: str | None = None) -> list[int]:
     """The completed checkpoints of a run dir (orbax renames a save into place only once it is whole). `kind`
-    ("run", "sweep" or "pbt"; None where any) is what the caller expects it to hold, for the hint of a
-    stranded one."""
+    ("run", "sweep" or "pbt"; None where any, as for a reader) is what the caller expects it to hold, for
+    the hint of a stranded one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist")
@@ -258,7 +263,7 @@ def _again(run_dir: Path, kind: str | None) -> str:
            f"{start_again(run_dir, kind)}"
 
 
-def _pick_step(run_dir: Path, step: int | None, kind: str | None = "run") -> int:
+def _pick_step(run_dir: Path, step: int | None, kind: str | None = None) -> int:
     steps = available_steps(run_dir, kind)
     if not steps:
         raise CheckpointError(f"run dir {run_dir} has no completed checkpoint{_again(run_dir, kind)}")
@@ -269,7 +274,7 @@ def _pick_step(run_dir: Path, step: int | None, kind: str | None = "run") -> int
     return step
 
 
-def read_record(run_dir: str | Path, step: int | None = None, kind: str | None = "run") -> tuple[int, RunRecord]:
+def read_record(run_dir: str | Path, step: int | None = None, kind: str | None = None) -> tuple[int, RunRecord]:
     """The step and run record of a checkpoint, the latest one by default (`kind` as in `available_steps`).
     Reads JSON only: no JAX work."""
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +50,14 @@ def _fmt(value: Any) -> str:
 def read(path: str | Path, before: int | None = None) -> dict[str, np.ndarray]:
     """Every metric of a store as `[runs, updates]` arrays (updates below `before` only, when given).
     Rows that do not parse, such as one torn by a crash, are skipped."""
+    data = Path(path).read_bytes()
+    header, start = _header(data)
+    if header[:2] != ["run", "update"]:
+        return {}
     rows: dict[tuple[int, int], list[float]] = {}
-    names: list[str] = []
-    with Path(path).open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or header[:2] != ["run", "update"]:
-            return {}
-        names = header[2:]
-        for row in reader:
-            if len(row) != len(header):
-                continue
-            try:
-                run, update = int(row[0]), int(row[1])
-                values = [float(v) for v in row[2:]]
-            except ValueError:
-                continue
-            if before is None or update < before:
-                rows[(run, update)] = values
+    for _, row in _rows(data, start, len(header)):
+        if row is not None and (before is None or row[1] < before):
+            rows[(row[0], row[1])] = row[2]
     if not rows:
         return {}
     runs = 1 + max(r for r, _ in rows)
@@ -75,7 +65,7 @@ def read(path: str | Path, before: int | None = None) -> dict[str, np.ndarray]:
     if len(rows) != runs * len(updates) or updates != list(range(updates[0], updates[0] + len(updates))):
         updates = [u for u in updates if all((r, u) in rows for r in range(runs))]  # whole updates only
     table = np.array([[rows[(r, u)] for u in updates] for r in range(runs)], np.float64)
-    return {name: table[..., i] for i, name in enumerate(names)}
+    return {name: table[..., i] for i, name in enumerate(header[2:])}
 
 
 class MetricsStore:
@@ -157,6 +147,23 @@ class MetricsStore:
             self._file.close()
 
 
+def _header(data: bytes) -> tuple[list[str], int]:
+    """The header of a metrics file's bytes, and where its rows start."""
+    end = data.find(b"\n")
+    return (data[:end].decode("utf-8", "replace").rstrip("\r").split(",") if end >= 0 else []), end + 1
+
+
+def _rows(data: bytes, start: int, width: int) -> Iterator[tuple[bytes, tuple[int, int, list[float]] | None]]:
+    """Each line of a metrics file's bytes from `start`, with its (run, update, values), or None where it
+    does not parse or is torn (a last line without its newline, as a crash leaves it)."""
+    while start < len(data):
+        stop = data.find(b"\n", start)
+        stop = len(data) if stop < 0 else stop + 1
+        line = data[start:stop]
+        yield line, (_parse_row(line, width) if line.endswith(b"\n") else None)
+        start = stop
+
+
 def _parse_row(line: bytes, width: int) -> tuple[int, int, list[float]] | None:
     fields = line.decode("utf-8", "replace").rstrip("\r\n").split(",")
     if len(fields) != width:
@@ -174,22 +181,17 @@ def rows_before(path: Path, before: int, runs: int) -> tuple[bytes, bool, list[s
     such as one torn by a crash, are dropped. Raises ValueError, saying what is wrong, when the header
     does not parse or a row of the `runs` runs before `before` is missing."""
     data = path.read_bytes()
-    end = data.find(b"\n")
-    header = data[:end].decode("utf-8", "replace").rstrip("\r").split(",") if end >= 0 else []
+    header, start = _header(data)
     names = header[2:]
     if header[:2] != ["run", "update"] or not names or len(set(names)) != len(names) or "" in names:
         shown = ",".join(header[:4]) + ("..." if len(header) > 4 else "")
         raise ValueError(f"its header {shown!r} is not run,update,<metrics>")
     rows: dict[tuple[int, int], list[float]] = {}
-    kept, start = [data[:end + 1]], end + 1
-    while start < len(data):
-        stop = data.find(b"\n", start)
-        stop = len(data) if stop < 0 else stop + 1
-        row = _parse_row(data[start:stop], len(header)) if data[stop - 1:stop] == b"\n" else None  # else torn
+    kept = [data[:start]]
+    for line, row in _rows(data, start, len(header)):
         if row is not None and row[1] < before and (row[0], row[1]) not in rows:
             rows[(row[0], row[1])] = row[2]
-            kept.append(data[start:stop])
-        start = stop
+            kept.append(line)
     wanted = runs * before
     if len(rows) != wanted or any(not (0 <= r < runs and 0 <= u < before) for r, u in rows):
         raise ValueError(f"it holds {len(rows)} readable rows before update {before} where {runs} run(s) need "

@@ -21,6 +21,7 @@ import jax
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
+from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.errors import CheckpointError, ConfigError, Interrupted, device_error, is_device_error
 from purejaxppo.host import checkpoint, rundir
 from purejaxppo.host.layout import Program, check_fits, fewer_runs, plan
@@ -202,7 +203,8 @@ class Prepared:
     def _check_unchanged(self) -> None:
         """With the run dir held: refuse a run dir that another writer changed since this was prepared (a
         resume's checkpoint gone, a new run's dir holding a run now), and find a stranded run's files."""
-        if self.resume is not None and self.resume.step not in checkpoint.available_steps(self.run_dir):
+        kind = self.record.kind
+        if self.resume is not None and self.resume.step not in checkpoint.available_steps(self.run_dir, kind):
             raise CheckpointError(f"checkpoint {self.resume.step} in {self.run_dir} is gone since the run was "
                                   f"prepared; prepare it again")
         if self.resume is None and self.run_dir is not None and is_primary():
@@ -246,12 +248,18 @@ def prepare(
     population = dataclasses.replace(population, config=config)
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume is not None:
-        if run_dir is not None and run_dir.resolve() != resume.run_dir.resolve():
+        if run_dir is not None and checkpoint.resolved(run_dir) != checkpoint.resolved(resume.run_dir):
             raise CheckpointError(f"run dir {run_dir}: the resume point is in {resume.run_dir}; a resumed run "
                                   f"continues in its own run dir")
         run_dir = resume.run_dir
     if run_dir is not None and run_dir.is_dir() and is_primary():
         rundir.check_free(run_dir)  # a run dir another process writes is refused first, whatever else is wrong
+    if resume is not None:  # a config the checkpoint was not written for, before its env is built
+        where = f"checkpoint {resume.step} in {run_dir}"
+        if config.num_updates < resume.step:
+            raise CheckpointError(f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} "
+                                  f"updates, fewer than the {resume.step} that {where} has done already")
+        check_compatible(resume.record.config, config, where)
     ppo = make_ppo(config, env)
     if resume is None:  # a resume restores its own state, the started-from policy's included
         ppo = with_pretrained(ppo)
@@ -262,17 +270,11 @@ def prepare(
                        max_runs_per_call, num_seeds, grid, pbt)
     stored, stranded = None, []
     if resume is not None:
-        saved, step = resume.record, resume.step
-        where = f"checkpoint {step} in {run_dir}"
-        if config.num_updates < step:
-            raise CheckpointError(f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} "
-                                  f"updates, fewer than the {step} that {where} has done already")
-        check_compatible(saved.config, config, where)
-        if saved.stacked_runs != lay.stacked_runs:
-            raise CheckpointError(f"{run_dir}: the checkpoint holds {saved.stacked_runs} stacked runs, but "
+        if resume.record.stacked_runs != lay.stacked_runs:
+            raise CheckpointError(f"{run_dir}: the checkpoint holds {resume.record.stacked_runs} stacked runs, but "
                                   f"{lay.devices} device(s) give {lay.stacked_runs} here; resume on as many devices as "
                                   f"it ran on (--cpu-devices N)")
-        stored = checkpoint.check_arrays(run_dir, step, program.abstract)
+        stored = checkpoint.check_arrays(run_dir, resume.step, program.abstract)
     if run_dir is not None and is_primary():
         rundir.check_writable(run_dir)
     if resume is None and run_dir is not None and run_dir.is_dir():
@@ -283,4 +285,4 @@ def prepare(
 
 def default_run_dir(config: PPOConfig, root: str | Path = "runs", kind: str = "run") -> Path:
     """A new folder under `root` named after the env and the time (a sweep's and a PBT run's say so)."""
-    return rundir.default(config.env, root, "" if kind == "run" else f"-{KINDS[kind]}")
+    return rundir.default(config.env.removeprefix(OBJECT_PREFIX), root, "" if kind == "run" else f"-{KINDS[kind]}")

@@ -13,7 +13,8 @@ import numpy as np
 
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
-from purejaxppo.envs import ActionSpace, Env, HiddenObs, image_shape
+from purejaxppo.envs import ActionSpace, Env, image_shape
+from purejaxppo.envs.base import unmasked
 from purejaxppo.host.population import Member
 from purejaxppo.program.pbt_step import PBTConfig
 
@@ -42,8 +43,8 @@ class Signature:
 
     @classmethod
     def of(cls, env: Env) -> Signature:
-        given = env.env.observation_shape if isinstance(env, HiddenObs) else env.observation_shape
-        return cls(tuple(env.observation_shape), tuple(given), image_shape(env), env.action_space)
+        return cls(tuple(env.observation_shape), tuple(unmasked(env).observation_shape), image_shape(env),
+                   env.action_space)
 
     def to_json(self) -> dict[str, Any]:
         space = self.action_space

@@ -70,10 +70,10 @@ def _read_only(path: Path) -> bool:
 
 
 def default(env: str, root: str | Path = "runs", suffix: str = "") -> Path:
-    """A new run dir under `root`, named after the env (an import path's or object's characters that a
+    """A new run dir under `root`, named after the env (an import path's or class's characters that a
     folder name should not hold made dashes) and the time."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", env.removeprefix("object:"))  # e.g. pkg.mod:MyEnv, brax/ant
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", env)  # e.g. pkg.mod:MyEnv, brax/ant
     return Path(root) / f"{name}-{stamp}{suffix}"
 
 

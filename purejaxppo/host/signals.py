@@ -100,7 +100,7 @@ def written(run_dir: Path | None, kind: str) -> str:
     """What a run dir holds for the run that is writing it, and how to go on, in words."""
     if run_dir is None:
         return "nothing was kept (no run dir)"
-    steps = checkpoint.available_steps(run_dir) if checkpoint.checkpoint_dir(run_dir).is_dir() else []
+    steps = checkpoint.completed_steps(run_dir)
     if steps:
         return f"checkpoint {steps[-1]} is the newest; resume with purejaxppo {KINDS[kind]} --resume {run_dir}"
     return f"no checkpoint was written; {start_again(run_dir, kind)}"

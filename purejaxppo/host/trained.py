@@ -20,7 +20,7 @@ import numpy as np
 from purejaxppo import envs
 from purejaxppo.config import FINE_TUNE_KEYS
 from purejaxppo.envs import Env
-from purejaxppo.envs.base import abstract_key, kept_components
+from purejaxppo.envs.base import abstract_key, kept_components, unmasked
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.errors import CheckpointError, ConfigError, notify
 from purejaxppo.host import checkpoint, limits
@@ -30,7 +30,7 @@ from purejaxppo.program import exploit
 from purejaxppo.program.evaluation import evaluate
 from purejaxppo.program.normalization import RunningStats
 from purejaxppo.program.policy import Carry, Policy, make_policy
-from purejaxppo.program.ppo import PPO, Pretrained, make_ppo
+from purejaxppo.program.ppo import PPO, Pretrained
 
 MAX_TRIES = 5  # reads of a live run's newest checkpoint, which it may delete in the moment before the pin
 
@@ -58,7 +58,7 @@ def read_trained(run_dir: str | Path, step: int | None = None, run: int | None =
             try:
                 _, record = checkpoint.read_record(run_dir, chosen)
                 picked = _picked(run_dir, chosen, record, run, note)
-                signature = record.signature or Signature.of(make_ppo(record.config, env).env)
+                signature = record.signature or Signature.of(trained_env(record, env))
                 parts = checkpoint.restore_parts(run_dir, chosen, ("params", "obs_stats"))
                 break
             except CheckpointError:
@@ -201,7 +201,7 @@ def with_pretrained(ppo: PPO) -> PPO:
     same_object = config.env.startswith(OBJECT_PREFIX)  # an earlier version's record rebuilds it from this run's
     try:
         source = read_trained(where, config.init_step or None, None if config.init_run < 0 else config.init_run,
-                              ppo.env if same_object else None, note=False)
+                              unmasked(ppo.env) if same_object else None, note=False)
     except ConfigError as err:
         raise ConfigError(f"init_from: {err}") from None
     record = source.record
