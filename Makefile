@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test test-all install clean
+.PHONY: train test test-all docs install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# the tests also cover the optional env families and the ONNX export, so they install their extras
+# the tests also cover the optional env families, the ONNX export and the docs build, so they install their extras
 $(BIN)/.installed-extras: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid,export]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid,export,docs]"
+	touch $@
+
+$(BIN)/.installed-docs: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -22,12 +26,19 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/purejaxppo train
 
-# every test but the GPU script's CPU dry run (about 3 minutes), which test-all adds
+# every test but the GPU script's CPU dry run (about 3 minutes), which test-all adds; in one worker process per
+# core (up to 4), each given whole test files, so a module's compiled fixtures are built once
+TEST_WORKERS := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(BIN)/.installed-extras
-	$(BIN)/python -m pytest -q -m "not gpu_script"
+	$(BIN)/python -m pytest -q -m "not gpu_script" $(TEST_WORKERS)
 
 test-all: $(BIN)/.installed-extras
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TEST_WORKERS)
+
+# the documentation site, into site/ (open site/index.html; nothing in it is fetched from the internet)
+docs: $(BIN)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

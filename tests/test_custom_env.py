@@ -33,7 +33,7 @@ from purejaxppo.host import checkpoint
 from purejaxppo.host.record import Signature
 from purejaxppo.host.trained import evaluate_run, read_trained, with_pretrained
 
-from conftest import CACHE, ROOT, cli, leaves_equal, one_error_line
+from conftest import CACHE, cli, leaves_equal, one_error_line
 
 TESTS = Path(__file__).resolve().parent
 
@@ -467,14 +467,3 @@ def test_packages_declare_envs_for_the_cli_through_entry_points(monkeypatch):
     assert "Corridor-ep" in envs.known_envs()
     env = make_env("Corridor-ep", {"length": 2, "max_steps_in_episode": 5})  # as by import path: params too
     assert env.action_space.n == 2 and env._params.max_steps_in_episode == 5
-
-
-def test_the_readme_example_env_trains():
-    text = (ROOT / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class Corridor" in b)
-    assert len(block.splitlines()) <= 35
-    namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # trains, as a reader would run it
-    env = namespace["Corridor"]()
-    shortest = 1 - 0.01 * (env.length - 1)  # straight to the end
-    assert namespace["result"].final_return == pytest.approx(shortest, abs=0.02)

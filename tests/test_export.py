@@ -19,7 +19,7 @@ from purejaxppo.host.export import export_policy
 from purejaxppo.host.trained import evaluate_run, read_trained
 from purejaxppo.program.policy import Policy
 
-from conftest import CACHE, ROOT
+from conftest import CACHE
 from test_masked_actions import Pick
 
 BASE = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=1, hidden_sizes=(16,), normalize_obs=True,
@@ -219,13 +219,3 @@ def test_what_cannot_be_exported_is_one_line(runs, tmp_path, monkeypatch, capsys
                                                  "installed): pip install 'purejaxppo[export]'")
     assert cli_lib.main(["export", str(runs["categorical"]), "--format", "jax"]) == 0
     assert "policy.jaxexport (jax): obs[batch,4] float32 -> action[batch] int32" in capsys.readouterr().out
-
-
-def test_the_readme_example_runs_an_exported_policy_in_a_numpy_loop(monkeypatch, tmp_path):
-    text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- export example -->\n```python\n", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    block = block.replace("total_timesteps=30_000", f"total_timesteps=2048, compilation_cache={CACHE!r}")
-    exec(compile(block, "README.md", "exec"), namespace)  # trains, exports and plays, as a reader would
-    assert namespace["onnx_return"] == namespace["policy_return"]
