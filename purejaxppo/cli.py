@@ -413,18 +413,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import json
-
     from purejaxppo.host.export import export_policy
 
     exported = export_policy(args.run_dir, args.format, args.out, step=args.step, run=args.run,
                              stochastic=args.stochastic, value=args.value)
-    meta = json.loads(exported.metadata.read_text())
-    shown = lambda items: ", ".join(f"{i['name']}[{','.join(map(str, i['shape']))}] {i['dtype']}" for i in items)  # noqa: E731
-    print(f"wrote {exported.path} ({args.format}): {shown(meta['inputs'])} -> {shown(meta['outputs'])}")
+    shown = lambda items: ", ".join(f"{n}[{','.join(map(str, s))}] {d}" for n, s, d in items)  # noqa: E731
+    interface = exported.interface
+    print(f"wrote {exported.path} ({args.format}): {shown(interface.inputs)} -> {shown(interface.outputs)}")
     if exported.initial_carry is not None:
         print(f"wrote {exported.initial_carry}: the initial carry for a batch of observations")
-    print(f"wrote {exported.metadata}: its inputs, outputs, spaces and source (checkpoint {meta['checkpoint_step']})")
+    print(f"wrote {exported.metadata}: its inputs, outputs, spaces and source (checkpoint {exported.step})")
     return 0
 
 

@@ -28,7 +28,7 @@ from purejaxppo.errors import ConfigError
 from purejaxppo.host import metrics as metrics_lib
 from purejaxppo.host.loop import Progress, RunResult
 from purejaxppo.host.population import Member, Population
-from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_point
+from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_from
 from purejaxppo.host.processes import is_primary
 from purejaxppo.program import exploit
 from purejaxppo.program.pbt_step import SCORES, Exploit, Explored, PBTConfig
@@ -149,10 +149,9 @@ def prepare_pbt(
 ) -> Prepared:
     """`spec.seeds` populations of `spec.population` members, built and checked; a resume (True, or a
     ResumePoint already read) takes its PBT setup and members from the checkpoint."""
-    if resume is True:
-        resume = resume_point(run_dir, step, "pbt")
+    resume = resume_from(resume, run_dir, step, "pbt")
     saved = None
-    if resume:
+    if resume is not None:
         spec, saved = resume.record.pbt, resume.record.members
         if resume.step % spec.interval and resume.step < config.num_updates:
             raise ConfigError(f"total_timesteps: checkpoint {resume.step} ended the earlier run between two PBT "
@@ -161,7 +160,7 @@ def prepare_pbt(
     config = check(spec, config)
     firsts = tuple(config.seed + g * spec.population for g in range(spec.seeds))
     population = Population(config, saved or members(spec, config), step=Exploit(spec, firsts))
-    return prepare(population, run_dir, kind="pbt", resume=resume or None, env=env, pbt=spec)
+    return prepare(population, run_dir, kind="pbt", resume=resume, env=env, pbt=spec)
 
 
 def pbt(

@@ -9,7 +9,7 @@ from typing import Any
 from purejaxppo.config import PPOConfig
 from purejaxppo.host.loop import Progress, RunResult
 from purejaxppo.host.population import Population
-from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_point
+from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_from
 
 
 def prepare_train(
@@ -18,9 +18,8 @@ def prepare_train(
 ) -> Prepared:
     """One run of `config` (on `env`, an env object, when given), built and checked; `resume` continues the
     run in `run_dir` from its latest checkpoint (or `step`), or from a ResumePoint already read."""
-    if resume is True:
-        resume = resume_point(run_dir, step, "run")
-    return prepare(Population.single(config), run_dir, kind="run", resume=resume or None, env=env)
+    resume = resume_from(resume, run_dir, step, "run")
+    return prepare(Population.single(config), run_dir, kind="run", resume=resume, env=env)
 
 
 def train(

@@ -21,7 +21,7 @@ from purejaxppo.host import metrics as metrics_lib
 from purejaxppo.host import stats
 from purejaxppo.host.loop import Progress, RunResult
 from purejaxppo.host.population import Member, Population
-from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_point
+from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_from
 from purejaxppo.host.processes import is_primary
 
 
@@ -99,14 +99,13 @@ def prepare_sweep(
 ) -> Prepared:
     """`seeds` x grid runs of `config`, built and checked; a resume (True, or a ResumePoint already read)
     takes its seeds, grid and call size from the checkpoint."""
-    if resume is True:
-        resume = resume_point(run_dir, step, "sweep")
-    if resume:
+    resume = resume_from(resume, run_dir, step, "sweep")
+    if resume is not None:
         record = resume.record
         seeds, grid, max_runs_per_call = record.num_seeds, record.grid, record.max_runs_per_call
     grid = {k: list(v) for k, v in (grid or {}).items()}
     population = population_of(config, seeds, check_grid(config, grid))
-    return prepare(population, run_dir, kind="sweep", resume=resume or None, max_runs_per_call=max_runs_per_call,
+    return prepare(population, run_dir, kind="sweep", resume=resume, max_runs_per_call=max_runs_per_call,
                    env=env, num_seeds=seeds, grid=grid)
 
 

@@ -9,6 +9,7 @@ Each family's adapter lives in its own module and turns its library's API into t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
@@ -135,6 +136,15 @@ def refuses_nothing(name: str) -> None:
 def kept_components(size: int, hidden: tuple[int, ...]) -> np.ndarray:
     """The indices of a flat observation of `size` components that `hidden` (obs_mask) leaves in view."""
     return np.array([i for i in range(size) if i not in set(hidden)], np.int32)
+
+
+def in_view(size: int, hidden: tuple[int, ...]) -> Callable[[jax.Array], jax.Array]:
+    """What a policy sees of (a batch of) flat observations of `size` components, with obs_mask's `hidden`
+    components dropped: the env's observations as they are, where none is hidden."""
+    if not hidden:
+        return lambda obs: obs
+    keep = kept_components(size, hidden)
+    return lambda obs: obs[..., keep]
 
 
 class HiddenObs:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxppo.envs.base import kept_components
+from purejaxppo.envs.base import in_view
 from purejaxppo.errors import ConfigError
 from purejaxppo.host.trained import Trained, read_trained
 
@@ -58,6 +58,8 @@ class Exported:
     path: Path
     initial_carry: Path | None
     metadata: Path
+    interface: Interface
+    step: int  # the checkpoint's
 
 
 def acting_program(trained: Trained, stochastic: bool = False, value: bool = False) -> tuple[Callable, Interface]:
@@ -67,11 +69,11 @@ def acting_program(trained: Trained, stochastic: bool = False, value: bool = Fal
     params, obs_stats = jax.tree.map(jnp.asarray, (trained.params, trained.obs_stats))
     space = policy.action_space
     size = int(np.prod(trained.signature.env_observation_shape))
-    keep = kept_components(size, config.obs_mask) if config.obs_mask else None
+    seen = in_view(size, config.obs_mask)
     carry_leaves, carry_tree = jax.tree.flatten(policy.initial_carry((1,)))
 
     def step(obs: jax.Array, mask: jax.Array | None, carry: Any) -> tuple[Any, jax.Array, Any]:
-        return policy.apply(params, obs_stats, obs if keep is None else obs[..., keep], carry, mask)
+        return policy.apply(params, obs_stats, seen(obs), carry, mask)
 
     noise = None
     if stochastic:
@@ -212,13 +214,12 @@ def export_policy(
         initial_path = path.with_name(path.name.removesuffix(FORMATS[format]) + ".initial_carry" + FORMATS[format])
         written[initial_path] = write(initial, initial_interface, "initial_carry")
     metadata = path.with_name(path.name + ".json")
-    written[metadata] = json.dumps(describe(trained, format, interface, path, initial_path, stochastic),
-                                   indent=1).encode()
+    written[metadata] = json.dumps(describe(trained, format, interface, path, initial_path), indent=1).encode()
     for file, data in written.items():  # each whole or not at all: a kill leaves no half-written file
         part = file.with_name(f".{file.name}.part")
         part.write_bytes(data)
         part.replace(file)
-    return Exported(path, initial_path, metadata)
+    return Exported(path, initial_path, metadata, interface, trained.step)
 
 
 def output_path(run_dir: str | Path, format: str, out: str | Path | None) -> Path:
@@ -236,26 +237,21 @@ def output_path(run_dir: str | Path, format: str, out: str | Path | None) -> Pat
     return path
 
 
-def describe(trained: Trained, format: str, interface: Interface, path: Path, initial: Path | None,
-             stochastic: bool) -> dict[str, Any]:
+def describe(trained: Trained, format: str, interface: Interface, path: Path, initial: Path | None) -> dict[str, Any]:
     """The metadata beside an export: its files, inputs and outputs, the observation and action spaces, the
     carry, the noise, and where the policy came from."""
     record, space = trained.record, trained.signature.action_space
+    signature = trained.signature.to_json()
     spec = lambda items: [{"name": n, "shape": list(s), "dtype": d} for n, s, d in items]  # noqa: E731
     config = record.config.to_dict()
     return {
         "format": format, "file": path.name, "initial_carry_file": None if initial is None else initial.name,
         "inputs": spec(interface.inputs), "outputs": spec(interface.outputs),
-        "observation": {"shape": list(trained.signature.env_observation_shape), "dtype": "float32",
-                        "obs_mask": list(record.config.obs_mask),
-                        "image_shape": None if trained.signature.image_shape is None
-                        else list(trained.signature.image_shape)},
-        "action_space": {"discrete": space.discrete, "n": space.n, "shape": list(space.shape),
-                         "nvec": list(space.nvec), "masked": space.masked,
-                         "low": None if space.low is None else np.asarray(space.low).tolist(),
-                         "high": None if space.high is None else np.asarray(space.high).tolist()},
+        "observation": {"shape": signature["env_observation_shape"], "dtype": "float32",
+                        "obs_mask": list(record.config.obs_mask), "image_shape": signature["image_shape"]},
+        "action_space": signature["action_space"],
         "recurrent": trained.policy.recurrent,
-        "stochastic": stochastic,
+        "stochastic": interface.noise is not None,
         "noise": None if interface.noise is None else {"distribution": interface.noise, "shape": ["batch", space.dim]},
         "distribution": trained.policy.kind,
         "env": record.config.env, "checkpoint_step": trained.step, "env_steps": trained.step * record.config.batch_size,

@@ -58,6 +58,13 @@ def resume_point(run_dir: str | Path | None, step: int | None, kind: str | None)
     return ResumePoint(Path(run_dir), step, record)
 
 
+def resume_from(resume: bool | ResumePoint, run_dir: str | Path | None, step: int | None,
+                kind: str) -> ResumePoint | None:
+    """What a front end's `resume` argument names: the run dir's checkpoint (`resume_point`) for True, the
+    point itself where it was read already, None for a new run."""
+    return resume_point(run_dir, step, kind) if resume is True else resume or None
+
+
 def check_compatible(saved: PPOConfig, config: PPOConfig, where: str) -> None:
     """Refuse a config that would build another program than the one a checkpoint was written by."""
     saved_d, new_d = saved.to_dict(), config.to_dict()

@@ -20,7 +20,7 @@ import numpy as np
 from purejaxppo import envs
 from purejaxppo.config import FINE_TUNE_KEYS
 from purejaxppo.envs import Env
-from purejaxppo.envs.base import abstract_key, kept_components, unmasked
+from purejaxppo.envs.base import abstract_key, in_view, unmasked
 from purejaxppo.envs.custom import OBJECT_PREFIX
 from purejaxppo.errors import CheckpointError, ConfigError, notify
 from purejaxppo.host import checkpoint, limits
@@ -115,11 +115,10 @@ class LoadedPolicy:
     def __init__(self, policy: Policy, params: Any, obs_stats: RunningStats, hidden: tuple[int, ...] = (),
                  env_observation_shape: tuple[int, ...] = ()) -> None:
         self.policy = policy
-        keep = kept_components(int(np.prod(env_observation_shape)), hidden) if hidden else None
-        as_obs = lambda obs: obs[..., keep] if hidden else obs  # noqa: E731
+        seen = in_view(int(np.prod(env_observation_shape)), hidden)
         as_mask = lambda mask: None if mask is None else jnp.asarray(mask, bool)  # noqa: E731
         self._step = jax.jit(lambda obs, carry, key, mask: policy.act(
-            params, obs_stats, as_obs(jnp.asarray(obs, jnp.float32)), key, carry, as_mask(mask)))
+            params, obs_stats, seen(jnp.asarray(obs, jnp.float32)), key, carry, as_mask(mask)))
         self._reset = jax.jit(policy.reset)
 
     @classmethod

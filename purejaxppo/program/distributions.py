@@ -95,11 +95,13 @@ class MultiCategorical:
     nvec: tuple[int, ...] = flax.struct.field(pytree_node=False)
     mask: jax.Array | None = None
 
+    def _split(self, x: jax.Array) -> list[jax.Array]:
+        """Each component's part of the last axis of `x` (shaped as the logits)."""
+        return jnp.split(x, list(itertools.accumulate(self.nvec))[:-1], axis=-1)
+
     def components(self) -> list[Categorical]:
-        cuts = list(itertools.accumulate(self.nvec))[:-1]
-        logits = jnp.split(self.logits, cuts, axis=-1)
-        masks = [None] * len(self.nvec) if self.mask is None else jnp.split(self.mask, cuts, axis=-1)
-        return [Categorical(lg, m) for lg, m in zip(logits, masks)]
+        masks = [None] * len(self.nvec) if self.mask is None else self._split(self.mask)
+        return [Categorical(lg, m) for lg, m in zip(self._split(self.logits), masks)]
 
     NOISE = "uniform"
 
@@ -109,8 +111,7 @@ class MultiCategorical:
 
     def sample_from(self, uniform: jax.Array) -> jax.Array:
         """A sample driven by `uniform` (the logits' shape, in (0, 1)), each component from its own part."""
-        parts = jnp.split(uniform, list(itertools.accumulate(self.nvec))[:-1], axis=-1)
-        return jnp.stack([c.sample_from(u) for c, u in zip(self.components(), parts)], axis=-1)
+        return jnp.stack([c.sample_from(u) for c, u in zip(self.components(), self._split(uniform))], axis=-1)
 
     def log_prob(self, action: jax.Array) -> jax.Array:
         return sum(c.log_prob(action[..., i]) for i, c in enumerate(self.components()))
