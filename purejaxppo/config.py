@@ -344,8 +344,8 @@ class PPOConfig:
     compilation_cache: str = field(
         default="~/.cache/purejaxppo/jax",
         metadata=_control("Folder of JAX's persistent compilation cache, used by `train` and `sweep`: a repeat run "
-                      "of the same config loads its compiled program instead of compiling. Empty turns it off. JAX "
-                      "keeps the setting of a process's first compile for the whole process."),
+                      "of the same config loads its compiled program instead of compiling. Empty turns it off. "
+                      "Each run uses its own, also where one Python process trains several."),
     )
 
     # Derived sizes. Validation guarantees these divide evenly.

@@ -8,6 +8,8 @@ session-scoped: each is trained once and read by several modules.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from purejaxppo import cli as cli_lib
 from purejaxppo import train
 from purejaxppo.config import PPOConfig
 from purejaxppo.host import checkpoint
@@ -84,6 +87,19 @@ def cli(*args: str, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess
     """`python -m purejaxppo ARGS` in a fresh process, from the repo root."""
     return subprocess.run([sys.executable, "-m", "purejaxppo", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, **kwargs)
+
+
+def here(*args: str) -> subprocess.CompletedProcess:
+    """`purejaxppo ARGS` through `cli.main` in this process: its exit status and what it prints, as `cli` gives
+    them, without the seconds a fresh Python and JAX take to start. For a refusal or a run that ends by itself;
+    a signal, a killed process, a device count or a compilation cache of its own needs a fresh process (`cli`)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli_lib.main(list(args))
+        except SystemExit as exit:  # argparse's own exit, as `python -m purejaxppo` would end
+            status = exit.code
+    return subprocess.CompletedProcess(["purejaxppo", *args], status, out.getvalue(), err.getvalue())
 
 
 def python(script: str, *args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
-"""The command line, in fresh processes as a user runs it: what it prints, what it writes, and its
-exit status (2 for anything a user got wrong, one line and no traceback; 3 for a non-finite run)."""
+"""The command line, as a user runs it (a fresh process, or `main` in this one where nothing depends on the
+process): what it prints, what it writes, and its exit status (2 for anything a user got wrong, one line and
+no traceback; 3 for a non-finite run)."""
 
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from purejaxppo.host import checkpoint, layout, metrics, trained
 from purejaxppo.program.evaluation import evaluate
 from purejaxppo.program.ppo import make_ppo
 
-from conftest import ROOT, TINY, TINY_FLAGS, cli, one_error_line
+from conftest import ROOT, TINY, TINY_FLAGS, cli, here, one_error_line
 
 
 def test_train_writes_the_run_dir_and_a_summary(tmp_path):
@@ -39,20 +40,20 @@ def test_eval_and_plot(straight, tmp_path):
     returns, _ = evaluate(ppo.policy, ppo.env, source.params, source.obs_stats, jax.random.key(0), 4)
     assert f"4 deterministic episodes: return {np.mean(returns):.2f} +- {np.std(returns):.2f}" in proc.stdout
     out = tmp_path / "curves.png"
-    proc = cli("plot", str(straight.run_dir), "--out", str(out))
+    proc = here("plot", str(straight.run_dir), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size > 10_000
-    assert "does not exist" in one_error_line(cli("eval", str(tmp_path / "none")))
+    assert "does not exist" in one_error_line(here("eval", str(tmp_path / "none")))
 
 
 def test_config_errors_exit_2_before_anything_is_written(tmp_path):
     line = one_error_line(cli("train", "--set", "num_minibatches=7", "--run-dir", str(tmp_path / "r")))
     assert "num_minibatches:" in line and "not divisible by num_minibatches = 7" in line
-    line = one_error_line(cli("train", "--set", "env=CartPole-v9", "--run-dir", str(tmp_path / "r")))
+    line = one_error_line(here("train", "--set", "env=CartPole-v9", "--run-dir", str(tmp_path / "r")))
     assert "env: unknown environment 'CartPole-v9'" in line
     # what needs the env is checked before the run says it starts: the error line is all it prints
     for command in ("train", "sweep"):
-        proc = cli(command, "--set", "obs_mask=[7]", "--run-dir", str(tmp_path / "r"))
+        proc = here(command, "--set", "obs_mask=[7]", "--run-dir", str(tmp_path / "r"))
         assert one_error_line(proc).endswith("obs_mask: index 7 is outside this env's 4 observation components (0..3)")
         assert proc.stdout == "", proc.stdout
     assert not (tmp_path / "r").exists()  # nothing written before the config was accepted
@@ -134,21 +135,21 @@ def test_cpu_devices_that_do_not_split_the_envs_are_refused(tmp_path):
 
 
 def test_sizes_that_cannot_work_are_refused_before_compiling(tmp_path):
-    line = one_error_line(cli("train", "--set", "total_timesteps=3000000000", "--run-dir", str(tmp_path / "a")))
+    line = one_error_line(here("train", "--set", "total_timesteps=3000000000", "--run-dir", str(tmp_path / "a")))
     assert line == ("purejaxppo: error: total_timesteps: 2,999,999,488 env steps overflow the program's int32 step "
                     "counters; at most 2,147,483,647 per run")
-    line = one_error_line(cli("train", "--set", "num_envs=1000000", "--set", "num_steps=1000",
+    line = one_error_line(here("train", "--set", "num_envs=1000000", "--set", "num_steps=1000",
                               "--set", "total_timesteps=1000000000", "--run-dir", str(tmp_path / "b")))
     assert line.startswith("purejaxppo: error: num_envs: 1 run(s) of 1000000 envs x 1000 steps need at least ")
     assert line.endswith("GiB available (bound by the host's available memory); use fewer envs or steps or a larger "
                          "device")
     # a network too large for memory names the network's key, not the envs
-    line = one_error_line(cli("train", "--set", "memory=gru", "--set", "memory_size=16384", "--set",
+    line = one_error_line(here("train", "--set", "memory=gru", "--set", "memory_size=16384", "--set",
                               "hidden_sizes=[16384]", "--run-dir", str(tmp_path / "c")))
     assert line.startswith("purejaxppo: error: memory_size: 1 run(s) need at least ")
     assert line.endswith("GiB available (bound by the host's available memory); use a smaller network or a larger "
                          "device")
-    line = one_error_line(cli("train", "--set", "memory_size=16385", "--run-dir", str(tmp_path / "d")))
+    line = one_error_line(here("train", "--set", "memory_size=16385", "--run-dir", str(tmp_path / "d")))
     assert line == "purejaxppo: error: memory_size: must be <= 16384, got 16385"
     assert not any((tmp_path / d).exists() for d in "abcd")
 

@@ -18,7 +18,7 @@ from purejaxppo.host.population import Member, Population
 from purejaxppo.pbt import Exploit, PBTConfig, parse_explore
 from purejaxppo.program.ppo import make_ppo
 
-from conftest import ROOT, TINY, TINY_FLAGS, cli, one_error_line
+from conftest import ROOT, TINY, TINY_FLAGS, here, one_error_line
 
 GIB = 2**30
 
@@ -175,10 +175,10 @@ def test_xlas_out_of_memory_is_one_line_naming_the_key(tmp_path):
 
 
 def test_evaluation_episodes_and_cpu_devices_are_bounded(straight, tmp_path):
-    line = one_error_line(cli("eval", str(straight.run_dir), "--episodes", "1000000000000"))
+    line = one_error_line(here("eval", str(straight.run_dir), "--episodes", "1000000000000"))
     assert line.startswith("purejaxppo: error: episodes: 1,000,000,000,000 episodes, one env each, need at least ")
     assert line.endswith("; evaluate fewer")
-    line = one_error_line(cli("sweep", "--seeds", "2", "--cpu-devices", "64", "--run-dir", str(tmp_path / "s"),
+    line = one_error_line(here("sweep", "--seeds", "2", "--cpu-devices", "64", "--run-dir", str(tmp_path / "s"),
                               *TINY_FLAGS))
     assert line == ("purejaxppo: error: --cpu-devices: 64 devices for 2 run(s) would pad the population to 64 runs, "
                     "one a device, and train the filler runs too; use at most 2")

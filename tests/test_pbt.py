@@ -6,7 +6,6 @@ refusals; the best member loaded by default."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ from purejaxppo.program import exploit
 from purejaxppo.program.chunk import init_program
 from purejaxppo.program.ppo import make_ppo
 
-from conftest import CACHE, cli, leaves_equal, one_error_line
+from conftest import CACHE, cli, here, leaves_equal, one_error_line
 
 CONFIG = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 12, num_minibatches=2, update_epochs=2,
                    hidden_sizes=(16,), env_kwargs={"max_steps_in_episode": 20}, compilation_cache=CACHE)
@@ -218,7 +217,7 @@ def test_four_devices_equal_one_through_the_cli(straight, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "8 run(s) on 4 cpu device(s)" in proc.stdout and "best member" in proc.stdout
     assert (tmp_path / "four" / "lineage.csv").read_text() == (straight.run_dir / "lineage.csv").read_text()
-    evaluated = cli("eval", str(tmp_path / "four"), "--episodes", "2")
+    evaluated = here("eval", str(tmp_path / "four"), "--episodes", "2")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 
 
@@ -231,7 +230,7 @@ def test_four_devices_equal_one_through_the_cli(straight, tmp_path):
     (["--explore", "lr", "--set", "eval_every=4"], "eval_every: 4 is not a multiple of interval = 10"),
 ])
 def test_cli_refusals_are_one_line(args, message, tmp_path):
-    line = one_error_line(cli("pbt", *args, "--run-dir", str(tmp_path / "r"), env={**os.environ}))
+    line = one_error_line(here("pbt", *args, "--run-dir", str(tmp_path / "r")))
     assert message in line and not (tmp_path / "r").exists()
 
 

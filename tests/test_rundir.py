@@ -1,5 +1,6 @@
 """The run dir: made and proven writable before anything compiles, one writer at a time, and every
-failure one line. The lock and interrupt tests run real `purejaxppo` processes."""
+failure one line. The lock and interrupt tests run real `purejaxppo` processes; the commands refused beside
+them run through `main` in this process."""
 
 import shutil
 import signal
@@ -13,7 +14,7 @@ import pytest
 from purejaxppo.errors import RunDirError
 from purejaxppo.host import checkpoint, rundir
 
-from conftest import CACHE, ROOT, TINY_FLAGS, TINY_SHAPE, cli, one_error_line
+from conftest import CACHE, ROOT, TINY_FLAGS, TINY_SHAPE, cli, here, one_error_line
 
 
 def test_a_run_dir_that_is_a_file_or_under_one_is_refused_before_compiling(tmp_path):
@@ -47,7 +48,7 @@ def test_an_unwritable_run_dir_is_one_line_naming_it(monkeypatch, tmp_path, fail
 def test_other_paths_a_user_gives_fail_in_one_line(straight, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    line = one_error_line(cli("plot", str(straight.run_dir), "--out", str(blocker / "curves.png")))
+    line = one_error_line(here("plot", str(straight.run_dir), "--out", str(blocker / "curves.png")))
     assert line == f"purejaxppo: error: {blocker / 'curves.png'}: Not a directory"
 
 
@@ -70,9 +71,9 @@ def test_a_second_writer_is_refused_and_readers_keep_working(tmp_path):
         holder = f"process {writer.pid} on "
         for args in (["train", "--run-dir", str(run_dir), *TINY_FLAGS], ["train", "--resume", str(run_dir)],
                      ["sweep", "--seeds", "2", "--run-dir", str(run_dir), "--cpu-devices", "1", *TINY_FLAGS]):
-            line = one_error_line(cli(*args))
+            line = one_error_line(here(*args))
             assert line.startswith(f"purejaxppo: error: run dir {run_dir} is being written by {holder}"), line
-        reader = cli("eval", str(run_dir), "--episodes", "2")  # reads the latest checkpoint of the live run
+        reader = here("eval", str(run_dir), "--episodes", "2")  # reads the latest checkpoint of the live run
         assert reader.returncode == 0 and "2 deterministic episodes" in reader.stdout, reader.stderr[-2000:]
         writer.send_signal(signal.SIGINT)
         assert writer.wait(timeout=120) == 0
@@ -80,7 +81,7 @@ def test_a_second_writer_is_refused_and_readers_keep_working(tmp_path):
         writer.kill()
     # the lock went with the process: the run resumes
     step = checkpoint.available_steps(run_dir)[-1]
-    resumed = cli("train", "--resume", str(run_dir), "--set", f"total_timesteps={(step + 1) * 64}")
+    resumed = here("train", "--resume", str(run_dir), "--set", f"total_timesteps={(step + 1) * 64}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
@@ -128,23 +129,23 @@ def test_a_second_ctrl_c_says_what_the_run_dir_holds_and_how_to_go_on(tmp_path, 
     if newest is None:  # the checkpoint of update 3 was due after the progress report
         assert proc.stderr.strip() == (f"purejaxppo: interrupted; no checkpoint was written; start it again with "
                                        f"purejaxppo train --run-dir {run_dir} (its files are moved aside)")
-        again = cli(*args)
+        again = here(*args)
     else:
         assert proc.stderr.strip() == (f"purejaxppo: interrupted; checkpoint {newest} is the newest; resume with "
                                        f"purejaxppo train --resume {run_dir}")
-        again = cli("train", "--resume", str(run_dir))
+        again = here("train", "--resume", str(run_dir))
     assert again.returncode == 0, again.stderr[-2000:]
     assert checkpoint.available_steps(run_dir)[-1] == 12
 
 
 def test_anything_given_twice_is_refused():
-    line = one_error_line(cli("train", "--set", "lr=1e-3", "--set", "lr=2e-3"))
+    line = one_error_line(here("train", "--set", "lr=1e-3", "--set", "lr=2e-3"))
     assert line == "purejaxppo: error: lr: given twice ('lr=1e-3' and 'lr=2e-3'); give each key once"
-    line = one_error_line(cli("train", "--run-dir", "a", "--run-dir", "b"))
+    line = one_error_line(here("train", "--run-dir", "a", "--run-dir", "b"))
     assert line == "purejaxppo: error: --run-dir: given twice; give it once"
-    line = one_error_line(cli("sweep", "--cpu-devices", "1", "--grid", "lr=1e-3", "--grid", "lr=2e-3,3e-3"))
+    line = one_error_line(here("sweep", "--cpu-devices", "1", "--grid", "lr=1e-3", "--grid", "lr=2e-3,3e-3"))
     assert line == "purejaxppo: error: lr: the grid axis is given twice; give each key once, with all its values"
-    assert one_error_line(cli("train", "--nope")) == "purejaxppo: error: unrecognized arguments: --nope"
+    assert one_error_line(here("train", "--nope")) == "purejaxppo: error: unrecognized arguments: --nope"
 
 
 def test_a_read_only_run_dir_is_one_line_for_new_and_existing_runs_and_resumes(straight, tmp_path, monkeypatch):
@@ -170,11 +171,11 @@ def test_a_read_only_run_dir_is_one_line_for_new_and_existing_runs_and_resumes(s
             (["train", "--run-dir", str(disk / "old"), *TINY_FLAGS], disk / "old", "cannot write there"),
             (["train", "--resume", str(disk / "old")], disk / "old", "cannot write there"),
         ):
-            line = one_error_line(cli(*args))
+            line = one_error_line(here(*args))
             assert line == f"purejaxppo: error: run dir {run_dir}: {problem} (Read-only file system)", line
-        line = one_error_line(cli("plot", str(disk / "old"), "--out", str(disk / "curves.png")))
+        line = one_error_line(here("plot", str(disk / "old"), "--out", str(disk / "curves.png")))
         assert line == f"purejaxppo: error: {disk / 'curves.png'}: Read-only file system"
-        assert cli("eval", str(disk / "old"), "--episodes", "1").returncode == 0  # reading needs no write
+        assert here("eval", str(disk / "old"), "--episodes", "1").returncode == 0  # reading needs no write
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
@@ -201,7 +202,7 @@ def test_a_compilation_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_
 
 
 def test_env_lengths_and_limits_must_be_positive():
-    line = one_error_line(cli("train", "--set", "env_kwargs={max_steps_in_episode: 0}"))
+    line = one_error_line(here("train", "--set", "env_kwargs={max_steps_in_episode: 0}"))
     assert line == ("purejaxppo: error: env_kwargs.max_steps_in_episode: a length, count or limit, so it must be >= 1; "
                     "got 0")
 
@@ -211,10 +212,10 @@ def test_a_run_that_died_before_its_first_checkpoint_is_not_stranded(straight, t
     run_dir.mkdir()
     for name in ("metrics.csv", "runs.csv", "config.yaml"):  # what a run has written before a kill -9
         (run_dir / name).write_text((straight.run_dir / name).read_text())
-    line = one_error_line(cli("train", "--resume", str(run_dir)))
+    line = one_error_line(here("train", "--resume", str(run_dir)))
     assert line.endswith(f"its run ended before its first checkpoint, so there is nothing to resume or load: start it "
                          f"again with purejaxppo train --run-dir {run_dir} (its files are moved aside)")
-    proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=256")
+    proc = here("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=256")
     assert proc.returncode == 0, proc.stderr[-2000:]
     (moved,) = (run_dir / "superseded").iterdir()
     assert f"ended before its first checkpoint, are in {moved}" in proc.stdout
@@ -261,9 +262,9 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
         if mounted:
             subprocess.run(["umount", str(disk)], check=True)
     assert checkpoint.available_steps(kept) == [5]
-    resumed = cli("train", "--resume", str(kept))
+    resumed = here("train", "--resume", str(kept))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight = cli("train", "--run-dir", str(tmp_path / "straight"), *FULL_DISK)
+    straight = here("train", "--run-dir", str(tmp_path / "straight"), *FULL_DISK)
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert (kept / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()
 
@@ -298,8 +299,8 @@ def test_a_full_disk_under_metrics_csv_is_one_line_naming_it_and_the_last_checkp
     line = one_error_line_of(proc, 4)
     assert line == (f"purejaxppo: error: {run_dir / 'metrics.csv'} could not be written: No space left on device; "
                     f"the last good checkpoint is 6")
-    resumed = cli("train", "--resume", str(run_dir))
+    resumed = here("train", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight = cli(*args[:2], str(tmp_path / "straight"), *args[3:])
+    straight = here(*args[:2], str(tmp_path / "straight"), *args[3:])
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert (run_dir / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()

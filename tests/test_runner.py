@@ -22,12 +22,13 @@ from purejaxppo.errors import CheckpointError, ConfigError, NonFiniteError
 from purejaxppo.host import checkpoint, layout, metrics
 from purejaxppo.host.loop import Progress
 from purejaxppo.host.population import Population
+from purejaxppo.host.processes import use_compilation_cache
 from purejaxppo.host.trained import read_trained
 from purejaxppo.program import chunk as chunk_lib
 from purejaxppo.program.ppo import abstract_states, make_ppo, make_train
 from purejaxppo.sweep import sweep
 
-from conftest import CACHE, ROOT, TINY, TINY_FLAGS, cli, leaves_equal, python, restored
+from conftest import CACHE, ROOT, TINY, TINY_FLAGS, here, leaves_equal, python, restored
 
 
 def test_chunks_match_the_single_scan_and_the_run_dir_holds_the_run(straight):
@@ -209,7 +210,7 @@ def test_nan_guard_reports_the_first_bad_update_and_keeps_the_last_good_state(mo
 def _resume_for_more_updates(run_dir, step: int, more: int) -> None:
     """`train --resume` from checkpoint `step` of a 64-steps-an-update run, for `more` updates: it ends there."""
     total = (step + more) * 64
-    proc = cli("train", "--resume", str(run_dir), "--set", f"total_timesteps={total}")
+    proc = here("train", "--resume", str(run_dir), "--set", f"total_timesteps={total}")
     assert proc.returncode == 0, proc.stderr
     assert f"env steps    {total:,}" in proc.stdout
     assert checkpoint.available_steps(run_dir)[-1] == step + more
@@ -269,14 +270,33 @@ def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
         "result = train(config)\n"
         "print('HITS', len(hits), 'COMPILE', result.compile_time)\n"
     )
-    cache = tmp_path / "cache"
+    cache, link = tmp_path / "cache", tmp_path / "link"
+    link.symlink_to(cache, target_is_directory=True)
     outputs = []
-    for folder in (cache, cache, ""):  # the third: the cache off, though the environment names the same folder
+    # the second reaches the same folder by another path (another HOME, say): the path is no part of the key;
+    # the third: the cache off, though the environment names the same folder
+    for folder in (cache, link, ""):
         env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}
         proc = python(script, str(folder), timeout=300, env=env)
         outputs.append(int(proc.stdout.split("HITS")[1].split()[0]))
     assert any(cache.iterdir())
     assert outputs[0] == 0 and outputs[1] >= 1 and outputs[2] == 0
+
+
+def test_each_run_in_one_process_uses_its_own_cache_setting(tmp_path):
+    # JAX settles whether and where it caches at a process's first compile; a later run's setting holds anyway
+    own = tmp_path / "own"
+    fresh = lambda: jax.jit(lambda x, c=float(time.time_ns() % 997) + 0.5: x * c)(jnp.arange(3.0))  # noqa: E731
+    try:
+        use_compilation_cache(TINY.replace(compilation_cache=str(own)))
+        fresh()
+        entries = sorted(own.iterdir())
+        assert entries
+        use_compilation_cache(TINY.replace(compilation_cache=""))
+        fresh()
+        assert sorted(own.iterdir()) == entries
+    finally:
+        use_compilation_cache(TINY)
 
 
 @pytest.mark.parametrize("memory", ["none", "gru"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 
 from purejaxppo.config import PPOConfig
 from purejaxppo.errors import ConfigError, RunDirError, notify
@@ -22,22 +23,30 @@ def is_primary() -> bool:
 
 def use_compilation_cache(config: PPOConfig) -> None:
     """Point JAX's persistent compilation cache at `config.compilation_cache`, or turn it off when that
-    is empty. Every program is cached, however fast it compiled, since a run's programs are few and
-    reused. JAX decides whether to use the cache once per process, at its first compile."""
-    if not config.compilation_cache:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return
-    path = Path(config.compilation_cache).expanduser()
-    try:
-        rundir.prepare(path)
-    except RunDirError as err:  # a read-only home: the cache is an optimisation, not a need
-        jax.config.update("jax_enable_compilation_cache", False)
-        notify(f"compilation_cache: {str(err).removeprefix('run dir ')}; running without the cache (every run "
-               f"compiles afresh)", once=True)
-        return
-    jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    is empty, for the compiles from here on. Every program is cached, however fast it compiled, since a
+    run's programs are few and reused."""
+    path = Path(config.compilation_cache).expanduser() if config.compilation_cache else None
+    if path is not None:
+        try:
+            rundir.prepare(path)
+        except RunDirError as err:  # a read-only home: the cache is an optimisation, not a need
+            notify(f"compilation_cache: {str(err).removeprefix('run dir ')}; running without the cache (every run "
+                   f"compiles afresh)", once=True)
+            path = None
+    before = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+    jax.config.update("jax_enable_compilation_cache", path is not None)
+    if path is not None:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        if jax.default_backend() == "cpu":
+            # JAX puts its GPU autotuning cache beside the entries and writes that folder's path into every
+            # program's compile options, which are part of the key: the same program reached through another
+            # path to the cache (another HOME, a symlink, a copied cache) would miss. A CPU has no autotuning.
+            jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+    if (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir) != before:
+        # JAX settles whether and where it caches at a process's first compile (importing gymnax compiles);
+        # this makes it settle again, so that the setting holds for this run
+        compilation_cache.reset_cache()
 
 
 def sync(name: str) -> None:
