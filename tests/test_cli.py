@@ -59,41 +59,40 @@ def test_config_errors_exit_2_before_anything_is_written(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written before the config was accepted
 
 
-def _refused(capsys, *args: str) -> str:
+def _refused(*args: str) -> str:
     """The one error line `main(args)` prints, in this process, checked to exit 2 and print nothing else."""
-    assert cli_lib.main(list(args)) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and len(err.strip().splitlines()) == 1, err
-    return err.strip().removeprefix("purejaxppo: error: ")
+    proc = here(*args)
+    assert proc.stdout == "", proc.stdout
+    return one_error_line(proc).removeprefix("purejaxppo: error: ")
 
 
-def test_input_that_would_be_ignored_or_misread_is_refused_in_one_line(capsys, tmp_path, straight):
+def test_input_that_would_be_ignored_or_misread_is_refused_in_one_line(tmp_path, straight):
     stranded = tmp_path / "stranded"
     stranded.mkdir()
     (stranded / "runs.csv").write_text("run,point,seed\n0,0,0\n1,0,1\n")  # a sweep killed before its first checkpoint
-    assert _refused(capsys, "sweep", "--resume", str(stranded)).endswith(
+    assert _refused("sweep", "--resume", str(stranded)).endswith(
         f"nothing to resume or load: start it again with purejaxppo sweep --run-dir {stranded} and its other options "
         f"(its files are moved aside)")
-    assert _refused(capsys, "eval", str(stranded)).endswith(  # a reader does not know what made it
+    assert _refused("eval", str(stranded)).endswith(  # a reader does not know what made it
         f"start it again with the command that made it, with --run-dir {stranded} (its files are moved aside)")
-    assert _refused(capsys, "sweep", "--resume", str(straight.run_dir), "--seeds", "4") == \
+    assert _refused("sweep", "--resume", str(straight.run_dir), "--seeds", "4") == \
         "--seeds: a resumed sweep keeps its --seeds from the checkpoint; drop --seeds"
-    assert _refused(capsys, "sweep", "--resume", str(straight.run_dir), "--max-runs-per-call", "2") == \
+    assert _refused("sweep", "--resume", str(straight.run_dir), "--max-runs-per-call", "2") == \
         "--max-runs-per-call: a resumed sweep keeps its --max-runs-per-call from the checkpoint; drop --max-runs-per-call"
     for option, value in (("--population", "4"), ("--interval", "5"), ("--score", "eval_return")):
-        assert _refused(capsys, "pbt", "--resume", str(straight.run_dir), option, value) == \
+        assert _refused("pbt", "--resume", str(straight.run_dir), option, value) == \
             f"{option}: a resumed PBT run keeps its {option} from the checkpoint; drop {option}"
-    assert _refused(capsys, "sweep", "--grid", "lr=1e-3,3e-3,0.001", *TINY_FLAGS) == \
+    assert _refused("sweep", "--grid", "lr=1e-3,3e-3,0.001", *TINY_FLAGS) == \
         "lr: the grid axis lists 0.001 twice, which would train the same runs twice; give each value once"
-    assert _refused(capsys, "train", "--set", "env=xminigrid/MiniGrid-Empty-8x8", "--set", "torso=cnn",
+    assert _refused("train", "--set", "env=xminigrid/MiniGrid-Empty-8x8", "--set", "torso=cnn",
                     "--set", "obs_mask=[0]") == (
         "torso: cnn needs an image observation, and obs_mask hides components of xminigrid/MiniGrid-Empty-8x8's, so "
         "the policy no longer sees an image; drop obs_mask, or use torso: mlp")
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
-    assert _refused(capsys, "eval", str(loop)) == f"run dir {loop}: a symbolic link that leads back to itself"
+    assert _refused("eval", str(loop)) == f"run dir {loop}: a symbolic link that leads back to itself"
     for out in ("curves.xyz", "curves.jpeg2"):
-        assert _refused(capsys, "plot", str(straight.run_dir), "--out", str(tmp_path / out)).startswith(
+        assert _refused("plot", str(straight.run_dir), "--out", str(tmp_path / out)).startswith(
             f"--out: {tmp_path / out} ends in .{out.split('.')[1]}, an image type matplotlib cannot write; use one of ")
 
 
