@@ -38,6 +38,10 @@ class StateEnv:
         self.name = name or type(env).__name__
         self.base = env
         self._env = EpisodeWrapper(env, episode_length, action_repeat)
+        # Tracing a physics step in Python takes a second or more (MJX), and a run traces its env's reset and
+        # step many times (shapes, init, rollout, evaluation, the reset inside every step). Jitted, each is
+        # traced once per shape and enters every program as a call.
+        self._reset, self._step = jax.jit(self._env.reset), jax.jit(self._env.step)
         size = int(env.action_size)
         self.action_space = ActionSpace.box(-1.0, 1.0, (size,))
         # `observation_size` would run an un-jitted reset; tracing the shape is near free.
@@ -45,11 +49,11 @@ class StateEnv:
         self.observation_shape = tuple(obs.shape)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
-        state = self._env.reset(key)
+        state = self._reset(key)
         return flat(state.obs), state
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
-        stepped = self._env.step(state, action)
+        stepped = self._step(state, action)
         done = stepped.done > 0
         truncated = stepped.info["truncation"] > 0
         obs, fresh = self.reset(key)

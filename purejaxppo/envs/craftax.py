@@ -74,13 +74,17 @@ class CraftaxEnv:
         self._params = params
         self._no_limit = params.replace(max_timesteps=NO_LIMIT)
         self.name = name
+        # a run traces its env's reset and step many times, and tracing Craftax's world generation and step
+        # takes seconds: jitted, each is traced once per shape and enters every program as a call
+        self._reset = jax.jit(lambda key: env.reset_env(key, params))
+        self._step = jax.jit(lambda key, state, action: env.step_env(key, state, action, params))
         self.action_space = ActionSpace.discrete_actions(int(env.action_space(params).n))
         obs = jax.eval_shape(lambda k: env.reset_env(k, params), abstract_key())[0]
         self.image_shape = image_of(obs)
         self.observation_shape = flat_shape(obs)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
-        obs, state = self._env.reset_env(key, self._params)
+        obs, state = self._reset(key)
         return flat(obs), _strong(state)
 
     def step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
@@ -96,7 +100,7 @@ class CraftaxEnv:
         return out._replace(obs=obs, state=state)
 
     def _advance(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
-        obs, state, reward, done, _ = self._env.step_env(key, state, action, self._params)
+        obs, state, reward, done, _ = self._step(key, state, action)
         terminated = jnp.asarray(self._env.is_terminal(state, self._no_limit), bool)
         return EnvStep(
             obs=flat(obs),
