@@ -110,10 +110,11 @@ def python(script: str, *args: str, timeout: int = 600, **kwargs) -> subprocess.
     return proc
 
 
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single `purejaxppo: error:` line a refused command prints, checked to be all it printed to stderr."""
+def one_error_line(proc: subprocess.CompletedProcess, status: int = 2) -> str:
+    """The single `purejaxppo: error:` line a command that failed with exit `status` (2: refused) prints,
+    checked to be all it printed to stderr."""
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == status, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("purejaxppo: error: "), proc.stderr[-2000:]
     return lines[0]
 

@@ -253,7 +253,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
         else:  # where the machine allows no mount: the same failure, injected into the second save
             proc = subprocess.run([sys.executable, "-c", INJECTED, *args], capture_output=True, text=True, cwd=ROOT,
                                   timeout=300)
-        line = one_error_line_of(proc, 4)
+        line = one_error_line(proc, 4)
         assert line == (f"purejaxppo: error: checkpoint 10 could not be written to {run_dir / 'checkpoints'}: "
                         f"No space left on device; the last good one is checkpoint 5")
         kept = tmp_path / "kept"
@@ -267,12 +267,6 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path):
     straight = here("train", "--run-dir", str(tmp_path / "straight"), *FULL_DISK)
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert (kept / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()
-
-
-def one_error_line_of(proc: subprocess.CompletedProcess, status: int) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == status and len(lines) == 1, proc.stderr[-3000:]
-    return lines[0]
 
 
 METRICS_ON_A_FULL_DISK = """
@@ -296,7 +290,7 @@ def test_a_full_disk_under_metrics_csv_is_one_line_naming_it_and_the_last_checkp
             "--set", "checkpoint_every=3"]
     proc = subprocess.run([sys.executable, "-c", METRICS_ON_A_FULL_DISK, *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
-    line = one_error_line_of(proc, 4)
+    line = one_error_line(proc, 4)
     assert line == (f"purejaxppo: error: {run_dir / 'metrics.csv'} could not be written: No space left on device; "
                     f"the last good checkpoint is 6")
     resumed = here("train", "--resume", str(run_dir))

@@ -286,14 +286,14 @@ def test_a_repeat_run_loads_its_program_from_the_compilation_cache(tmp_path):
 def test_each_run_in_one_process_uses_its_own_cache_setting(tmp_path):
     # JAX settles whether and where it caches at a process's first compile; a later run's setting holds anyway
     own = tmp_path / "own"
-    fresh = lambda: jax.jit(lambda x, c=float(time.time_ns() % 997) + 0.5: x * c)(jnp.arange(3.0))  # noqa: E731
+    scaled = lambda c: jax.jit(lambda x: x * c)(jnp.arange(3.0))  # noqa: E731  (c: a program no other test has)
     try:
         use_compilation_cache(TINY.replace(compilation_cache=str(own)))
-        fresh()
+        scaled(1234.5678)
         entries = sorted(own.iterdir())
         assert entries
         use_compilation_cache(TINY.replace(compilation_cache=""))
-        fresh()
+        scaled(8765.4321)
         assert sorted(own.iterdir()) == entries
     finally:
         use_compilation_cache(TINY)

@@ -79,7 +79,7 @@ class CraftaxEnv:
         self._reset = jax.jit(lambda key: env.reset_env(key, params))
         self._step = jax.jit(lambda key, state, action: env.step_env(key, state, action, params))
         self.action_space = ActionSpace.discrete_actions(int(env.action_space(params).n))
-        obs = jax.eval_shape(lambda k: env.reset_env(k, params), abstract_key())[0]
+        obs = jax.eval_shape(self._reset, abstract_key())[0]
         self.image_shape = image_of(obs)
         self.observation_shape = flat_shape(obs)
 
