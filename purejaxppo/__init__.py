@@ -1,9 +1,9 @@
 """purejaxppo: fused, jit-compiled PPO in JAX.
 
 The layout shows what runs where: `program/` is the compiled program (the PPO update and its math, the
-policy, in-program evaluation and PBT's step), `host/` drives it (prepare, the chunk loop, signals,
+policy, in-program evaluation and PBT's step), `host/` drives it (prepare, the chunk loop, a search's judging and refills, signals,
 checkpoints, the run dir, metrics, trained policies), `envs/` holds the env protocol and its families,
-and the front ends (`single`, `sweep`, `pbt`, the CLI) build populations through `host.prepare`.
+and the front ends (`single`, `sweep`, `pbt`, `tune`, the CLI) build populations through `host.prepare`.
 """
 
 from purejaxppo.config import PPOConfig
@@ -17,9 +17,11 @@ from purejaxppo.program.hparams import HParams
 from purejaxppo.program.ppo import PPO, TrainState, make_ppo, make_train
 from purejaxppo.single import train
 from purejaxppo.sweep import SweepResult, sweep
+from purejaxppo.tune import TuneConfig, TuneResult, tune
 
 __all__ = [
     "PPO", "ConfigError", "HParams", "LoadedPolicy", "Member", "PPOConfig", "Population", "Prepared", "RunResult",
-    "SweepResult", "TrainState", "load_policy", "make_ppo", "make_train", "prepare", "register_env", "sweep", "train",
+    "SweepResult", "TrainState", "TuneConfig", "TuneResult", "load_policy", "make_ppo", "make_train", "prepare",
+    "register_env", "sweep", "train", "tune",
 ]
 __version__ = "0.1.0"

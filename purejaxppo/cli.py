@@ -26,6 +26,7 @@ from purejaxppo.errors import (
     device_error,
     is_device_error,
 )
+from purejaxppo.host.search import SAMPLERS, SCHEDULERS
 
 EXIT_NON_FINITE = 3
 EXIT_SAVE_FAILED = 4
@@ -107,8 +108,29 @@ def _pbt_options(p: argparse.ArgumentParser, population: int | None) -> None:
                    help="what ranks members: the mean return over the interval, or deterministic episodes")
 
 
+def _tune_options(p: argparse.ArgumentParser, shared: bool) -> None:
+    """A search's options (`shared`: with --interval and --score, which check has from PBT's)."""
+    p.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                   help="a traced hyperparameter to tune: KEY=LOW:HIGH (uniform), KEY=log:LOW:HIGH or KEY=V1,V2,... "
+                        "(a choice); repeatable")
+    p.add_argument("--trials", type=_count(1), help="trials to run in all (default 32)")
+    p.add_argument("--slots", type=_count(1), help="trials trained side by side (default 8)")
+    p.add_argument("--eta", type=_count(2), help="ASHA's reduction factor: a rung keeps its top 1/eta (default 3)")
+    p.add_argument("--min-budget", type=_count(1), metavar="ENV_STEPS",
+                   help="a trial's env steps at the first rung (default: its total / eta^3, on a chunk end)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help="asha (default), or none to run every trial to its end")
+    p.add_argument("--sampler", choices=SAMPLERS, help="how trials draw their values (default random)")
+    if shared:
+        p.add_argument("--interval", type=_count(1),
+                       help="updates per chunk; rungs fall on chunk ends (default: a divisor of a trial's updates)")
+        p.add_argument("--score", choices=("episode_return", "eval_return"),
+                       help="what ranks trials: the mean return over the last chunk (default), or deterministic "
+                            "episodes at its end")
+
+
 PBT_OPTIONS = ("population", "explore", "interval", "quantile", "perturb", "resample", "score")
 SWEEP_OPTIONS = ("grid", "max_runs_per_call", "seeds")
+TUNE_OPTIONS = ("space", "trials", "slots", "eta", "min_budget", "scheduler", "sampler", "interval", "score")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,14 +164,23 @@ def _parser() -> argparse.ArgumentParser:
     pbt.add_argument("--cpu-devices", type=_count(1), metavar="N",
                      help="JAX CPU devices to share the members out over (default 1; on --resume, the checkpoint's)")
 
+    search = sub.add_parser("tune", help="search hyperparameters: trials drawn from ranges, the bad ones stopped "
+                                         "early (ASHA), in one compiled program")
+    _run_options(search, "search")
+    _tune_options(search, shared=True)
+    search.add_argument("--cpu-devices", type=_count(1), metavar="N",
+                        help="JAX CPU devices to share the slots out over (default 1; on --resume, the checkpoint's)")
+
     check = sub.add_parser(
-        "check", help="prepare a run, sweep or PBT run without compiling it, and print its plan",
-        description="Takes train's, sweep's and pbt's options: --grid, --seeds or --max-runs-per-call make it a "
-                    "sweep, --explore or another PBT option a PBT run, --resume the kind its checkpoint holds.")
+        "check", help="prepare a run, sweep, PBT run or search without compiling it, and print its plan",
+        description="Takes train's, sweep's, pbt's and tune's options: --grid, --seeds or --max-runs-per-call make "
+                    "it a sweep, --explore or another PBT option a PBT run, --space or another tune option a search, "
+                    "--resume the kind its checkpoint holds.")
     _run_options(check, "run")
     _sweep_options(check, seeds=None)
     _pbt_options(check, population=None)
-    check.add_argument("--cpu-devices", type=_count(1), metavar="N", help="as for train, sweep or pbt")
+    _tune_options(check, shared=False)
+    check.add_argument("--cpu-devices", type=_count(1), metavar="N", help="as for train, sweep, pbt or tune")
 
     ev = sub.add_parser("eval", help="deterministic episodes of a trained policy")
     ev.add_argument("run_dir", metavar="RUN_DIR")
@@ -190,16 +221,18 @@ def _parser() -> argparse.ArgumentParser:
 def _given(args: argparse.Namespace) -> set[str]:
     """The options the command line gave (a repeatable --grid too)."""
     given = set(getattr(args, "_given", set()))
-    return given | {"grid"} if getattr(args, "grid", None) else given
+    return given | {name for name in ("grid", "space") if getattr(args, name, None)}
 
 
 def _kind(args: argparse.Namespace) -> str:
-    """What a command trains: "run", "sweep" or "pbt" (`check`'s from its options, or its checkpoint's)."""
+    """What a command trains: "run", "sweep", "pbt" or "tune" (`check`'s from its options, or its checkpoint's)."""
     if args.command != "check":
         return {"train": "run"}.get(args.command, args.command)
     if args.resume:
         return _resume_point(args).record.kind
     given = _given(args)
+    if given & (set(TUNE_OPTIONS) - set(PBT_OPTIONS)):
+        return "tune"
     if given & set(PBT_OPTIONS):
         return "pbt"
     return "sweep" if given & set(SWEEP_OPTIONS) else "run"
@@ -238,8 +271,8 @@ def _refuse_ignored(args: argparse.Namespace, kind: str) -> None:
     from purejaxppo.host.record import WHAT
 
     given = _given(args)
-    own = {"run": (), "sweep": SWEEP_OPTIONS, "pbt": PBT_OPTIONS + ("seeds",)}[kind]
-    for name in SWEEP_OPTIONS + PBT_OPTIONS:
+    own = {"run": (), "sweep": SWEEP_OPTIONS, "pbt": PBT_OPTIONS + ("seeds",), "tune": TUNE_OPTIONS}[kind]
+    for name in dict.fromkeys(SWEEP_OPTIONS + PBT_OPTIONS + TUNE_OPTIONS):
         if name in given and (name not in own or args.resume):
             flag = f"--{name.replace('_', '-')}"
             what = (f"a resumed {WHAT[kind]} keeps its {flag} from the checkpoint" if name in own
@@ -248,7 +281,7 @@ def _refuse_ignored(args: argparse.Namespace, kind: str) -> None:
 
 
 def _prepared(args: argparse.Namespace, kind: str) -> Any:
-    """The command's run, sweep or PBT run, prepared (checked, nothing compiled) from its options."""
+    """The command's run, sweep, PBT run or search, prepared (checked, nothing compiled) from its options."""
     import jax
 
     from purejaxppo.host.prepare import default_run_dir
@@ -274,6 +307,8 @@ def _prepared(args: argparse.Namespace, kind: str) -> Any:
 
         return prepare_sweep(config, args.seeds or 8, parse_grid(args.grid), run_dir, args.max_runs_per_call,
                              resume=point or False)
+    if kind == "tune":
+        return _prepared_search(args, config, run_dir, point)
     from purejaxppo.pbt import PBTConfig, parse_explore, prepare_pbt
 
     try:
@@ -287,6 +322,25 @@ def _prepared(args: argparse.Namespace, kind: str) -> Any:
         spec = PBTConfig(args.population or 8, parse_explore(args.explore, config), args.interval, args.quantile,
                          perturb, args.resample, args.score, args.seeds or 1)
     return prepare_pbt(config, spec, run_dir, resume=point or False)
+
+
+def _prepared_search(args: argparse.Namespace, config: config_lib.PPOConfig, run_dir: Path, point: Any) -> Any:
+    from purejaxppo.tune import TuneConfig, parse_space, prepare_tune
+
+    spec = None
+    if point is None:
+        if not args.space:
+            raise ConfigError("--space: name the hyperparameters to tune, e.g. --space lr=log:1e-4:1e-2")
+        minimum = args.min_budget or 0
+        if minimum % config.batch_size:
+            raise ConfigError(f"--min-budget: {minimum:,} env steps is not a whole number of updates of "
+                              f"{config.batch_size:,} env steps")
+        given = _given(args)
+        spec = TuneConfig(tuple(parse_space(s, config) for s in args.space), args.trials or 32, args.slots or 8,
+                          args.eta or 3, minimum // config.batch_size,
+                          args.interval if "interval" in given else 0, args.scheduler or "asha",
+                          args.sampler or "random", args.score if "score" in given else "episode_return")
+    return prepare_tune(config, spec, run_dir, resume=point or False)
 
 
 def _stopped(result: Any, run_dir: Path, command: str) -> int:
@@ -392,6 +446,35 @@ def _pbt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from purejaxppo.tune import run_tune
+
+    prepared = _prepared(args, "tune")
+    config, run_dir = prepared.config, prepared.run_dir
+    print(prepared.describe(), flush=True)
+    progress = ProgressPrinter(prepared.population.num_updates * config.batch_size)
+    try:
+        result = run_tune(prepared, on_progress=progress)
+    finally:
+        progress.close()
+    _superseded(result, bool(args.resume), run_dir, print)
+    if result.stopped:
+        return _stopped(result, run_dir, "tune")
+    trials = result.search.trials
+    used = sum(t.updates for t in trials) * config.batch_size
+    print(f"compile time {result.compile_time:.2f} s, run time {result.run_time:.2f} s, {used:,} env steps of "
+          f"trials, {used / result.run_time:,.0f} env steps/s")
+    counts = {s: sum(t.status == s for t in trials) for s in ("finished", "stopped", "diverged")}
+    print(f"trials       {len(trials)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    best = result.best()
+    if best is not None:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in best.values.items())
+        print(f"best trial   {best.id} (seed {best.seed}): {values}; final score {best.scores[-1]:.2f}")
+    print(f"results      {run_dir}/trials.csv, tune.png, best.yaml, metrics.csv; load_policy({str(run_dir)!r}) "
+          f"loads the best trial, and purejaxppo train {run_dir / 'best.yaml'} trains it again")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     print(_prepared(args, _kind(args)).describe())
     return 0
@@ -470,6 +553,8 @@ def _population_size(args: argparse.Namespace, kind: str) -> int:
         return point.record.num_runs
     if kind == "pbt":
         return (args.population or 8) * (args.seeds or 1)
+    if kind == "tune":
+        return (args.slots or 8) + 1  # and the keeper
     from purejaxppo.sweep import parse_grid
 
     return (args.seeds or 8) * math.prod(len(v) for v in parse_grid(args.grid).values())
@@ -488,7 +573,7 @@ def _cpu_devices(args: argparse.Namespace, kind: str) -> int | None:
     point = _resume_point(args)
     if point is not None:
         return point.record.devices
-    if kind == "pbt":
+    if kind in ("pbt", "tune"):
         return None
     runs = _population_size(args, kind)
     if args.max_runs_per_call:
@@ -500,7 +585,7 @@ def _set_cpu_devices(args: argparse.Namespace) -> None:
     """How many devices JAX's CPU backend has: set before JAX starts it (loading a config builds env arrays),
     for the whole process. Where JAX has already started (`main` called from a program that used JAX),
     its devices stay; asking for another count is then an error."""
-    if args.command not in ("train", "sweep", "pbt", "check"):
+    if args.command not in ("train", "sweep", "pbt", "tune", "check"):
         return
     kind = _kind(args)  # a check of a resume reads its checkpoint for it; the other commands read nothing
     _refuse_ignored(args, kind)
@@ -569,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
-    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "check": _check, "eval": _eval, "export": _export,
+    commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "tune": _tune, "check": _check, "eval": _eval, "export": _export,
                 "render": _render, "plot": _plot, "envs": _envs}
     try:
         _set_cpu_devices(args)

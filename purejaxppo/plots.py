@@ -151,3 +151,32 @@ def plot_pbt(rows: Sequence[dict], names: Sequence[str], env_steps: np.ndarray, 
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_tune(rows: Sequence[dict], budgets: np.ndarray, best: tuple[np.ndarray, np.ndarray] | None,
+              out: str | Path) -> None:
+    """A search (its trial rows, as tune.trial_rows gives them): each trial's score against the budget it
+    reached (rungs at `budgets` env steps), and the best finished trial's learning curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6))
+    columns = [f"score_{b}" for b in budgets]
+    for row in rows:
+        scores = np.array([row[c] for c in columns], np.float64)
+        reached = np.isfinite(scores)
+        axes[0].plot(budgets[reached], scores[reached], ".-", lw=0.8, ms=4, alpha=0.6)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("env steps of the trial (rungs)")
+    axes[0].set_ylabel("score")
+    if best is not None:
+        axes[1].plot(best[0], smooth_curves(np.asarray(best[1])[None])[0])
+    axes[1].set_xlabel("env steps")
+    axes[1].set_ylabel("best trial's\nepisode return")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

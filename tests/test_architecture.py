@@ -59,7 +59,7 @@ def stdlib_imports() -> dict[str, set[str]]:
     return out
 
 
-FRONT_ENDS = {f"purejaxppo.{m}" for m in ("cli", "console", "plots", "single", "sweep", "pbt")}
+FRONT_ENDS = {f"purejaxppo.{m}" for m in ("cli", "console", "plots", "single", "sweep", "pbt", "tune")}
 # what touching files, processes, signals or threads takes: none of it runs under jit
 FILE_AND_PROCESS = {"os", "pathlib", "shutil", "signal", "subprocess", "threading", "multiprocessing", "socket",
                     "fcntl", "tempfile", "csv", "json", "yaml", "orbax", "io", "logging"}

@@ -149,31 +149,40 @@ def train_population(
         stop.written = lambda: written(run_dir, record.kind)
     out = open_run_dir(run_dir, record, first, resumed, stranded)
 
+    between = program.population.between
+    horizon = program.population.num_updates
+
     def save(update: int, to_save: list[TrainState]) -> None:
         if out.ckpt is not None:
-            out.ckpt.save(update, _whole(to_save), record)
+            out.ckpt.save(update, _whole(to_save), record if between is None else between.recorded(record))
 
     collected: list[dict[str, np.ndarray]] = []
     update, stopped, last_saved = first, False, first
     start = time.perf_counter()
+    if between is not None:
+        between.start(states)
     try:
-        while update < config.num_updates:
+        while update < horizon and not (between is not None and between.done):
             if any_process(stop.requested is not None) or (
                     until_update is not None and update >= until_update and update > first):
                 stopped = True
                 save(update, states)
                 break
-            active = min(config.chunk_size, config.num_updates - update)
+            active = min(config.chunk_size, horizon - update)
             chunks = [program.chunk(s, update, active) for s in states]
             # copies, not views: a view would keep the chunk's whole device buffer alive for the run
             parts = [{k: np.array(v[:, :active]) for k, v in jax.device_get(c.metrics).items()} for c in chunks]
             metrics = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+            next_states = [c.states for c in chunks]
+            if between is not None:
+                finite = np.concatenate([np.asarray(jax.device_get(c.params_finite)) for c in chunks])[:n]
+                next_states, metrics = between(program, next_states, update + active, active, metrics, finite)
             if out.store is not None:  # a bad chunk's rows too, for the post-mortem
                 with _writing(out.store.path, run_dir, out.ckpt):
                     out.store.write(update, metrics)
             if guard:
                 _guard(metrics, chunks, update, active, n, config, lambda: save(update, states), run_dir)
-            states = [c.states for c in chunks]
+            states = next_states
             collected.append(metrics)
             if out.loggers is not None:
                 out.loggers.log(update, metrics)
@@ -182,10 +191,10 @@ def train_population(
                 elapsed = time.perf_counter() - start
                 returns = [metrics_lib.last_finite(r) for r in metrics["episode_return"]]
                 on_progress(Progress(
-                    update, config.num_updates, update * config.batch_size, config.num_updates * config.batch_size,
+                    update, horizon, update * config.batch_size, horizon * config.batch_size,
                     n, (update - first) * config.batch_size * n / elapsed,
                     float(np.nanmean(returns)) if np.isfinite(returns).any() else float("nan"), elapsed))
-            if (config.checkpoint_every and update < config.num_updates
+            if (config.checkpoint_every and update < horizon
                     and update // config.checkpoint_every > last_saved // config.checkpoint_every):
                 save(update, states)
                 last_saved = update

@@ -28,10 +28,18 @@ class Population:
     # what happens between the members at each chunk's end, inside the program (PBT's exploit and
     # explore: pbt_step.Exploit); None for runs and sweeps, whose members never meet
     step: Any = None
+    # what the host does between two chunks, for the population as a whole (a search's judging and
+    # refilling: search.Search); None for the rest
+    between: Any = None
 
     @classmethod
     def single(cls, config: PPOConfig) -> Population:
         return cls(config, (Member(config.seed),))
+
+    @property
+    def num_updates(self) -> int:
+        """The updates the host loop runs at most: the config's, or a search's horizon."""
+        return self.config.num_updates if self.between is None else self.between.horizon
 
     def __len__(self) -> int:
         return len(self.members)

@@ -30,6 +30,7 @@ from purejaxppo.host.loop import Progress, RunResult, train_population
 from purejaxppo.host.population import Population
 from purejaxppo.host.processes import is_primary, use_compilation_cache
 from purejaxppo.host.record import KINDS, WHAT, RunRecord, Signature
+from purejaxppo.host.search import TuneConfig
 from purejaxppo.host.signals import StopSignal, written
 from purejaxppo.host.trained import with_pretrained
 from purejaxppo.program.pbt_step import PBTConfig
@@ -114,7 +115,10 @@ class Prepared:
         steps = f"{config.num_updates * config.batch_size:,} env steps ({config.num_updates} updates)"
         verb = "resuming" if self.resume is not None else "training"
         origin = f" from the policy in {config.init_from}" if config.init_from and self.resume is None else ""
-        runs = {"run": "", "sweep": f" sweep of {n} runs,", "pbt": f" PBT population of {n} members,"}[self.record.kind]
+        spec = self.record.tune
+        runs = {"run": "", "sweep": f" sweep of {n} runs,", "pbt": f" PBT population of {n} members,",
+                "tune": spec and f" search of {spec.trials} trials in {spec.slots} slots,"}[self.record.kind]
+        steps += " a trial" if spec else ""
         where = f"writing {self.run_dir}" if self.run_dir is not None else "writing no files (no run dir)"
         return f"{verb}{runs} {config.env}{origin} for {steps}; {where}"
 
@@ -128,7 +132,8 @@ class Prepared:
         torso = "CNN + MLP" if config.torso == "cnn" else "MLP"
         image = f" (an image {signature.image_shape})" if signature.image_shape else ""
         minibatch = config.batch_size // config.num_minibatches
-        chunks = math.ceil((config.num_updates - self.first_update) / config.chunk_size)
+        horizon = self.population.num_updates
+        chunks = math.ceil((horizon - self.first_update) / config.chunk_size)
         need = sum(self.memory.values())
         room = (f" of {size(self.headroom.bytes)} available ({self.headroom.source})" if self.headroom is not None
                 else "")
@@ -142,8 +147,9 @@ class Prepared:
             + (f", in {lay.num_calls} calls of {lay.per_call}" if lay.num_calls > 1 else ""),
             f"  batch     {config.num_envs} envs x {config.num_steps} steps = {config.batch_size:,} env steps an "
             f"update; {config.num_minibatches} minibatches of {minibatch:,}, {config.update_epochs} epochs",
-            f"  updates   {config.num_updates - self.first_update} to go of {config.num_updates}, in {chunks} "
-            f"chunk(s) of up to {config.chunk_size}",
+            f"  updates   {horizon - self.first_update} to go of {horizon}{' at most' if self.record.tune else ''}, "
+            f"in {chunks} chunk(s) of up to {config.chunk_size}",
+            *([f"  search    {self.population.between.describe()}"] if self.record.tune else []),
             f"  memory    at least {size(need)}{room}",
             f"  run dir   {self.run_dir if self.run_dir is not None else '(none)'}"
             + (f" (an earlier run's {', '.join(self.stranded)} without a checkpoint will be moved aside)"
@@ -245,6 +251,7 @@ def prepare(
     num_seeds: int | None = None,
     grid: dict[str, list[float]] | None = None,
     pbt: PBTConfig | None = None,
+    tune: TuneConfig | None = None,
 ) -> Prepared:
     """Build and check `population`'s run (`kind` "run", "sweep" or "pbt") before anything compiles or is
     written: from its init, or from `resume` (see `resume_point`). `env`, an env object, replaces the
@@ -263,7 +270,7 @@ def prepare(
         rundir.check_free(run_dir)  # a run dir another process writes is refused first, whatever else is wrong
     if resume is not None:  # a config the checkpoint was not written for, before its env is built
         where = f"checkpoint {resume.step} in {run_dir}"
-        if config.num_updates < resume.step:
+        if population.num_updates < resume.step:
             raise CheckpointError(f"total_timesteps: {config.total_timesteps:,} env steps make {config.num_updates} "
                                   f"updates, fewer than the {resume.step} that {where} has done already")
         check_compatible(resume.record.config, config, where)
@@ -274,7 +281,7 @@ def prepare(
     memory, headroom = check_fits(program, resumed=resume is not None)
     lay = program.layout
     record = RunRecord(kind, config, population.members, lay.stacked_runs, lay.devices, 0, Signature.of(ppo.env),
-                       max_runs_per_call, num_seeds, grid, pbt)
+                       max_runs_per_call, num_seeds, grid, pbt, tune)
     stored, stranded = None, []
     if resume is not None:
         if resume.record.stacked_runs != lay.stacked_runs:

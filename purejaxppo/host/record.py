@@ -16,10 +16,11 @@ from purejaxppo.config import PPOConfig
 from purejaxppo.envs import ActionSpace, Env, image_shape
 from purejaxppo.envs.base import unmasked
 from purejaxppo.host.population import Member
+from purejaxppo.host.search import TuneConfig
 from purejaxppo.program.pbt_step import PBTConfig
 
-KINDS = {"run": "train", "sweep": "sweep", "pbt": "pbt"}  # a record's kind, and the command that runs it
-WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run"}  # a record's kind, in words
+KINDS = {"run": "train", "sweep": "sweep", "pbt": "pbt", "tune": "tune"}  # a record's kind, and its command
+WHAT = {"run": "run", "sweep": "sweep", "pbt": "PBT run", "tune": "search"}  # a record's kind, in words
 
 
 def start_again(run_dir: object, kind: str | None) -> str:
@@ -72,7 +73,7 @@ class Signature:
 class RunRecord:
     """A run, sweep or PBT run as its checkpoints record it."""
 
-    kind: str  # "run", "sweep" or "pbt"
+    kind: str  # "run", "sweep", "pbt" or "tune"
     config: PPOConfig
     members: tuple[Member, ...]
     stacked_runs: int  # runs on the state's leading axis: the members, then filler runs
@@ -83,6 +84,8 @@ class RunRecord:
     num_seeds: int | None = None  # a sweep's seeds per grid point
     grid: dict[str, list[float]] | None = None  # a sweep's grid
     pbt: PBTConfig | None = None  # a PBT run's setup
+    tune: TuneConfig | None = None  # a search's setup
+    search: dict[str, Any] | None = None  # a search's trials at the checkpoint (search.Search.to_json)
 
     @property
     def num_runs(self) -> int:
@@ -110,6 +113,8 @@ class RunRecord:
             out.update(num_seeds=self.num_seeds, grid=self.grid)
         if self.pbt is not None:
             out["pbt"] = self.pbt.to_json()
+        if self.tune is not None:
+            out.update(tune=self.tune.to_json(), search=self.search)
         return out
 
     @classmethod
@@ -128,4 +133,6 @@ class RunRecord:
             num_seeds=None if data.get("num_seeds") is None else int(data["num_seeds"]),
             grid=None if grid is None else {k: list(v) for k, v in grid.items()},
             pbt=None if data.get("pbt") is None else PBTConfig.from_json(data["pbt"]),
+            tune=None if data.get("tune") is None else TuneConfig.from_json(data["tune"]),
+            search=data.get("search"),
         )

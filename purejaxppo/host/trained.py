@@ -81,6 +81,8 @@ def _picked(run_dir: str | Path, step: int, record: RunRecord, run: int | None, 
         return run
     if record.kind == "pbt":
         return best_member(run_dir, step, record)
+    if record.kind == "tune":
+        return best_trial_run(run_dir, step, record)
     if record.num_runs > 1 and note:
         notify(f"{run_dir} holds {record.num_runs} runs; this is run 0 (choose another with --run, or run= from "
                f"Python; runs.csv lists them)", once=True)
@@ -95,6 +97,15 @@ def best_member(run_dir: str | Path, step: int, record: RunRecord) -> int:
     if "episode_return" not in data:
         return 0
     return exploit.best_members(data, spec.population, spec.seeds, spec.interval)[0]
+
+
+def best_trial_run(run_dir: str | Path, step: int, record: RunRecord) -> int:
+    """A search's keeper run, which holds its best finished trial at checkpoint `step`; refused in one line
+    before any trial has finished."""
+    if record.search is None or record.search.get("kept") is None:
+        raise CheckpointError(f"{run_dir}: no trial of the search had finished by checkpoint {step}; choose a "
+                              f"slot's current trial with --run (0 to {record.tune.slots - 1}; trials.csv lists them)")
+    return record.tune.slots
 
 
 class LoadedPolicy:
@@ -204,7 +215,7 @@ def with_pretrained(ppo: PPO) -> PPO:
     except ConfigError as err:
         raise ConfigError(f"init_from: {err}") from None
     record = source.record
-    if config.init_run < 0 and record.num_runs > 1 and record.kind != "pbt":
+    if config.init_run < 0 and record.num_runs > 1 and record.kind not in ("pbt", "tune"):
         raise ConfigError(f"init_from: {where} holds {record.num_runs} runs (see its runs.csv); choose one with "
                           f"init_run")
     origin = f"init_from: {where} (checkpoint {source.step})"
