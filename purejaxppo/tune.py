@@ -28,7 +28,8 @@ from purejaxppo.host.loop import Progress, RunResult
 from purejaxppo.host.population import Population
 from purejaxppo.host.prepare import Prepared, ResumePoint, prepare, resume_from
 from purejaxppo.host.processes import is_primary
-from purejaxppo.host.search import SAMPLERS, SCHEDULERS, SCORES, Search, Space, Trial, TuneConfig
+from purejaxppo.host.samplers import SAMPLERS
+from purejaxppo.host.search import SCHEDULERS, SCORES, Search, Space, Trial, TuneConfig
 
 __all__ = ["Space", "TuneConfig", "TuneResult", "parse_space", "prepare_tune", "run_tune", "tune"]
 
@@ -165,10 +166,11 @@ def prepare_tune(
     if resume is not None:
         spec = resume.record.tune
     spec, config = check(spec, config)
+    where = resume.run_dir if resume is not None else Path(run_dir) if run_dir is not None else None
     if resume is not None:
-        search = Search.from_json(spec, config.seed, config.num_updates, resume.record.search)
+        search = Search.from_json(spec, config.seed, config.num_updates, resume.record.search, where)
     else:
-        search = Search(spec, config.seed, config.num_updates)
+        search = Search(spec, config.seed, config.num_updates, run_dir=where)
     population = Population(config, search.members(), between=search)
     return prepare(population, run_dir, kind="tune", resume=resume, env=env, tune=spec)
 

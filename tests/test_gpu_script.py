@@ -31,9 +31,9 @@ def dry(tmp_path_factory):
 def test_every_stage_runs_and_writes_its_results(dry):
     out, proc = dry
     status = json.loads((out / "stages.json").read_text())
-    assert status["dry_run"] and list(status["stages"]) == ["smoke", "ant", "sweep", "extra", "playground"]
+    assert status["dry_run"] and list(status["stages"]) == ["smoke", "ant", "sweep", "tune", "extra", "playground"]
     assert all(s["status"] == "ok" for s in status["stages"].values()), status
-    assert "no wheels in" in proc.stdout and (out / "log.txt").read_text().count("== stage") == 10
+    assert "no wheels in" in proc.stdout and (out / "log.txt").read_text().count("== stage") == 12
     versions = json.loads((out / "versions.json").read_text())
     assert versions["backend"] == "cpu" and versions["packages"]["jax"]
 
@@ -55,6 +55,10 @@ def test_every_stage_runs_and_writes_its_results(dry):
     assert [c["seeds"] for c in sweep["calls"]] == [1, 2, 4]
     assert all(c["s_per_agent"] > 0 and c["final_return_min"] > 0 for c in sweep["calls"])
 
+    tune = json.loads((out / "tune.json").read_text())
+    assert tune["trials"] == 8 and sum(tune["status"].values()) == 8 and tune["rungs"] == [1, 3, 9]
+    assert tune["env_steps_per_s"] > 0 and tune["best"] is not None
+
     extra = json.loads((out / "extra.json").read_text())
     assert set(extra["recurrent"]) == {"MLP", "GRU"} and all(r["env_steps_per_s"] > 0 for r in extra["recurrent"].values())
     assert list(extra["brax"]) == ["inverted_pendulum"]
@@ -70,8 +74,8 @@ def test_the_results_page_is_made_from_the_outputs(dry, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu" / "report.py"), str(out), "--command",
                     "bash experiments/gpu/run.sh OUT --dry-run", "--out", str(page)], check=True, cwd=ROOT)
     text = page.read_text()
-    for heading in ("## Stages", "## Smoke", "## Brax ant", "## Sweep scaling", "## Extra", "## MuJoCo Playground",
-                    "## Targets"):
+    for heading in ("## Stages", "## Smoke", "## Brax ant", "## Sweep scaling", "## Hyperparameter search",
+                    "## Extra", "## MuJoCo Playground", "## Targets"):
         assert heading in text
     assert "| smoke | ok |" in text and "bash experiments/gpu/run.sh OUT --dry-run" in text
     assert (tmp_path / "gpu.png").stat().st_size > 0

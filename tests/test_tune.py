@@ -19,11 +19,12 @@ from purejaxppo.config import PPOConfig
 from purejaxppo.errors import ConfigError
 from purejaxppo.host import asha
 from purejaxppo.host import metrics as metrics_lib
-from purejaxppo.host.search import Search, Space, TuneConfig, sample
+from purejaxppo.host.samplers import sample
+from purejaxppo.host.search import Search, Space, TuneConfig
 from purejaxppo.host.trained import read_trained
 from purejaxppo.tune import check, parse_space, tune
 
-from conftest import CACHE, TINY_FLAGS, here, leaves_equal, one_error_line
+from conftest import CACHE, TINY_FLAGS, cli, here, leaves_equal, one_error_line
 
 # 27 updates a trial, in chunks of 3; rungs at 3 and 9 updates
 CONFIG = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 27, num_minibatches=2, update_epochs=2,
@@ -221,14 +222,18 @@ def test_a_stopped_search_resumes_to_the_same_files(straight, tmp_path):
 
 # --- the CLI ---
 
-def test_the_cli_searches_and_eval_takes_the_best_trial(tmp_path):
+def test_the_cli_searches_on_two_devices_as_on_one_and_eval_takes_the_best_trial(straight, tmp_path):
     run_dir = tmp_path / "run"
-    proc = here("tune", *TINY_FLAGS, "--set", "total_timesteps=1728", "--space", "lr=log:1e-4:1e-2",
-                "--space", "ent_coef=0,0.01", "--trials", "8", "--slots", "3", "--interval", "3",
-                "--min-budget", "192", "--run-dir", str(run_dir))
-    assert proc.returncode == 0, proc.stderr
-    assert "search    8 trials in 3 slots and a keeper run, ASHA, eta 3, rungs at 3, 9 updates" in proc.stdout
-    assert "best trial" in proc.stdout and (run_dir / "best.yaml").is_file()
+    search = ["--space", "lr=log:1e-4:1e-2", "--space", "ent_coef=0,0.01", "--trials", "8", "--slots", "3",
+              "--interval", "3", "--min-budget", "192", *TINY_FLAGS, "--set", "total_timesteps=1728"]
+    planned = here("check", *search)
+    assert planned.returncode == 0, planned.stderr
+    assert "search    8 trials in 3 slots and a keeper run, ASHA, eta 3, rungs at 3, 9 updates" in planned.stdout
+    proc = cli("tune", *search, "--cpu-devices", "2", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 run(s) on 2 cpu device(s)" in proc.stdout and "best trial" in proc.stdout
+    for name in ("trials.csv", "best.yaml"):  # the runs axis split over devices: each run computes as on one
+        assert (run_dir / name).read_text() == (straight.run_dir / name).read_text(), name
     proc = here("eval", str(run_dir), "--episodes", "2")
     assert proc.returncode == 0 and "2 deterministic episodes" in proc.stdout
     proc = here("check", "--resume", str(run_dir))
@@ -245,3 +250,49 @@ def test_the_cli_searches_and_eval_takes_the_best_trial(tmp_path):
 def test_the_cli_refuses_a_bad_search_in_one_line(args, message):
     proc = here("tune", *TINY_FLAGS, *args)
     assert message in one_error_line(proc)
+
+
+# --- Optuna's TPE through ask and tell ---
+
+def study_of(run_dir):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(study_name="purejaxppo", storage=JournalStorage(JournalFileBackend(
+        str(run_dir / "optuna.journal"))))
+
+
+def test_tpe_is_told_every_score_and_a_resume_asks_nothing_twice(tmp_path):
+    spec = dataclasses.replace(SPEC, sampler="tpe", trials=10)
+    straight = tune(CONFIG, spec, tmp_path / "straight")
+    study = study_of(tmp_path / "straight").trials
+    assert len(study) == 10
+    for t, frozen in zip(straight.search.trials, study):
+        assert frozen.params == t.values  # the asked values are the trial's
+        state = {"finished": "COMPLETE", "stopped": "PRUNED", "diverged": "FAIL"}[t.status]
+        assert frozen.state.name == state
+        if t.status == "finished":
+            assert frozen.value == t.scores[-1]
+        assert frozen.intermediate_values == dict(zip(straight.search.rungs, t.scores))
+    # the asked values reach the program: each slot ends with its last trial's hyperparameters
+    for slot in range(spec.slots):
+        last = max((t for t in straight.search.trials if t.slot == slot), key=lambda t: t.id)
+        assert float(straight.state.hparams.lr[slot]) == np.float32(last.values["lr"])
+    # stopped at update 9, run on to 15 (asking and telling past 9), then resumed from checkpoint 9, as after
+    # a kill: the trials asked after 9 are taken from the study, not asked again, and the files are a straight run's
+    run_dir = tmp_path / "resumed"
+    tune(CONFIG, spec, run_dir, until_update=9)
+    assert tune(CONFIG, None, run_dir, resume=True, until_update=15).update == 15
+    tune(CONFIG, None, run_dir, resume=True, step=9)
+    assert len(study_of(run_dir).trials) == 10
+    for name in ("trials.csv", "metrics.csv", "best.yaml"):
+        assert filecmp.cmp(tmp_path / "straight" / name, run_dir / name, shallow=False), name
+
+
+def test_the_gp_sampler_without_torch_is_refused_in_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where PyTorch is not installed
+    with pytest.raises(ConfigError, match="--sampler gp: Optuna's GP sampler needs PyTorch"):
+        tune(CONFIG, dataclasses.replace(SPEC, sampler="gp"))

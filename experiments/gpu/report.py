@@ -23,7 +23,7 @@ def read(folders: list[Path]) -> dict[str, Any]:
     """The stages' records, a later folder's replacing an earlier one's, with each folder's status."""
     found: dict[str, Any] = {"stages": {}}
     for folder in folders:
-        for name in ("versions", "smoke", "ant", "sweep", "extra", "playground"):
+        for name in ("versions", "smoke", "ant", "sweep", "tune", "extra", "playground"):
             path = folder / f"{name}.json"
             if path.exists():
                 found[name] = json.loads(path.read_text())
@@ -92,6 +92,24 @@ def sweep_section(sweep: dict[str, Any]) -> tuple[list[str], bool | None]:
         if call["seeds"] == TARGETS["sweep"][0]:
             check = call["wall_s"] < TARGETS["sweep"][1]
     return lines, check
+
+
+def tune_section(tune: dict[str, Any]) -> list[str]:
+    best = tune["best"]
+    status = ", ".join(f"{n} {s}" for s, n in tune["status"].items())
+    lines = [f"`{tune['config']}` {' '.join(tune['overrides'])}: {tune['trials']:,} trials of up to "
+             f"{tune['updates_per_trial']} updates, {tune['slots']:,} at a time, ASHA (rungs at "
+             f"{', '.join(map(str, tune['rungs']))} updates), random draws of {' '.join(tune['spaces'])}.", "",
+             "| wall s | compile s | run s | updates run | env steps of trials | env steps/s | trials/s | trials |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {num(tune['wall_s'])} | {num(tune['compile_s'])} | {num(tune['run_s'])} | {tune['updates_run']:,} "
+             f"| {tune['env_steps_of_trials']:,} | {num(tune['env_steps_per_s'], ',.0f')} "
+             f"| {num(tune['trials_per_s'], ',.2f')} | {status} |"]
+    if best is not None:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in best["values"].items())
+        lines += ["", f"Best finished trial: {best['trial']} (seed {best['seed']}), {values}; final score "
+                      f"{num(best['score'])}."]
+    return lines
 
 
 def extra_section(extra: dict[str, Any]) -> list[str]:
@@ -188,6 +206,8 @@ def render(found: dict[str, Any], commands: list[str], png: Path) -> str:
     if "sweep" in found:
         section, checks["sweep"] = sweep_section(found["sweep"])
         lines += ["", "## Sweep scaling: CartPole-v1", "", *section]
+    if "tune" in found:
+        lines += ["", "## Hyperparameter search: CartPole-v1", "", *tune_section(found["tune"])]
     if "extra" in found:
         lines += ["", "## Extra", "", *extra_section(found["extra"])]
     if "playground" in found:

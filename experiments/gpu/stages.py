@@ -12,6 +12,8 @@ Stages, in order:
           rollout ceiling (over 20 updates' worth), then Brax's own PPO trainer on the same jax, in
           this Python
   sweep   CartPole-v1 with 1, 64, 512 and 4096 seeds, one call each: time per agent
+  tune    a search of 4096 CartPole-v1 trials, 1024 slots at a time, ASHA with random draws: trials
+          and env steps per second, and the best trial
   extra   if time is left: the recurrent policy's cost against the MLP, then humanoid and halfcheetah
           (ours, 50M env steps)
   playground  the shipped MuJoCo Playground configs at their published budget (60M env steps each),
@@ -38,8 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
-STAGES = ("smoke", "ant", "sweep", "extra", "playground")
-BUDGET_S = {"smoke": 120, "ant": 450, "sweep": 240, "extra": 600, "playground": 600}  # each stage's own limit, s
+STAGES = ("smoke", "ant", "sweep", "tune", "extra", "playground")
+BUDGET_S = {"smoke": 120, "ant": 450, "sweep": 240, "tune": 150, "extra": 600, "playground": 600}  # each stage's own limit, s
 MIN_START_S = 20  # a stage with less than this left is not started
 CEILING_UPDATES = 20  # updates' worth of rollouts the ceiling is measured over
 LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")  # finite on any update
@@ -57,6 +59,9 @@ class Sizes:
     ant_overrides: tuple[str, ...]
     sweep_seeds: tuple[int, ...]
     sweep_overrides: tuple[str, ...]
+    tune_trials: int
+    tune_slots: int
+    tune_overrides: tuple[str, ...]
     extra_envs: tuple[str, ...]
     extra_overrides: tuple[str, ...]
     recurrent_overrides: tuple[str, ...]
@@ -67,6 +72,7 @@ class Sizes:
 REAL = Sizes(
     smoke_env="ant", ant_env="ant", ant_overrides=(),
     sweep_seeds=(1, 64, 512, 4096), sweep_overrides=("total_timesteps=500000",),
+    tune_trials=4096, tune_slots=1024, tune_overrides=("total_timesteps=491520",),  # 480 updates a trial
     extra_envs=("humanoid", "halfcheetah"), extra_overrides=(),
     recurrent_overrides=("num_envs=2048", "num_steps=64", "total_timesteps=26214400"),
     playground_tasks=("walker_walk", "cheetah_run", "cartpole_balance", "hopper_hop"), playground_overrides=(),
@@ -78,6 +84,8 @@ DRY = Sizes(
     smoke_env="inverted_pendulum", ant_env="inverted_pendulum", ant_overrides=TINY_BRAX,
     sweep_seeds=(1, 2, 4), sweep_overrides=("total_timesteps=2048", "num_envs=8", "num_steps=16",
                                             "hidden_sizes=[8]"),
+    tune_trials=8, tune_slots=3, tune_overrides=("total_timesteps=3456", "num_envs=8", "num_steps=16",
+                                                 "hidden_sizes=[8]"),  # 27 updates a trial
     extra_envs=("inverted_pendulum",), extra_overrides=TINY_BRAX,
     recurrent_overrides=("num_envs=8", "num_steps=16", "total_timesteps=1024", "memory_size=8",
                          "hidden_sizes=[8]"),
@@ -214,6 +222,29 @@ def stage_sweep(out: Path, sizes: Sizes, cache: str) -> None:
         write(out / "sweep.json", record)
 
 
+def stage_tune(out: Path, sizes: Sizes, cache: str) -> None:
+    from purejaxppo.tune import TuneConfig, parse_space, tune
+
+    config = load("cartpole.yaml", sizes.tune_overrides, cache)
+    spaces = tuple(parse_space(s, config) for s in ("lr=log:1e-4:1e-2", "ent_coef=0:0.02", "gamma=0.98,0.99,0.995"))
+    spec = TuneConfig(spaces, trials=sizes.tune_trials, slots=sizes.tune_slots)
+    start = time.perf_counter()
+    result = tune(config, spec)
+    wall = time.perf_counter() - start
+    trials = result.search.trials
+    used = sum(t.updates for t in trials) * config.batch_size
+    best = result.best()
+    write(out / "tune.json", {
+        "config": "configs/cartpole.yaml", "overrides": list(sizes.tune_overrides), "spaces": [str(s) for s in spaces],
+        "trials": spec.trials, "slots": spec.slots, "rungs": list(result.search.rungs),
+        "updates_per_trial": config.num_updates, "wall_s": wall, "compile_s": result.compile_time,
+        "run_s": result.run_time, "updates_run": result.update, "env_steps_of_trials": used,
+        "env_steps_per_s": used / result.run_time, "trials_per_s": len(trials) / result.run_time,
+        "status": {s: sum(t.status == s for t in trials) for s in ("finished", "stopped", "diverged")},
+        "best": None if best is None else {"trial": best.id, "seed": best.seed, "values": best.values,
+                                           "score": best.scores[-1]}})
+
+
 def stage_extra(out: Path, sizes: Sizes, cache: str) -> None:
     from brax_benchmark import run_ours
 
@@ -256,7 +287,7 @@ def stage_playground(out: Path, sizes: Sizes, cache: str) -> None:
         write(out / "playground.json", record)
 
 
-RUNNERS = {"smoke": stage_smoke, "ant": stage_ant, "sweep": stage_sweep, "extra": stage_extra,
+RUNNERS = {"smoke": stage_smoke, "ant": stage_ant, "sweep": stage_sweep, "tune": stage_tune, "extra": stage_extra,
            "playground": stage_playground}
 
 

@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from purejaxppo.errors import CheckpointError, SaveError
 from purejaxppo.host import metrics, rundir
 from purejaxppo.host.record import RunRecord, start_again
+from purejaxppo.host.samplers import JOURNAL
 
 CHECKPOINT_DIR = "checkpoints"
 READERS_DIR = ".readers"  # a reader's pin on the checkpoint it reads: `<step>-<pid>-<id>`, locked while it reads
@@ -183,7 +184,7 @@ def check_fresh(run_dir: str | Path) -> list[str]:
     out-of-memory error), which has nothing to resume: `set_aside` moves them before the new run writes."""
     run_dir = Path(run_dir)
     steps = completed_steps(run_dir)
-    held = [name for name in (*RUN_FILES, "config.yaml", "tensorboard") if (run_dir / name).exists()]
+    held = [name for name in (*RUN_FILES, "config.yaml", "tensorboard", JOURNAL) if (run_dir / name).exists()]
     if steps:
         raise CheckpointError(
             f"run dir {run_dir} already holds a run (checkpoints {steps}, {', '.join(held)}); resume it with "

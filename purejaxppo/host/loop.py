@@ -160,7 +160,7 @@ def train_population(
     update, stopped, last_saved = first, False, first
     start = time.perf_counter()
     if between is not None:
-        between.start(states)
+        states = between.start(program, states)
     try:
         while update < horizon and not (between is not None and between.done):
             if any_process(stop.requested is not None) or (
@@ -210,7 +210,8 @@ def train_population(
     state = jax.tree.map(lambda x: x[:n], state) if program.layout.stacked_runs != n else state
     if run_dir is not None and is_primary() and not stopped:
         with _writing(run_dir / metrics_lib.RUNS_FILE, run_dir):
-            metrics_lib.write_runs(run_dir, record.members, stacked)
+            # a search's runs are slots that train one trial after another: its results are per trial
+            metrics_lib.write_runs(run_dir, record.members, stacked if between is None else None)
     return RunResult(config, program.population, state, stacked, 0.0, run_time, run_dir, program.layout,
                      first_update=first, update=update, stopped=stopped, superseded=out.superseded)
 

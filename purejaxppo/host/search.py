@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,13 +27,12 @@ import numpy as np
 
 from purejaxppo.host import asha
 from purejaxppo.host.population import Member
+from purejaxppo.host.samplers import make_sampler
 from purejaxppo.program import exploit
 from purejaxppo.program.pbt_step import DIVERGED_IF_NOT_FINITE
 
 SCHEDULERS = ("asha", "none")
-SAMPLERS = ("random",)
 SCORES = ("episode_return", "eval_return")
-SAMPLER_SALT = 0x7E57  # keeps a trial's draws apart from the numbers its seed gives the program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +84,6 @@ class TuneConfig:
         return cls(**{**data, "spaces": spaces})
 
 
-def sample(spaces: Sequence[Space], seed: int, trial: int) -> dict[str, float]:
-    """Trial `trial`'s values: one uniform draw per space from a generator keyed by (seed, trial)."""
-    draws = np.random.default_rng([SAMPLER_SALT, seed, trial]).random(len(spaces))
-    return {s.name: s.draw(float(u)) for s, u in zip(spaces, draws)}
-
-
 @dataclasses.dataclass
 class Trial:
     id: int
@@ -111,10 +105,13 @@ class Search:
     """The search's state, and its step between chunks (`host.loop` calls it; see the module's doc)."""
 
     def __init__(self, spec: TuneConfig, seed: int, max_updates: int, trials: list[Trial] | None = None,
-                 kept: int | None = None) -> None:
-        self.spec, self.seed, self.max_updates = spec, seed, max_updates
+                 kept: int | None = None, run_dir: Path | None = None) -> None:
+        self.spec, self.seed, self.max_updates, self.run_dir = spec, seed, max_updates, run_dir
         self.rungs = asha.rungs(spec.min_updates, max_updates, spec.eta) if spec.scheduler == "asha" else ()
-        self.trials = trials if trials is not None else [self.new_trial(s, s, 0) for s in range(spec.slots)]
+        self.sampler = make_sampler(spec.sampler, spec.spaces, seed)
+        if trials is None:  # a study's first trials are asked once it is open, at the start
+            trials = [] if self.sampler.opens else [self.new_trial(s, s, 0) for s in range(spec.slots)]
+        self.trials = trials
         self.kept = kept  # the trial the keeper holds
         self._kept_state: Any = None
 
@@ -124,11 +121,12 @@ class Search:
                 else "every trial to its end")
         started = f"; {len(self.trials)} started, {sum(t.ended for t in self.trials)} ended" if any(
             t.updates for t in self.trials) else ""
-        return (f"{spec.trials} trials in {spec.slots} slots and a keeper run, {rule}; {spec.sampler} draws of "
+        sampler = "random draws" if spec.sampler == "random" else f"Optuna's {spec.sampler.upper()} sampler"
+        return (f"{spec.trials} trials in {spec.slots} slots and a keeper run, {rule}; {sampler} over "
                 f"{' '.join(map(str, spec.spaces))}; score {spec.score}{started}")
 
     def new_trial(self, trial: int, slot: int, start: int) -> Trial:
-        return Trial(trial, slot, self.seed + trial, sample(self.spec.spaces, self.seed, trial), start)
+        return Trial(trial, slot, self.seed + trial, self.sampler.ask(trial), start)
 
     @property
     def keeper(self) -> int:
@@ -136,9 +134,10 @@ class Search:
         return self.spec.slots
 
     def members(self) -> tuple[Member, ...]:
-        """The population at the start: the first trial of each slot, then the keeper (a copy of trial 0
-        until a trial finishes)."""
-        firsts = [Member(t.seed, dict(t.values), point=t.id) for t in self.trials[: self.spec.slots]]
+        """The population at the start: the first trial of each slot (the config's values for a study's,
+        until they are asked at the start), then the keeper (a copy of slot 0 until a trial finishes)."""
+        firsts = [Member(t.seed, dict(t.values), point=t.id) for t in self.trials[: self.spec.slots]] or [
+            Member(self.seed + s, point=s) for s in range(self.spec.slots)]
         return (*firsts, dataclasses.replace(firsts[0], point=-1))
 
     @property
@@ -182,11 +181,14 @@ class Search:
             trial.recent = [*trial.recent, *map(float, metrics["episode_return"][slot])][-self.spec.min_updates:]
             if diverged[slot]:
                 trial.status = "diverged"
+                self.sampler.tell(trial.id, trial.status, math.nan)
             elif trial.updates >= self.max_updates:
                 trial.scores.append(self._score(trial, metrics))
                 trial.status = "finished"
+                self.sampler.tell(trial.id, trial.status, trial.scores[-1])
             elif trial.updates in self.rungs:
                 trial.scores.append(self._score(trial, metrics))
+                self.sampler.report(trial.id, trial.updates, trial.scores[-1])
                 arriving.setdefault(self.rungs.index(trial.updates), []).append(trial)
         for rung, trials in arriving.items():
             arrived = {t.id for t in trials}
@@ -194,6 +196,8 @@ class Search:
             go_on = asha.promoted(np.array(earlier), np.array([t.scores[rung] for t in trials]), self.spec.eta)
             for trial, promoted in zip(trials, go_on):
                 trial.status = "promoted" if promoted else "stopped"
+                if not promoted:
+                    self.sampler.tell(trial.id, trial.status, trial.scores[-1])
         best = self.best()
         keep = best.slot if best is not None and best is not before else None
         if keep is not None:
@@ -216,9 +220,15 @@ class Search:
 
     # The loop's side: its hooks, called with the program's stacked states (one call: a search never splits).
 
-    def start(self, states: list[Any]) -> None:
-        """Before the first chunk of this call: hold the keeper's state, to put it back after each chunk."""
+    def start(self, program: Any, states: list[Any]) -> list[Any]:
+        """Before the first chunk of this call: open the sampler; for a new study, ask its first trials and
+        start them in every slot; hold the keeper's state, to put it back after each chunk."""
+        self.sampler.open(self.run_dir)
+        if not self.trials:
+            self.trials = [self.new_trial(s, s, 0) for s in range(self.spec.slots)]
+            states = self._refill(program, states, {t.slot: t for t in self.trials})
         self._kept_state = jax.tree.map(lambda x: x[self.keeper], states[0])
+        return states
 
     def __call__(self, program: Any, states: list[Any], update: int, active: int, metrics: dict[str, np.ndarray],
                  params_finite: np.ndarray) -> tuple[list[Any], dict[str, np.ndarray]]:
@@ -233,17 +243,21 @@ class Search:
         metrics = {k: _blanked(v, idle) for k, v in metrics.items()}
         metrics["trial"] = np.broadcast_to(
             np.append(trial, np.nan if self.kept is None else self.kept)[:, None], (slots + 1, active)).copy()
-        whole = states[0]
         if keep is not None:
-            self._kept_state = jax.tree.map(lambda x: x[keep], whole)
-        whole = _put(whole, keeper, self._kept_state)
-        if refills:
-            chosen = [refills.get(s) for s in range(program.layout.per_call)]
-            fresh = program.init(*program.call_inputs(
-                [Member(t.seed, dict(t.values)) if t is not None else Member(self.seed) for t in chosen]))
-            whole = _select(np.array([t is not None for t in chosen]), fresh, whole)
+            self._kept_state = jax.tree.map(lambda x: x[keep], states[0])
+        states = [_put(states[0], keeper, self._kept_state)]
+        return self._refill(program, states, refills), metrics
+
+    def _refill(self, program: Any, states: list[Any], refills: dict[int, Trial]) -> list[Any]:
+        """`states` with the slots of `refills` started afresh by the compiled init, as their new trials."""
+        if not refills:
+            return states
+        chosen = [refills.get(s) for s in range(program.layout.per_call)]
+        fresh = program.init(*program.call_inputs(
+            [Member(t.seed, dict(t.values)) if t is not None else Member(self.seed) for t in chosen]))
+        whole = _select(np.array([t is not None for t in chosen]), fresh, states[0])
         shardings = program.layout.state_shardings(whole)
-        return [jax.device_put(whole, shardings) if shardings is not None else whole], metrics
+        return [jax.device_put(whole, shardings) if shardings is not None else whole]
 
     def recorded(self, record: Any) -> Any:
         """`record` with the search's state, for a checkpoint."""
@@ -253,9 +267,10 @@ class Search:
         return {"kept": self.kept, "trials": [dataclasses.asdict(t) for t in self.trials]}
 
     @classmethod
-    def from_json(cls, spec: TuneConfig, seed: int, max_updates: int, data: Mapping[str, Any]) -> Search:
+    def from_json(cls, spec: TuneConfig, seed: int, max_updates: int, data: Mapping[str, Any],
+                  run_dir: Path | None = None) -> Search:
         trials = [Trial(**{**t, "values": dict(t["values"]), "scores": list(t["scores"])}) for t in data["trials"]]
-        return cls(spec, seed, max_updates, trials, data["kept"])
+        return cls(spec, seed, max_updates, trials, data["kept"], run_dir)
 
 
 def _blanked(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
