@@ -1,9 +1,10 @@
 """purejaxppo: fused, jit-compiled PPO in JAX.
 
 The layout shows what runs where: `program/` is the compiled program (the PPO update and its math, the
-policy, in-program evaluation and PBT's step), `host/` drives it (prepare, the chunk loop, a search's judging and refills, signals,
-checkpoints, the run dir, metrics, trained policies), `envs/` holds the env protocol and its families,
-and the front ends (`single`, `sweep`, `pbt`, `tune`, the CLI) build populations through `host.prepare`.
+policy, in-program evaluation and PBT's step), `host/` drives it (prepare, the chunk loop, a search's
+judging and refills, signals, checkpoints, the run dir, metrics, trained policies), `envs/` holds the
+env protocol and its families, and the front ends (`single`, `sweep`, `pbt`, `tune`, the CLI) build
+populations through `host.prepare`.
 """
 
 from purejaxppo.config import PPOConfig

@@ -120,8 +120,9 @@ def _tune_options(p: argparse.ArgumentParser, shared: bool) -> None:
     p.add_argument("--min-budget", type=_count(1), metavar="ENV_STEPS",
                    help="a trial's env steps at the first rung (default: its total / eta^3, on a chunk end)")
     p.add_argument("--scheduler", choices=SCHEDULERS, help="asha (default), or none to run every trial to its end")
-    p.add_argument("--sampler", choices=SAMPLERS, help="how trials get their values: random draws (default), or Optuna's TPE or GP "
-                        "sampler, told every score (the tune extra)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="how trials get their values: random draws (default), or Optuna's TPE or GP sampler, told "
+                        "every score (the tune extra)")
     if shared:
         p.add_argument("--interval", type=_count(1),
                        help="updates per chunk; rungs fall on chunk ends (default: a divisor of a trial's updates)")

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 STAGES = ("smoke", "ant", "sweep", "tune", "extra", "playground")
-BUDGET_S = {"smoke": 120, "ant": 450, "sweep": 240, "tune": 150, "extra": 600, "playground": 600}  # each stage's own limit, s
+# each stage's own limit, s
+BUDGET_S = {"smoke": 120, "ant": 450, "sweep": 240, "tune": 150, "extra": 600, "playground": 600}
 MIN_START_S = 20  # a stage with less than this left is not started
 CEILING_UPDATES = 20  # updates' worth of rollouts the ceiling is measured over
 LOSS_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")  # finite on any update

@@ -176,6 +176,8 @@ def fewer_runs(population: Population, resumed: bool) -> str:
     """How a population can hold fewer runs in memory at once, as advice (a resume keeps its own)."""
     if len(population) == 1 or resumed:
         return ""
+    if population.between is not None:
+        return " or fewer --slots,"
     return " or a smaller --population," if population.step is not None else " or --max-runs-per-call,"
 
 

@@ -145,8 +145,8 @@ class Search:
         """The updates a search can take at most: every slot is busy until the last trial starts, after
         at most (trials - 1) budgets shared out over the slots, and that trial runs one budget more."""
         spec = self.spec
-        chunks = -(-(spec.trials - 1) * self.max_updates // (spec.slots * spec.interval)) + self.max_updates // spec.interval
-        return chunks * spec.interval
+        before_last = -(-(spec.trials - 1) * self.max_updates // (spec.slots * spec.interval))  # in chunks, rounded up
+        return (before_last + self.max_updates // spec.interval) * spec.interval
 
     def running(self) -> dict[int, Trial]:
         """The trial each busy slot trains."""
@@ -198,6 +198,9 @@ class Search:
                 trial.status = "promoted" if promoted else "stopped"
                 if not promoted:
                     self.sampler.tell(trial.id, trial.status, trial.scores[-1])
+        for trial in self.trials:
+            if trial.ended:
+                trial.recent = []  # its window is of no more use: the checkpoints' record stays small
         best = self.best()
         keep = best.slot if best is not None and best is not before else None
         if keep is not None:
