@@ -389,18 +389,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_printed(args: argparse.Namespace, kind: str, run: Callable[..., Any]) -> tuple[Any, Any]:
+    """A sweep, PBT run or search: prepared from the command's options, its plan printed, run by the front
+    end's `run` with progress lines, and where it resumed, what it set aside said. Returns both."""
+    prepared = _prepared(args, kind)
+    print(prepared.describe(), flush=True)
+    progress = ProgressPrinter(prepared.population.num_updates * prepared.config.batch_size)
+    try:
+        result = run(prepared, on_progress=progress)
+    finally:
+        progress.close()
+    _superseded(result, bool(args.resume), prepared.run_dir, print)
+    return prepared, result
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from purejaxppo.sweep import run_sweep
 
-    prepared = _prepared(args, "sweep")
+    prepared, result = _run_printed(args, "sweep", run_sweep)
     config, run_dir, grid = prepared.config, prepared.run_dir, prepared.record.grid
-    print(prepared.describe(), flush=True)
-    progress = ProgressPrinter(config.num_updates * config.batch_size)
-    try:
-        result = run_sweep(prepared, on_progress=progress)
-    finally:
-        progress.close()
-    _superseded(result, bool(args.resume), run_dir, print)
     if result.stopped:
         return _stopped(result, run_dir, "sweep")
     total_steps = len(result.runs) * config.num_updates * config.batch_size
@@ -423,16 +430,9 @@ def _pbt(args: argparse.Namespace) -> int:
     from purejaxppo.host import metrics as metrics_lib
     from purejaxppo.pbt import run_pbt
 
-    prepared = _prepared(args, "pbt")
+    prepared, result = _run_printed(args, "pbt", run_pbt)
     config, run_dir = prepared.config, prepared.run_dir
     total = config.num_updates * config.batch_size
-    print(prepared.describe(), flush=True)
-    progress = ProgressPrinter(total)
-    try:
-        result = run_pbt(prepared, on_progress=progress)
-    finally:
-        progress.close()
-    _superseded(result, bool(args.resume), run_dir, print)
     if result.stopped:
         return _stopped(result, run_dir, "pbt")
     steps = len(result.population) * total
@@ -452,15 +452,8 @@ def _pbt(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from purejaxppo.tune import run_tune
 
-    prepared = _prepared(args, "tune")
+    prepared, result = _run_printed(args, "tune", run_tune)
     config, run_dir = prepared.config, prepared.run_dir
-    print(prepared.describe(), flush=True)
-    progress = ProgressPrinter(prepared.population.num_updates * config.batch_size)
-    try:
-        result = run_tune(prepared, on_progress=progress)
-    finally:
-        progress.close()
-    _superseded(result, bool(args.resume), run_dir, print)
     if result.stopped:
         return _stopped(result, run_dir, "tune")
     trials = result.search.trials
