@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 
 # the tests also cover the optional env families, the ONNX export and the docs build, so they install their extras
 $(BIN)/.installed-extras: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid,export,tune,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid,export,tune,video,docs]"
 	touch $@
 
 $(BIN)/.installed-docs: $(BIN)/.installed

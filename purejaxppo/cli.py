@@ -205,12 +205,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="sample the action from a noise input instead of taking the distribution's mode")
     export.add_argument("--value", action="store_true", help="output the value too")
 
-    render = sub.add_parser("render", help="write Brax's HTML viewer of one episode of a trained Brax policy")
+    render = sub.add_parser("render", help="a video of a trained policy's episodes (GIF or MP4), any env that draws")
     render.add_argument("run_dir", metavar="RUN_DIR")
-    render.add_argument("--out", help="HTML file (default: RUN_DIR/render.html)")
+    render.add_argument("--out", help="a .gif or .mp4 file (default: RUN_DIR/render.mp4)")
+    render.add_argument("--episodes", type=_count(1), default=1, help="episodes, one after another")
     render.add_argument("--step", type=_count(0), help="checkpoint to render (default: the latest)")
+    render.add_argument("--run", type=_count(0), default=None,
+                        help="for a sweep: the run index; for PBT or a search: the member or slot (default: the best)")
+    render.add_argument("--stochastic", action="store_true", help="sample the actions instead of taking the mode")
     render.add_argument("--max-steps", type=_count(1), default=1000, help="longest episode to draw")
-    render.add_argument("--seed", type=_count(0), default=0)
+    render.add_argument("--seed", type=_count(0), default=0, help="seed of the episodes' envs (as for eval)")
 
     plot = sub.add_parser("plot", help="learning curves of runs or sweeps against env steps")
     plot.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
@@ -506,11 +510,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from purejaxppo.host.trained import render_html
+    from purejaxppo.host.video import render_run
 
-    out = Path(args.out) if args.out else Path(args.run_dir) / "render.html"
-    out.write_text(render_html(args.run_dir, args.step, args.max_steps, args.seed))
-    print(f"wrote {out} (Brax's viewer; it loads its scripts from a CDN when opened)")
+    done = render_run(args.run_dir, args.out, args.episodes, args.step, args.run, args.seed, args.stochastic,
+                      args.max_steps)
+    returns = ", ".join(f"{r:.2f}" for r in done.returns)
+    print(f"wrote {done.path}: {done.frames} frames of {done.size[1]}x{done.size[0]}, checkpoint {done.step}, "
+          f"{len(done.returns)} episode(s), return {returns}")
     return 0
 
 

@@ -2,6 +2,7 @@
 checkpoint round trip, and the rendered viewer page. Brax compiles slowly on CPU, so the run is
 compiled and trained once for the module."""
 
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 
 from purejaxppo import train
 from purejaxppo.config import PPOConfig
-from purejaxppo.host.trained import load_policy, render_html
-from purejaxppo.program.evaluation import evaluation_return
+from purejaxppo.host.trained import load_policy, read_trained
+from purejaxppo.host.video import render_run
+from purejaxppo.program.evaluation import evaluate, evaluation_return
 from purejaxppo.program.ppo import make_ppo
 
 from conftest import CACHE
@@ -53,10 +55,14 @@ def test_policy_round_trips_and_squashes_into_the_bounds(trained):
     assert (np.abs(act(obs, jax.random.key(1))) <= 1.0).all()
 
 
-def test_render_writes_the_viewer_page(trained):
-    page = render_html(trained.run_dir, max_steps=20)
-    assert page.lstrip().startswith("<!DOCTYPE html>") and 'id="brax-viewer"' in page
-    assert len(page) > 1000
+def test_render_draws_the_episode_eval_plays(trained, tmp_path):
+    done = render_run(trained.run_dir, tmp_path / "ant.mp4", max_steps=20)
+    policy = read_trained(trained.run_dir)
+    returns, lengths = evaluate(policy.policy, make_ppo(CONFIG).env, policy.params, policy.obs_stats,
+                                jax.random.key(0), 1, max_steps=20)
+    assert done.returns == [float(returns[0])] and done.frames == int(lengths[0]) == 20
+    frames = iio.imread(done.path)
+    assert frames.shape == (20, *done.size, 3) and not np.array_equal(frames[0], frames[-1])
 
 
 def test_a_recurrent_policy_on_a_partly_hidden_brax_env(tmp_path):
@@ -66,5 +72,4 @@ def test_a_recurrent_policy_on_a_partly_hidden_brax_env(tmp_path):
     for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm", "eval_return"):
         assert np.isfinite(m[name][-1]), name
     assert make_ppo(config).env.observation_shape == (make_ppo(CONFIG).env.observation_shape[0] - 1,)
-    page = render_html(result.run_dir, max_steps=10)
-    assert 'id="brax-viewer"' in page
+    assert render_run(result.run_dir, tmp_path / "hidden.gif", max_steps=10).frames == 10

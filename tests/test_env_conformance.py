@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from purejaxppo.envs import ActionSpace, EnvStep, make_env
+from purejaxppo.errors import ConfigError
 
 LIMIT = 3
 STEPS = 3 * LIMIT
@@ -136,3 +137,23 @@ def test_vmapped_equals_alone_and_a_key_fixes_the_rollout(case):
         np.testing.assert_allclose(out.obs, traj.obs[t, 0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out.final_obs, traj.final_obs[t, 0], rtol=1e-5, atol=1e-6)
         assert (bool(out.terminated), bool(out.truncated)) == (bool(traj.terminated[t, 0]), bool(traj.truncated[t, 0]))
+
+
+def test_an_env_that_draws_gives_frames_of_one_size_that_change(case):
+    name, env, action, _, _ = case
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    if name == "own-protocol":  # it defines no render(state): `purejaxppo render` refuses it
+        assert not callable(getattr(env, "render", None))
+        return
+    if name == "own-gymnax":  # a gymnax env that is neither classic control nor seen as an image
+        with pytest.raises(ConfigError, match="has no drawing"):
+            env.render(reset(jax.random.key(0))[1])
+        return
+    first = reset(jax.random.key(0))[1]
+    later = step(jax.random.key(1), step(jax.random.key(2), first, action).state, action).state
+    other = reset(jax.random.key(3))[1]
+    frames = [np.asarray(env.render(s)) for s in (first, later, other)]
+    assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[-1] == 3 and f.shape == frames[0].shape
+               for f in frames), [(f.dtype, f.shape) for f in frames]
+    assert frames[0].shape[0] >= 32 and frames[0].shape[1] >= 32
+    assert not (np.array_equal(frames[0], frames[1]) and np.array_equal(frames[0], frames[2]))

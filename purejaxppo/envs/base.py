@@ -86,6 +86,8 @@ class Env(Protocol):
       torso reshapes it back.
     - `step_without_reset(key, state, action) -> EnvStep`: `step` without its reset (`obs` is
       `final_obs`, `state` the one reached), for `resets_per_step` (see `step_all`).
+    - `render(state) -> uint8[H, W, 3]`: one frame of an (unbatched) state, on the host, for
+      `purejaxppo render`; every frame of an env the same size.
     """
 
     observation_shape: tuple[int, ...]
@@ -169,7 +171,7 @@ class HiddenObs:
         if callable(getattr(env, "step_without_reset", None)):
             self.step_without_reset = self._step_without_reset
 
-    def __getattr__(self, attr: str) -> Any:  # e.g. a Brax env's render_html
+    def __getattr__(self, attr: str) -> Any:  # e.g. an env's render
         if attr == "env":  # not set yet (or being copied): no recursion
             raise AttributeError(attr)
         return getattr(self.env, attr)
@@ -190,6 +192,24 @@ class HiddenObs:
 
     def _hidden(self, out: EnvStep) -> EnvStep:
         return out._replace(obs=self.hide(out.obs), final_obs=self.hide(out.final_obs))
+
+
+def channels_image(grid: Any, scale: int = 16) -> np.ndarray:
+    """An (H, W, C) grid of channels (MinAtar's, a symbolic grid's) as an RGB image: each cell in the
+    colour of its highest active channel, black where none is, each cell `scale` pixels wide."""
+    grid = np.asarray(grid, np.float32)
+    channels = grid.shape[-1]
+    palette = np.array([[0, 0, 0]] + [colorsys_rgb(k / max(1, channels)) for k in range(channels)], np.uint8)
+    active = grid > 0
+    index = np.where(active.any(-1), channels - np.argmax(active[..., ::-1], axis=-1), 0)
+    return np.kron(palette[index], np.ones((scale, scale, 1), np.uint8)).astype(np.uint8)
+
+
+def colorsys_rgb(hue: float) -> list[int]:
+    """A bright colour of `hue` in [0, 1), as 0-255 RGB."""
+    import colorsys
+
+    return [int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.65, 0.95)]
 
 
 def unmasked(env: Env) -> Env:

@@ -11,10 +11,12 @@ reports termination only.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purejaxppo.envs.base import ActionSpace, EnvStep, abstract_key, flat, refuses_nothing, traced, where_done
 from purejaxppo.errors import ConfigError, unknown_key
@@ -22,6 +24,35 @@ from purejaxppo.errors import ConfigError, unknown_key
 PREFIX = "brax/"
 EPISODE_LENGTH = 1000  # Brax's, and Playground's DM Control suite's, time limit when none is given
 BACKENDS = ("generalized", "positional", "spring", "mjx")
+FRAME_SIZE = (240, 320)  # height, width of a rendered frame
+
+# MuJoCo picks its OpenGL backend when it is first imported: without a display, EGL (headless). Where EGL
+# is missing, MuJoCo still imports, and only a renderer fails (`MujocoFrames` says what to install).
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"
+
+
+class MujocoFrames:
+    """MuJoCo's renderer over a model: a frame of the positions and velocities of a state."""
+
+    def __init__(self, model: Any) -> None:
+        import mujoco
+
+        self._mujoco, self._model, self._data = mujoco, model, mujoco.MjData(model)
+        try:
+            self._renderer = mujoco.Renderer(model, *FRAME_SIZE)
+        except Exception as err:  # no OpenGL backend: MuJoCo raises many kinds
+            backend = os.environ.get("MUJOCO_GL", "glfw")
+            raise ConfigError(f"render: MuJoCo's renderer could not start with MUJOCO_GL={backend} "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); headless, it needs "
+                              f"EGL (libegl1) or OSMesa (libosmesa6, with MUJOCO_GL=osmesa)") from None
+
+    def __call__(self, qpos: Any, qvel: Any) -> np.ndarray:
+        self._data.qpos[:], self._data.qvel[:] = np.asarray(qpos), np.asarray(qvel)
+        self._mujoco.mj_forward(self._model, self._data)
+        self._renderer.update_scene(self._data)
+        return np.asarray(self._renderer.render(), np.uint8)
+
 WRAPPER_KWARGS = ("episode_length", "action_repeat")
 
 
@@ -52,6 +83,20 @@ class StateEnv:
         state = self._reset(key)
         return flat(state.obs), state
 
+    def render(self, state: Any) -> np.ndarray:
+        """One frame of the scene, by MuJoCo's renderer (headless: EGL)."""
+        if getattr(self, "_frames", None) is None:
+            self._frames = MujocoFrames(self.mj_model())
+        return self._frames(*self.positions(state))
+
+    def mj_model(self) -> Any:
+        """The MuJoCo model the scene is drawn from."""
+        return self.base.sys.mj_model
+
+    def positions(self, state: Any) -> tuple[Any, Any]:
+        """A state's joint positions and velocities, as MuJoCo's qpos and qvel."""
+        return state.pipeline_state.q, state.pipeline_state.qd
+
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         stepped = self._step(state, action)
         done = stepped.done > 0
@@ -79,12 +124,6 @@ class BraxEnv(StateEnv):
     def __init__(self, name: str, env_kwargs: dict[str, Any] | None = None) -> None:
         base, episode_length, action_repeat = _make_base(name, env_kwargs or {})
         super().__init__(base, episode_length, action_repeat, name)
-
-    def render_html(self, pipeline_states: list[Any]) -> str:
-        """Brax's viewer page for a trajectory. It loads the viewer's scripts from a CDN when opened."""
-        from brax.io import html
-
-        return html.render(self._env.sys, pipeline_states)
 
 
 def _kwarg_names(env_class: type) -> set[str]:

@@ -87,6 +87,17 @@ class CraftaxEnv:
         obs, state = self._reset(key)
         return flat(obs), _strong(state)
 
+    def render(self, state: Any) -> np.ndarray:
+        """One frame: Craftax's own pixel renderer, 16 pixels a block."""
+        if getattr(self, "_pixels", None) is None:
+            import importlib
+
+            package = "craftax.craftax_classic" if "Classic" in self.name else "craftax.craftax"
+            renderer = importlib.import_module(f"{package}.renderer")
+            block = importlib.import_module(f"{package}.constants").BLOCK_PIXEL_SIZE_IMG
+            self._pixels = jax.jit(renderer.make_craftax_pixel_renderer(block))
+        return np.clip(np.asarray(self._pixels(state)), 0, 255).astype(np.uint8)
+
     def step_without_reset(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         """One step, not reset where the episode ended (`obs` is `final_obs`): for `resets_per_step`, where
         training draws fewer resets than envs, since a reset (world generation) costs about 10x a step."""

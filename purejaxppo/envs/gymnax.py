@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 import sys
 import types
 from typing import Any
@@ -25,6 +26,7 @@ from purejaxppo.envs.base import (
     EnvStep,
     abstract_action,
     abstract_key,
+    channels_image,
     described,
     flat,
     flat_shape,
@@ -105,6 +107,24 @@ class GymnaxEnv:
             truncated=jnp.asarray(truncated, bool),
             final_obs=flat(info["final_observation"]),
         )
+
+    def render(self, state: Any) -> np.ndarray:
+        """One frame: gymnasium's drawing of the classic-control tasks, or the observation's channels in
+        colour where it is an image (MinAtar); refused for the rest."""
+        # gymnasium draws with pygame, off screen: no window, no sound, no greeting
+        for name, value in (("SDL_VIDEODRIVER", "dummy"), ("SDL_AUDIODRIVER", "dummy"),
+                            ("PYGAME_HIDE_SUPPORT_PROMPT", "1")):
+            os.environ.setdefault(name, value)
+        try:
+            from gymnax.visualize import vis_gym
+        except ImportError as err:
+            raise ConfigError(f"render: drawing {self.name} needs {err.name}: pip install 'purejaxppo[video]'") from None
+        if self.name in vis_gym.SUPPORTED_GYM_ENVS:
+            return np.asarray(vis_gym.render_gym_frame(self.name, state, self._params), np.uint8)
+        if self.image_shape is not None and hasattr(self._env, "get_obs"):
+            return channels_image(self._env.get_obs(state, self._params))
+        raise ConfigError(f"render: {self.name} has no drawing (gymnax draws the classic-control tasks, and "
+                          f"image observations are shown as they are)")
 
     def _step_old(self, key: jax.Array, state: Any, action: jax.Array) -> EnvStep:
         # The reset here makes a fresh start certain whether or not the old env auto-resets; its

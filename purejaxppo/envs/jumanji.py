@@ -209,6 +209,19 @@ class JumanjiEnv:
                 raise ConfigError(f"env: {name} gives a {field} of shape {tuple(shape)} (one per agent), and "
                                   f"purejaxppo trains on one scalar reward")
 
+    def render(self, state: JumanjiState) -> np.ndarray:
+        """One frame: the env's own matplotlib viewer, drawn off screen."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        viewer = getattr(self._env, "_viewer", None)
+        # Jumanji's viewers return the frame only when built with render_mode="rgb_array", which its envs
+        # do not let a caller choose; the viewer's own drawing to an array is switched on instead
+        if not callable(getattr(viewer, "_display_rgb_array", None)):
+            raise ConfigError(f"render: {self.name} has no viewer that draws to an image")
+        viewer._display = viewer._display_rgb_array
+        return np.asarray(self._env.render(state.env))[..., :3].astype(np.uint8)
+
     def _observe(self, ts: Any) -> tuple[jax.Array, Any]:
         obs, mask = split_obs(ts.observation)
         return flat(obs), None if self._mask_of is None else self._mask_of(mask)

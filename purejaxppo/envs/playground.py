@@ -90,6 +90,12 @@ class PlaygroundEnv(StateEnv):
             raise ConfigError(f"env_kwargs: {name} rejected {env_kwargs}: {one_line(err)}") from err
         super().__init__(env, int(config.episode_length), int(config.action_repeat), name)
 
+    def mj_model(self) -> Any:
+        return self.base.mj_model
+
+    def positions(self, state: Any) -> tuple[Any, Any]:
+        return state.data.qpos, state.data.qvel
+
 
 def make(name: str, env_kwargs: dict[str, Any]) -> PlaygroundEnv:
     return PlaygroundEnv(name, env_kwargs)

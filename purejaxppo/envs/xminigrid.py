@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from purejaxppo.envs.base import (
     ActionSpace,
@@ -99,6 +100,11 @@ class XMiniGridEnv:
     def from_name(cls, name: str, env_kwargs: dict[str, Any] | None = None) -> XMiniGridEnv:
         env, params = _params(name, env_kwargs or {})
         return cls(env, params, name)
+
+    def render(self, state: Any) -> np.ndarray:
+        """One frame: XLand-MiniGrid's own RGB drawing of the whole grid."""
+        params = self._params.replace(render_mode="rgb_array") if hasattr(self._params, "render_mode") else self._params
+        return np.asarray(self._env.render(params, state), np.uint8)
 
     def _reset(self, key: jax.Array) -> Any:
         # Without weak types, so the state a reset gives and the one a step gives have one pytree type.

@@ -1,5 +1,5 @@
-"""Trained policies, read from a run dir: to act with (`load_policy`), to evaluate (`eval`), to start a
-fine-tuning run from (`init_from`), and Brax's viewer page of one episode.
+"""Trained policies, read from a run dir: to act with (`load_policy`), to evaluate (`eval`), and to start a
+fine-tuning run from (`init_from`).
 
 A policy is rebuilt from its checkpoint's run record, its config's network keys and its signature
 (what it sees and emits), and only its params and observation statistics are read: the env it trained
@@ -241,30 +241,3 @@ def with_pretrained(ppo: PPO) -> PPO:
                           f"{config.env} has {mine.action_space.low.tolist()} to {mine.action_space.high.tolist()}: "
                           f"the same params would act otherwise")
     return dataclasses.replace(ppo, pretrained=Pretrained(source.params, source.obs_stats))
-
-
-def render_html(run_dir: str | Path, step: int | None = None, max_steps: int = 1000, seed: int = 0) -> str:
-    """Brax's HTML viewer page of one deterministic episode of a run's policy (at most `max_steps`)."""
-    trained = read_trained(run_dir, step)
-    env, policy, params, obs_stats = trained_env(trained.record), trained.policy, trained.params, trained.obs_stats
-    if not hasattr(env, "render_html"):
-        raise CheckpointError(f"render: {trained.record.config.env} is not a Brax env; render draws Brax scenes only")
-
-    @jax.jit
-    def episode(key: jax.Array) -> tuple[Any, jax.Array]:
-        k_reset, k_steps = jax.random.split(key)
-        obs, state = env.reset(k_reset)
-
-        def step_fn(carry: tuple, k: jax.Array) -> tuple[tuple, tuple]:
-            obs, state, policy_carry = carry
-            action, policy_carry = policy.act(params, obs_stats, obs, carry=policy_carry)
-            out = env.step(k, state, action)
-            return (out.obs, out.state, policy_carry), (state.pipeline_state, out.terminated | out.truncated)
-
-        init = (obs, state, policy.initial_carry())
-        _, (frames, done) = jax.lax.scan(step_fn, init, jax.random.split(k_steps, max_steps))
-        return frames, done
-
-    frames, done = jax.device_get(episode(jax.random.key(seed)))
-    length = int(done.argmax()) + 1 if done.any() else max_steps  # frames up to the step that ended it
-    return env.render_html([jax.tree.map(lambda x: x[i], frames) for i in range(length)])

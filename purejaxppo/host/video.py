@@ -1,0 +1,115 @@
+"""Videos of a trained policy: its episodes played by the compiled evaluation with every env state kept,
+drawn on the host by the env's `render(state)`, each episode's return written above its frames, and
+saved as a GIF (Pillow) or an MP4 (imageio's own ffmpeg). Nothing is downloaded, and no display is
+needed (MuJoCo draws through EGL)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from purejaxppo.errors import ConfigError
+from purejaxppo.host.trained import read_trained, trained_env
+from purejaxppo.program.evaluation import record_episodes
+
+SUFFIXES = (".gif", ".mp4")
+FPS = 30
+CAPTION = 16  # pixels of the strip above each frame that says the episode and its return
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """What `render_run` wrote: the file, its frames and their size, and each episode's return and
+    length (as `eval` gives them for the same seed, for episodes that end within `max_steps`)."""
+
+    path: Path
+    step: int  # the checkpoint
+    frames: int
+    size: tuple[int, int]  # height, width, the caption included
+    returns: list[float]
+    lengths: list[int]
+
+
+def check_output(out: str | Path) -> Path:
+    """Refuse, in one line, an output file that is neither a GIF nor an MP4 or whose folder is missing or
+    not writable."""
+    out = Path(out)
+    if out.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"--out: {out}: write a .gif or an .mp4")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--out: {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--out: {out}: not writable")
+    return out
+
+
+def render_run(run_dir: str | Path, out: str | Path | None = None, episodes: int = 1, step: int | None = None,
+               run: int | None = None, seed: int = 0, stochastic: bool = False, max_steps: int = 1000,
+               env: Any = None) -> Rendered:
+    """Play `episodes` episodes of a run dir's policy (deterministic, or sampled with `stochastic`) from
+    the evaluation's seed `seed`, for at most `max_steps` steps each, and write them one after another
+    into `out` (default RUN_DIR/render.mp4). Raises ConfigError in one line for a bad output, or an env
+    that cannot draw its states."""
+    out = check_output(Path(run_dir) / "render.mp4" if out is None else out)
+    if episodes < 1 or max_steps < 1:
+        raise ConfigError(f"--episodes, --max-steps: at least 1 each, got {episodes} and {max_steps}")
+    trained = read_trained(run_dir, step, run, env)
+    made = trained_env(trained.record, env)
+    if not callable(getattr(made, "render", None)):
+        raise ConfigError(f"render: {trained.record.config.env} cannot draw its states; an env of your own can, "
+                          f"with a render(state) method that returns an RGB array")
+    states, returns, lengths = jax.device_get(jax.jit(
+        lambda key: record_episodes(trained.policy, made, trained.params, trained.obs_stats, key, episodes,
+                                    max_steps, stochastic))(jax.random.key(seed)))
+    frames = []
+    for i in range(episodes):
+        caption = f"episode {i + 1}: return {float(returns[i]):.2f}" + (
+            f" over the first {max_steps} steps" if lengths[i] >= max_steps else "")
+        for t in range(int(lengths[i])):
+            frame = np.asarray(made.render(jax.tree.map(lambda x: x[t, i], states)))
+            frames.append(captioned(frame, caption))
+    write_video(out, frames)
+    return Rendered(out, trained.step, len(frames), frames[0].shape[:2], [float(r) for r in returns],
+                    [int(n) for n in lengths])
+
+
+def captioned(frame: np.ndarray, text: str) -> np.ndarray:
+    """`frame` (H, W, 3) below a black strip with `text` in white."""
+    from PIL import Image, ImageDraw
+
+    if frame.ndim != 3 or frame.shape[-1] not in (3, 4):
+        raise ConfigError(f"render: the env drew a frame of shape {frame.shape}, not (height, width, 3)")
+    frame = np.asarray(frame[..., :3], np.uint8)
+    image = Image.new("RGB", (frame.shape[1], frame.shape[0] + CAPTION))
+    image.paste(Image.fromarray(frame), (0, CAPTION))
+    ImageDraw.Draw(image).text((3, 2), text, fill=(255, 255, 255))
+    return np.asarray(image)
+
+
+def write_video(out: Path, frames: Sequence[np.ndarray], fps: int = FPS) -> None:
+    """`frames` (each (H, W, 3), uint8, one size) as a GIF or an MP4, by `out`'s suffix."""
+    if out.suffix.lower() == ".gif":
+        from PIL import Image
+
+        first, *rest = (Image.fromarray(f) for f in frames)
+        # a GIF counts time in hundredths of a second
+        first.save(out, save_all=True, append_images=rest, duration=10 * max(1, round(100 / fps)), loop=0)
+        return
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise ConfigError("--out: an MP4 needs imageio and its ffmpeg: pip install 'purejaxppo[video]' (a .gif needs "
+                          "neither)") from None
+    height, width = frames[0].shape[:2]
+    even = [np.pad(f, ((0, height % 2), (0, width % 2), (0, 0))) for f in frames]  # H.264 takes even sizes
+    with warnings.catch_warnings():  # ffmpeg starts by fork and exec, which the warning about threads is not about
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        imageio.mimwrite(out, even, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1)
