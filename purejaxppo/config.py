@@ -44,6 +44,7 @@ def _control(text: str, **checks: Any) -> dict[str, Any]:
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine", "warmup_cosine")
+VIDEO_FORMATS = ("mp4", "gif")
 ACTIVATIONS = ("tanh", "relu", "swish", "gelu")
 MEMORIES = ("none", "gru", "lstm")
 TORSOS = ("mlp", "cnn")
@@ -340,6 +341,16 @@ class PPOConfig:
         default=False, metadata=_control("Also write TensorBoard event files (tensorboardX) to the run dir.")
     )
     wandb: bool = field(default=False, metadata=_control("Also log to Weights & Biases (needs `wandb` installed)."))
+    video_every: int = field(
+        default=0,
+        metadata=_control("Updates between videos of one deterministic episode of the current policy (a population's "
+                          "best run), at the first chunk end at or after each multiple and at the end: "
+                          "RUN_DIR/videos/update-<u>.<video_format>, and to TensorBoard and W&B when they are on. "
+                          "Drawn on the host while training goes on. 0 turns them off.", min=0),
+    )
+    video_format: str = field(
+        default="mp4", metadata=_control("The videos' format: mp4 (the video extra) or gif.", choices=VIDEO_FORMATS)
+    )
     wandb_project: str = field(default="purejaxppo", metadata=_control("Weights & Biases project name."))
     compilation_cache: str = field(
         default="~/.cache/purejaxppo/jax",
@@ -603,6 +614,9 @@ def validate(config: PPOConfig) -> PPOConfig:
     for flag, module, extra in (("tensorboard", "tensorboardX", "tensorboard"), ("wandb", "wandb", "wandb")):
         if getattr(config, flag) and importlib.util.find_spec(module) is None:
             raise ConfigError(f"{flag}: needs the {module} package; pip install 'purejaxppo[{extra}]'")
+    if config.video_every and config.video_format == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise ConfigError("video_every: MP4 videos need imageio-ffmpeg; pip install 'purejaxppo[video]', or set "
+                          "video_format: gif")
     return config
 
 

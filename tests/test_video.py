@@ -14,7 +14,7 @@ from purejaxppo import train
 from purejaxppo.host.trained import evaluate_run
 from purejaxppo.host.video import CAPTION, FPS, render_run
 
-from conftest import TINY, here, one_error_line
+from conftest import TINY, TINY_FLAGS, here, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,42 @@ def test_an_env_that_cannot_draw_is_refused_in_one_line(tmp_path):
                                   total_timesteps=4 * 16 * 2), tmp_path / "corridor")
     line = one_error_line(here("render", str(corridor.run_dir)))
     assert "render: test_custom_env:Corridor has no drawing" in line and not (corridor.run_dir / "render.mp4").exists()
+
+
+def video_summaries(folder) -> list[int]:
+    """The env steps of the video summaries in a TensorBoard folder's event files (TFRecord framing read
+    by hand: length, its CRC, the event, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 16 + length
+            steps += [event.step for v in event.summary.value if v.tag == "video/episode" and v.image.height]
+    return steps
+
+
+def test_training_videos_land_at_their_updates_and_a_resume_writes_none_twice(tmp_path):
+    config = TINY.replace(video_every=3, tensorboard=True)  # 8 updates in chunks of 3: videos at 3, 6 and 8
+    straight = train(config, tmp_path / "straight").run_dir
+    assert sorted(p.name for p in (straight / "videos").iterdir()) == ["update-3.mp4", "update-6.mp4", "update-8.mp4"]
+    assert video_summaries(straight / "tensorboard") == [3 * TINY.batch_size, 6 * TINY.batch_size, 8 * TINY.batch_size]
+    frames = iio.imread(straight / "videos" / "update-8.mp4")
+    assert frames.shape[0] > 1 and not np.array_equal(frames[0], frames[-1])
+    resumed = tmp_path / "resumed"
+    train(config, resumed, until_update=4)  # stops at 6, with its videos of 3 and 6
+    train(config, resumed, resume=True)
+    for name in ("update-3.mp4", "update-6.mp4", "update-8.mp4"):
+        assert (resumed / "videos" / name).read_bytes() == (straight / "videos" / name).read_bytes(), name
+    assert sorted(video_summaries(resumed / "tensorboard")) == video_summaries(straight / "tensorboard")
+
+
+def test_video_every_on_an_env_that_cannot_draw_is_refused_before_compiling(tmp_path):
+    line = one_error_line(here("train", *TINY_FLAGS, "--set", "env=test_custom_env:Corridor", "--set", "video_every=2",
+                               "--run-dir", str(tmp_path / "r")))
+    assert "video_every: render: test_custom_env:Corridor has no drawing" in line and not (tmp_path / "r").exists()

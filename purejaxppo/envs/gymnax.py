@@ -120,7 +120,14 @@ class GymnaxEnv:
         except ImportError as err:
             raise ConfigError(f"render: drawing {self.name} needs {err.name}: pip install 'purejaxppo[video]'") from None
         if self.name in vis_gym.SUPPORTED_GYM_ENVS:
-            return np.asarray(vis_gym.render_gym_frame(self.name, state, self._params), np.uint8)
+            if getattr(self, "_gym", None) is None:  # one gymnasium env for every frame (making one takes ms)
+                self._gym = vis_gym.gym.make(self.name, render_mode="rgb_array")
+                self._gym.reset()
+                vis_gym.set_gym_params(self._gym.unwrapped, self.name, self._params)
+            self._gym.unwrapped.state = vis_gym.get_gym_state(state, self.name)
+            if self.name == "Pendulum-v1":
+                self._gym.unwrapped.last_u = np.asarray(state.last_u, np.float64)
+            return np.asarray(self._gym.render(), np.uint8)
         if self.image_shape is not None and hasattr(self._env, "get_obs"):
             return channels_image(self._env.get_obs(state, self._params))
         raise ConfigError(f"render: {self.name} has no drawing (gymnax draws the classic-control tasks, and "

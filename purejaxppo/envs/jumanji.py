@@ -220,7 +220,8 @@ class JumanjiEnv:
         if not callable(getattr(viewer, "_display_rgb_array", None)):
             raise ConfigError(f"render: {self.name} has no viewer that draws to an image")
         viewer._display = viewer._display_rgb_array
-        return np.asarray(self._env.render(state.env))[..., :3].astype(np.uint8)
+        frame = self._env.render(jax.tree.map(jnp.asarray, state.env))  # its viewers index with jax's .at
+        return np.asarray(frame)[..., :3].astype(np.uint8)
 
     def _observe(self, ts: Any) -> tuple[jax.Array, Any]:
         obs, mask = split_obs(ts.observation)

@@ -53,6 +53,12 @@ class Loggers:
             for sink in self._sinks:
                 sink.log(step, per_run)
 
+    def videos(self, done: list[tuple[int, int, Path, bytes | None]]) -> None:
+        """Finished training videos, as (env steps, run, file, a small GIF of it)."""
+        for step, run, path, gif in done:
+            for sink in self._sinks:
+                sink.video(step, run, path, gif)
+
     def close(self) -> None:
         for sink in self._sinks:
             sink.close()
@@ -66,6 +72,19 @@ class _TensorBoard:
         for writer, scalars in zip(self._writers, per_run):
             for name, value in scalars.items():
                 writer.add_scalar(f"train/{name}", value, step)
+
+    def video(self, step: int, run: int, path: Path, gif: bytes | None) -> None:
+        """An animated GIF in TensorBoard's images, as tensorboardX's add_video makes one (without moviepy)."""
+        import io
+
+        from PIL import Image
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        with Image.open(io.BytesIO(gif)) as opened:
+            width, height = opened.size
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+        writer = self._writers[run if len(self._writers) > 1 else 0]
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="video/episode", image=image)]), step)
 
     def close(self) -> None:
         for writer in self._writers:
@@ -82,6 +101,11 @@ class _WandB:
         else:
             self._run.log({f"run-{r}/{k}": v for r, scalars in enumerate(per_run) for k, v in scalars.items()},
                           step=step)
+
+    def video(self, step: int, run: int, path: Path, gif: bytes | None) -> None:
+        import wandb
+
+        self._run.log({"video/episode": wandb.Video(str(path), format=path.suffix.lstrip("."))}, step=step)
 
     def close(self) -> None:
         self._run.finish()

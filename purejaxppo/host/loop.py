@@ -27,6 +27,7 @@ from purejaxppo.host.population import Population
 from purejaxppo.host.processes import any_process, is_primary, sync
 from purejaxppo.host.record import RunRecord
 from purejaxppo.host.signals import StopSignal, written
+from purejaxppo.host.video import VideoRecorder
 from purejaxppo.program.ppo import TrainState
 
 
@@ -96,9 +97,23 @@ class Outputs:
     store: metrics_lib.MetricsStore | None = None
     loggers: Loggers | None = None
     ckpt: checkpoint.Checkpointer | None = None
+    videos: VideoRecorder | None = None
     superseded: Path | None = None
 
+    def hand_over_videos(self, wait: bool = False) -> None:
+        """The training videos written so far (all, with `wait`), to the loggers."""
+        if self.videos is not None:
+            done = self.videos.close() if wait else self.videos.finished()
+            if self.loggers is not None:
+                self.loggers.videos(done)
+
     def close(self) -> None:
+        try:
+            self.hand_over_videos(wait=True)
+        finally:
+            self._close_writers()
+
+    def _close_writers(self) -> None:
         for closing in (self.store, self.loggers):
             if closing is not None:
                 closing.close()
@@ -111,7 +126,7 @@ class Outputs:
 
 
 def open_run_dir(run_dir: Path | None, record: RunRecord, first: int, resumed: bool,
-                 stranded: list[str]) -> Outputs:
+                 stranded: list[str], ppo: Any = None) -> Outputs:
     """Set the run dir up for this call: the files a resume replaces, or an earlier run's that never
     reached a checkpoint, moved aside; config.yaml, the metrics store (cut at a resume's point), the
     loggers, runs.csv and the checkpointer."""
@@ -129,6 +144,8 @@ def open_run_dir(run_dir: Path | None, record: RunRecord, first: int, resumed: b
         with _writing(run_dir / metrics_lib.FILE, run_dir):
             out.store = metrics_lib.MetricsStore(run_dir, n, resume_from=first if resumed else None)
         out.loggers = Loggers.create(config, run_dir, n)
+        if config.video_every:
+            out.videos = VideoRecorder(ppo, run_dir)
         with _writing(run_dir / metrics_lib.RUNS_FILE, run_dir):
             metrics_lib.write_runs(run_dir, record.members)
     out.ckpt = checkpoint.Checkpointer(run_dir, config.keep_checkpoints)
@@ -147,7 +164,7 @@ def train_population(
     config, n = record.config, record.num_runs
     if run_dir is not None and is_primary():
         stop.written = lambda: written(run_dir, record.kind)
-    out = open_run_dir(run_dir, record, first, resumed, stranded)
+    out = open_run_dir(run_dir, record, first, resumed, stranded, program.ppo)
 
     between = program.population.between
     horizon = program.population.num_updates
@@ -187,6 +204,10 @@ def train_population(
             if out.loggers is not None:
                 out.loggers.log(update, metrics)
             update += active
+            if out.videos is not None:
+                if out.videos.due(update - active, update, horizon):
+                    out.videos.record(update, states, program.layout.per_call, metrics)
+                out.hand_over_videos()
             if on_progress is not None and is_primary():
                 elapsed = time.perf_counter() - start
                 returns = [metrics_lib.last_finite(r) for r in metrics["episode_return"]]

@@ -33,6 +33,7 @@ from purejaxppo.host.record import KINDS, WHAT, RunRecord, Signature
 from purejaxppo.host.search import TuneConfig
 from purejaxppo.host.signals import StopSignal, written
 from purejaxppo.host.trained import with_pretrained
+from purejaxppo.host.video import check_draws
 from purejaxppo.program.pbt_step import PBTConfig
 from purejaxppo.program.ppo import PPO, TrainState, make_ppo, with_env
 
@@ -275,6 +276,8 @@ def prepare(
                                   f"updates, fewer than the {resume.step} that {where} has done already")
         check_compatible(resume.record.config, config, where)
     ppo = make_ppo(config, env)
+    if config.video_every:
+        check_draws(ppo.env)
     if resume is None:  # a resume restores its own state, the started-from policy's included
         ppo = with_pretrained(ppo)
     program = plan(ppo, population, max_runs_per_call)

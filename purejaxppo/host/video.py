@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from purejaxppo.errors import ConfigError
+from purejaxppo.errors import ConfigError, notify
 from purejaxppo.host.trained import read_trained, trained_env
 from purejaxppo.program.evaluation import record_episodes
 
@@ -81,6 +81,21 @@ def render_run(run_dir: str | Path, out: str | Path | None = None, episodes: int
                     [int(n) for n in lengths])
 
 
+def check_draws(env: Any) -> None:
+    """Refuse `video_every`, in one line before anything compiles, where the env cannot draw a state (it
+    draws its first one here) or the run spans processes."""
+    if jax.process_count() > 1:
+        raise ConfigError("video_every: not under jax.distributed; render the checkpoints afterwards with "
+                          "purejaxppo render")
+    if not callable(getattr(env, "render", None)):
+        raise ConfigError(f"video_every: {env.name} cannot draw its states; an env of your own can, with a "
+                          f"render(state) method that returns an RGB array")
+    try:
+        env.render(jax.jit(env.reset)(jax.random.key(0))[1])
+    except ConfigError as err:
+        raise ConfigError(f"video_every: {err}") from None
+
+
 def captioned(frame: np.ndarray, text: str) -> np.ndarray:
     """`frame` (H, W, 3) below a black strip with `text` in white."""
     from PIL import Image, ImageDraw
@@ -92,6 +107,22 @@ def captioned(frame: np.ndarray, text: str) -> np.ndarray:
     image.paste(Image.fromarray(frame), (0, CAPTION))
     ImageDraw.Draw(image).text((3, 2), text, fill=(255, 255, 255))
     return np.asarray(image)
+
+
+def thumbnail_gif(frames: Sequence[np.ndarray], width: int = 240) -> bytes:
+    """`frames` as an animated GIF at most `width` pixels wide, in memory."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    if images[0].width > width:
+        size = (width, round(images[0].height * width / images[0].width))
+        images = [image.resize(size) for image in images]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=10 * round(100 / FPS),
+                   loop=0)
+    return buffer.getvalue()
 
 
 def write_video(out: Path, frames: Sequence[np.ndarray], fps: int = FPS) -> None:
@@ -113,3 +144,80 @@ def write_video(out: Path, frames: Sequence[np.ndarray], fps: int = FPS) -> None
     with warnings.catch_warnings():  # ffmpeg starts by fork and exec, which the warning about threads is not about
         warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
         imageio.mimwrite(out, even, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1)
+
+
+MAX_VIDEO_STEPS = 1000  # the longest episode a training video shows
+
+
+class VideoRecorder:
+    """Videos while training (`video_every`). At a due chunk end, one deterministic episode of the current
+    policy of the population's best run (by the chunk's mean return; the only run of a single one) is
+    played by a compiled recording program and its states copied to the host; a worker thread draws and
+    writes `RUN_DIR/videos/update-<u>.<video_format>` while training goes on, and the loop hands each
+    finished video to the loggers at a later chunk end. The episode's key is the run's seed folded with
+    the update, so a resumed run writes the videos a straight one would, under the same names."""
+
+    def __init__(self, ppo: Any, run_dir: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        config = ppo.config
+        self.every, self.format, self.seed = config.video_every, config.video_format, config.seed
+        self.steps_per_update = config.batch_size
+        self.folder = run_dir / "videos"
+        self._thumbnails = config.tensorboard  # TensorBoard shows a small animated GIF of each video
+        self._env = ppo.env
+        self._record = jax.jit(lambda params, obs_stats, key: record_episodes(
+            ppo.policy, ppo.env, params, obs_stats, key, 1, MAX_VIDEO_STEPS))
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="purejaxppo-video")
+        self._pending: list[tuple[int, int, Any]] = []  # (update, run, the worker's future)
+
+    def due(self, before: int, update: int, num_updates: int) -> bool:
+        """Whether the chunk from `before` to `update` crossed a multiple of video_every, or ended the run."""
+        return update // self.every > before // self.every or update == num_updates
+
+    def record(self, update: int, states: list[Any], per_call: int, metrics: dict[str, np.ndarray]) -> None:
+        """Play and copy the episode of the best run at `update`, and queue its drawing."""
+        returns = np.asarray(metrics["episode_return"], np.float64)
+        finite = np.isfinite(returns)
+        means = np.where(finite.any(axis=1), np.where(finite, returns, 0).sum(axis=1) / np.maximum(
+            finite.sum(axis=1), 1), -np.inf)
+        run = int(np.argmax(means))
+        part = jax.tree.map(lambda x: x[run % per_call], states[run // per_call])
+        key = jax.random.fold_in(jax.random.key(self.seed), update)
+        recorded = jax.device_get(self._record(part.params, part.obs_stats, key))
+        self._pending.append((update, run, self._worker.submit(self._write, update, recorded)))
+
+    def _write(self, update: int, recorded: Any) -> tuple[Path, bytes | None]:
+        states, returns, lengths = recorded
+        caption = f"update {update}: return {float(returns[0]):.2f}"
+        frames = [captioned(np.asarray(self._env.render(jax.tree.map(lambda x: x[t, 0], states))), caption)
+                  for t in range(int(lengths[0]))]
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"update-{update}.{self.format}"
+        write_video(path, frames)
+        return path, thumbnail_gif(frames) if self._thumbnails else None
+
+    def finished(self, wait: bool = False) -> list[tuple[int, int, Path, bytes | None]]:
+        """The videos written since the last call, as (env steps, run, path, a small GIF of it for
+        TensorBoard, or None); with `wait`, all of them.
+        A video that could not be drawn or written is said in one line, and training goes on."""
+        out, keep = [], []
+        for update, run, future in self._pending:
+            if not (wait or future.done()):
+                keep.append((update, run, future))
+                continue
+            try:
+                path, gif = future.result()
+            except Exception as err:  # the env's drawing or the disk: the run itself is fine
+                notify(f"video of update {update} not written: {str(err).splitlines()[0] if str(err) else err!r}")
+            else:
+                out.append((update * self.steps_per_update, run, path, gif))
+        self._pending = keep
+        return out
+
+    def close(self) -> list[tuple[int, int, Path, bytes | None]]:
+        """Wait for the videos under way; returns those not yet handed over."""
+        try:
+            return self.finished(wait=True)
+        finally:
+            self._worker.shutdown()
