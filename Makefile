@@ -12,9 +12,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# the tests also cover the optional env families, the ONNX export and the docs build, so they install their extras
+# the tests also cover the optional env families, the ONNX export, videos and the docs build, so they install their
+# extras, and the EGL library MuJoCo draws with, headless, where the system lacks it (Debian and Ubuntu, as root)
 $(BIN)/.installed-extras: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[dev,playground,craftax,jumanji,xminigrid,export,tune,video,docs]"
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq libegl1 libgl1 >/dev/null; \
+		else echo "note: no libEGL.so.1; install libegl1 for MuJoCo's headless drawing (the render tests need it)"; fi; \
+	fi
 	touch $@
 
 $(BIN)/.installed-docs: $(BIN)/.installed
