@@ -85,15 +85,15 @@ def case(request):
             out = jax.vmap(env.step)(jax.random.split(k, ENVS), state, actions)
             return out.state, out._replace(state=None)
 
-        _, traj = jax.lax.scan(body, state, jax.random.split(k_steps, STEPS))
-        return obs, traj
+        last, traj = jax.lax.scan(body, state, jax.random.split(k_steps, STEPS))
+        return obs, traj, (state, last)  # the envs' first and last states, for their drawing
 
     return name, env, action, random_reset, rollout
 
 
 def test_shapes_and_dtypes(case):
     _, env, _, _, rollout = case
-    obs, traj = rollout(jax.random.key(0))
+    obs, traj, _ = rollout(jax.random.key(0))
     shape = tuple(env.observation_shape)
     assert obs.shape == (ENVS, *shape) and obs.dtype == jnp.float32
     assert traj.obs.shape == traj.final_obs.shape == (STEPS, ENVS, *shape)
@@ -105,7 +105,7 @@ def test_shapes_and_dtypes(case):
 
 def test_time_limits_truncate_with_the_final_observation_and_a_fresh_start(case):
     _, _, _, random_reset, rollout = case
-    obs, traj = jax.tree.map(np.asarray, rollout(jax.random.key(0)))
+    obs, traj = jax.tree.map(np.asarray, rollout(jax.random.key(0))[:2])
     ends = (np.arange(1, STEPS + 1) % LIMIT == 0)[:, None].repeat(ENVS, 1)
     np.testing.assert_array_equal(traj.truncated, ends)  # so the step count restarted after each end
     assert not traj.terminated.any()
@@ -120,8 +120,8 @@ def test_time_limits_truncate_with_the_final_observation_and_a_fresh_start(case)
 def test_vmapped_equals_alone_and_a_key_fixes_the_rollout(case):
     _, env, action, random_reset, rollout = case
     key = jax.random.key(1)
-    obs, traj = rollout(key)
-    again_obs, again = rollout(key)
+    obs, traj, _ = rollout(key)
+    again_obs, again, _ = rollout(key)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves((obs, traj)), jax.tree.leaves((again_obs, again))))
     if random_reset:
         assert not np.array_equal(obs, rollout(jax.random.key(2))[0])
@@ -140,19 +140,18 @@ def test_vmapped_equals_alone_and_a_key_fixes_the_rollout(case):
 
 
 def test_an_env_that_draws_gives_frames_of_one_size_that_change(case):
-    name, env, action, _, _ = case
-    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    name, env, _, _, rollout = case
+    _, _, (first, last) = rollout(jax.random.key(0))
+    at = lambda states, k: jax.tree.map(lambda x: x[k], states)  # noqa: E731
     if name == "own-protocol":  # it defines no render(state): `purejaxppo render` refuses it
         assert not callable(getattr(env, "render", None))
         return
     if name == "own-gymnax":  # a gymnax env that is neither classic control nor seen as an image
         with pytest.raises(ConfigError, match="has no drawing"):
-            env.render(reset(jax.random.key(0))[1])
+            env.render(at(first, 0))
         return
-    first = reset(jax.random.key(0))[1]
-    later = step(jax.random.key(1), step(jax.random.key(2), first, action).state, action).state
-    other = reset(jax.random.key(3))[1]
-    frames = [np.asarray(env.render(s)) for s in (first, later, other)]
+    # env 0 at its start and after STEPS steps, and env 1 at its own start
+    frames = [np.asarray(env.render(s)) for s in (at(first, 0), at(last, 0), at(first, 1))]
     assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[-1] == 3 and f.shape == frames[0].shape
                for f in frames), [(f.dtype, f.shape) for f in frames]
     assert frames[0].shape[0] >= 32 and frames[0].shape[1] >= 32
