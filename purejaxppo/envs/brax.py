@@ -10,6 +10,7 @@ reports termination only.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 from typing import Any
@@ -39,8 +40,11 @@ class MujocoFrames:
         import mujoco
 
         self._mujoco, self._model, self._data = mujoco, model, mujoco.MjData(model)
+        self._camera = 0 if model.ncam > 0 else -1  # the model's first camera (ant's tracks it), else a free one
         try:
             self._renderer = mujoco.Renderer(model, *FRAME_SIZE)
+            # closed while Python still runs: at interpreter teardown its own close fails, and says so
+            atexit.register(self._renderer.close)
         except Exception as err:  # no OpenGL backend: MuJoCo raises many kinds
             backend = os.environ.get("MUJOCO_GL", "glfw")
             raise ConfigError(f"render: MuJoCo's renderer could not start with MUJOCO_GL={backend} "
@@ -50,7 +54,7 @@ class MujocoFrames:
     def __call__(self, qpos: Any, qvel: Any) -> np.ndarray:
         self._data.qpos[:], self._data.qvel[:] = np.asarray(qpos), np.asarray(qvel)
         self._mujoco.mj_forward(self._model, self._data)
-        self._renderer.update_scene(self._data)
+        self._renderer.update_scene(self._data, camera=self._camera)
         return np.asarray(self._renderer.render(), np.uint8)
 
 WRAPPER_KWARGS = ("episode_length", "action_repeat")
