@@ -165,6 +165,10 @@ def prepare_tune(
     resume = resume_from(resume, run_dir, step, "tune")
     if resume is not None:
         spec = resume.record.tune
+        saved = resume.record.config
+        if config.num_updates != saved.num_updates:
+            raise ConfigError(f"total_timesteps: a resumed search keeps its trials' budget, {saved.total_timesteps:,} "
+                              f"env steps ({saved.num_updates} updates); its rungs and scores are counted in it")
     spec, config = check(spec, config)
     where = resume.run_dir if resume is not None else Path(run_dir) if run_dir is not None else None
     if resume is not None:

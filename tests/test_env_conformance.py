@@ -9,6 +9,7 @@ the vmapped rollout equal to the env stepped alone; the same key giving the same
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +157,5 @@ def test_an_env_that_draws_gives_frames_of_one_size_that_change(case):
                for f in frames), [(f.dtype, f.shape) for f in frames]
     assert frames[0].shape[0] >= 32 and frames[0].shape[1] >= 32
     assert not (np.array_equal(frames[0], frames[1]) and np.array_equal(frames[0], frames[2]))
+    with ThreadPoolExecutor(1) as worker:  # training videos are drawn in a worker thread
+        assert np.array_equal(worker.submit(env.render, at(last, 0)).result(), frames[1])

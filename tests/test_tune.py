@@ -296,3 +296,8 @@ def test_the_gp_sampler_without_torch_is_refused_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as where PyTorch is not installed
     with pytest.raises(ConfigError, match="--sampler gp: Optuna's GP sampler needs PyTorch"):
         tune(CONFIG, dataclasses.replace(SPEC, sampler="gp"))
+
+
+def test_a_resumed_search_keeps_its_trials_budget(straight):
+    with pytest.raises(ConfigError, match="a resumed search keeps its trials' budget"):
+        tune(CONFIG.replace(total_timesteps=CONFIG.total_timesteps * 2), None, straight.run_dir, resume=True)

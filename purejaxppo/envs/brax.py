@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
+import threading
 from typing import Any
 
 import jax
@@ -34,28 +35,40 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
 
 
 class MujocoFrames:
-    """MuJoCo's renderer over a model: a frame of the positions and velocities of a state."""
+    """MuJoCo's renderer over a model: a frame of the positions and velocities of a state. Each thread
+    that draws gets a renderer and data of its own: an OpenGL (EGL) context is current in one thread only,
+    and training videos are drawn in a worker thread."""
 
     def __init__(self, model: Any) -> None:
         import mujoco
 
-        self._mujoco, self._model, self._data = mujoco, model, mujoco.MjData(model)
+        self._mujoco, self._model = mujoco, model
         self._camera = 0 if model.ncam > 0 else -1  # the model's first camera (ant's tracks it), else a free one
-        try:
-            self._renderer = mujoco.Renderer(model, *FRAME_SIZE)
-            # closed while Python still runs: at interpreter teardown its own close fails, and says so
-            atexit.register(self._renderer.close)
-        except Exception as err:  # no OpenGL backend: MuJoCo raises many kinds
-            backend = os.environ.get("MUJOCO_GL", "glfw")
-            raise ConfigError(f"render: MuJoCo's renderer could not start with MUJOCO_GL={backend} "
-                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); headless, it needs "
-                              f"EGL (libegl1) or OSMesa (libosmesa6, with MUJOCO_GL=osmesa)") from None
+        self._local = threading.local()
+
+    def _drawing(self) -> tuple[Any, Any]:
+        """This thread's renderer and data."""
+        if getattr(self._local, "renderer", None) is None:
+            try:
+                renderer = self._mujoco.Renderer(self._model, *FRAME_SIZE)
+            except Exception as err:  # no OpenGL backend: MuJoCo raises many kinds
+                backend = os.environ.get("MUJOCO_GL", "glfw")
+                raise ConfigError(f"render: MuJoCo's renderer could not start with MUJOCO_GL={backend} "
+                                  f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); headless, it "
+                                  f"needs EGL (libegl1) or OSMesa (libosmesa6, with MUJOCO_GL=osmesa)") from None
+            if threading.current_thread() is threading.main_thread():
+                # closed while Python still runs: at interpreter teardown its own close fails, and says so
+                # (a worker thread's is closed with the thread, in it: a context closes where it is current)
+                atexit.register(renderer.close)
+            self._local.renderer, self._local.data = renderer, self._mujoco.MjData(self._model)
+        return self._local.renderer, self._local.data
 
     def __call__(self, qpos: Any, qvel: Any) -> np.ndarray:
-        self._data.qpos[:], self._data.qvel[:] = np.asarray(qpos), np.asarray(qvel)
-        self._mujoco.mj_forward(self._model, self._data)
-        self._renderer.update_scene(self._data, camera=self._camera)
-        return np.asarray(self._renderer.render(), np.uint8)
+        renderer, data = self._drawing()
+        data.qpos[:], data.qvel[:] = np.asarray(qpos), np.asarray(qvel)
+        self._mujoco.mj_forward(self._model, data)
+        renderer.update_scene(data, camera=self._camera)
+        return np.asarray(renderer.render(), np.uint8)
 
 WRAPPER_KWARGS = ("episode_length", "action_repeat")
 

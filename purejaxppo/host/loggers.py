@@ -18,8 +18,9 @@ from purejaxppo.config import PPOConfig
 
 
 class Loggers:
-    def __init__(self, sinks: list[Any]):
+    def __init__(self, sinks: list[Any], steps_per_update: int = 1):
         self._sinks = sinks
+        self._steps_per_update = steps_per_update
 
     @classmethod
     def create(cls, config: PPOConfig, run_dir: Path, num_runs: int = 1) -> Loggers:
@@ -35,7 +36,7 @@ class Loggers:
 
             sinks.append(_WandB(wandb.init(project=config.wandb_project, config=config.to_dict(),
                                            dir=str(run_dir), name=run_dir.name, id=run_dir.name, resume="allow")))
-        return cls(sinks)
+        return cls(sinks, config.batch_size)
 
     def log(self, first_update: int, metrics: dict[str, np.ndarray]) -> None:
         """`metrics`: each `[runs, updates]`, the updates from `first_update` on."""
@@ -43,7 +44,8 @@ class Loggers:
             return
         runs, count = metrics["env_steps"].shape
         for i in range(count):
-            step = int(metrics["env_steps"][0, i])
+            # the loop's count, not a run's own: a search's slot starts again at 0 with each new trial
+            step = (first_update + i + 1) * self._steps_per_update
             per_run = []
             for k in range(runs):
                 scalars = {n: float(v[k, i]) for n, v in metrics.items()
@@ -105,7 +107,9 @@ class _WandB:
     def video(self, step: int, run: int, path: Path, gif: bytes | None) -> None:
         import wandb
 
-        self._run.log({"video/episode": wandb.Video(str(path), format=path.suffix.lstrip("."))}, step=step)
+        # at W&B's current step (it drops data for a step it has passed), with the video's own env steps
+        self._run.log({"video/episode": wandb.Video(str(path), format=path.suffix.lstrip(".")),
+                       "video/env_steps": step})
 
     def close(self) -> None:
         self._run.finish()

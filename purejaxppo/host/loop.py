@@ -65,8 +65,8 @@ class RunResult:
 
     @property
     def env_steps(self) -> int:
-        """Env steps of each run so far."""
-        return int(self.metrics["env_steps"][0, -1])
+        """Env steps of each run so far (of each slot of a search, whatever trials it trained)."""
+        return self.update * self.config.batch_size
 
     @property
     def steps_per_second(self) -> float:
@@ -176,9 +176,9 @@ def train_population(
     collected: list[dict[str, np.ndarray]] = []
     update, stopped, last_saved = first, False, first
     start = time.perf_counter()
-    if between is not None:
-        states = between.start(program, states)
     try:
+        if between is not None:
+            states = between.start(program, states)
         while update < horizon and not (between is not None and between.done):
             if any_process(stop.requested is not None) or (
                     until_update is not None and update >= until_update and update > first):
@@ -205,8 +205,9 @@ def train_population(
                 out.loggers.log(update, metrics)
             update += active
             if out.videos is not None:
-                if out.videos.due(update - active, update, horizon):
-                    out.videos.record(update, states, program.layout.per_call, metrics)
+                last = update >= horizon or (between is not None and between.done)
+                if out.videos.due(update - active, update, last):  # the chunk's policies, before any refill
+                    out.videos.record(update, [c.states for c in chunks], program.layout.per_call, metrics)
                 out.hand_over_videos()
             if on_progress is not None and is_primary():
                 elapsed = time.perf_counter() - start

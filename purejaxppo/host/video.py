@@ -140,13 +140,15 @@ def write_video(out: Path, frames: Sequence[np.ndarray], fps: int = FPS) -> None
         raise ConfigError("--out: an MP4 needs imageio and its ffmpeg: pip install 'purejaxppo[video]' (a .gif needs "
                           "neither)") from None
     height, width = frames[0].shape[:2]
-    even = [np.pad(f, ((0, height % 2), (0, width % 2), (0, 0))) for f in frames]  # H.264 takes even sizes
     with warnings.catch_warnings():  # ffmpeg starts by fork and exec, which the warning about threads is not about
         warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-        imageio.mimwrite(out, even, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1)
+        with imageio.get_writer(out, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1) as writer:
+            for frame in frames:  # H.264 takes even sizes
+                writer.append_data(np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0))))
 
 
 MAX_VIDEO_STEPS = 1000  # the longest episode a training video shows
+MAX_PENDING = 2  # training videos waiting to be drawn; one more waits for the oldest
 
 
 class VideoRecorder:
@@ -171,9 +173,9 @@ class VideoRecorder:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="purejaxppo-video")
         self._pending: list[tuple[int, int, Any]] = []  # (update, run, the worker's future)
 
-    def due(self, before: int, update: int, num_updates: int) -> bool:
-        """Whether the chunk from `before` to `update` crossed a multiple of video_every, or ended the run."""
-        return update // self.every > before // self.every or update == num_updates
+    def due(self, before: int, update: int, last: bool) -> bool:
+        """Whether the chunk from `before` to `update` crossed a multiple of video_every, or was the last."""
+        return update // self.every > before // self.every or last
 
     def record(self, update: int, states: list[Any], per_call: int, metrics: dict[str, np.ndarray]) -> None:
         """Play and copy the episode of the best run at `update`, and queue its drawing."""
@@ -185,6 +187,8 @@ class VideoRecorder:
         part = jax.tree.map(lambda x: x[run % per_call], states[run // per_call])
         key = jax.random.fold_in(jax.random.key(self.seed), update)
         recorded = jax.device_get(self._record(part.params, part.obs_stats, key))
+        if len(self._pending) >= MAX_PENDING:  # the host holds a few episodes' states at most
+            self._pending[0][2].exception()
         self._pending.append((update, run, self._worker.submit(self._write, update, recorded)))
 
     def _write(self, update: int, recorded: Any) -> tuple[Path, bytes | None]:
@@ -209,7 +213,8 @@ class VideoRecorder:
             try:
                 path, gif = future.result()
             except Exception as err:  # the env's drawing or the disk: the run itself is fine
-                notify(f"video of update {update} not written: {str(err).splitlines()[0] if str(err) else err!r}")
+                what = " ".join(str(err).split())[:300] or type(err).__name__
+                notify(f"video of update {update} not written: {type(err).__name__}: {what}")
             else:
                 out.append((update * self.steps_per_update, run, path, gif))
         self._pending = keep
