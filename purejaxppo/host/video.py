@@ -148,7 +148,7 @@ def write_video(out: Path, frames: Sequence[np.ndarray], fps: int = FPS) -> None
 
 
 MAX_VIDEO_STEPS = 1000  # the longest episode a training video shows
-MAX_PENDING = 2  # training videos waiting to be drawn; one more waits for the oldest
+MAX_PENDING = 8  # episodes waiting to be drawn (their states, on the host); one more waits for the oldest
 
 
 class VideoRecorder:
