@@ -111,16 +111,16 @@ class GymnaxEnv:
     def render(self, state: Any) -> np.ndarray:
         """One frame: gymnasium's drawing of the classic-control tasks, or the observation's channels in
         colour where it is an image (MinAtar); refused for the rest."""
-        # gymnasium draws with pygame, off screen: no window, no sound, no greeting
-        for name, value in (("SDL_VIDEODRIVER", "dummy"), ("SDL_AUDIODRIVER", "dummy"),
-                            ("PYGAME_HIDE_SUPPORT_PROMPT", "1")):
-            os.environ.setdefault(name, value)
         try:
             from gymnax.visualize import vis_gym
         except ImportError as err:
             raise ConfigError(f"render: drawing {self.name} needs {err.name}: pip install 'purejaxppo[video]'") from None
         if self.name in vis_gym.SUPPORTED_GYM_ENVS:
             if getattr(self, "_gym", None) is None:  # one gymnasium env for every frame (making one takes ms)
+                # it draws with pygame, off screen: no window, no sound, no greeting
+                for name, value in (("SDL_VIDEODRIVER", "dummy"), ("SDL_AUDIODRIVER", "dummy"),
+                                    ("PYGAME_HIDE_SUPPORT_PROMPT", "1")):
+                    os.environ.setdefault(name, value)
                 self._gym = vis_gym.gym.make(self.name, render_mode="rgb_array")
                 self._gym.reset()
                 vis_gym.set_gym_params(self._gym.unwrapped, self.name, self._params)

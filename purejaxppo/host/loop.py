@@ -111,18 +111,15 @@ class Outputs:
         try:
             self.hand_over_videos(wait=True)
         finally:
-            self._close_writers()
-
-    def _close_writers(self) -> None:
-        for closing in (self.store, self.loggers):
-            if closing is not None:
-                closing.close()
-        if self.ckpt is not None:
-            try:
-                self.ckpt.wait()
-            finally:
-                with contextlib.suppress(Exception):  # after a failed save orbax's close fails the same way
-                    self.ckpt.close()
+            for closing in (self.store, self.loggers):
+                if closing is not None:
+                    closing.close()
+            if self.ckpt is not None:
+                try:
+                    self.ckpt.wait()
+                finally:
+                    with contextlib.suppress(Exception):  # after a failed save orbax's close fails the same way
+                        self.ckpt.close()
 
 
 def open_run_dir(run_dir: Path | None, record: RunRecord, first: int, resumed: bool,

@@ -180,12 +180,10 @@ class Search:
             trial.updates += active
             trial.recent = [*trial.recent, *map(float, metrics["episode_return"][slot])][-self.spec.min_updates:]
             if diverged[slot]:
-                trial.status = "diverged"
-                self.sampler.tell(trial.id, trial.status, math.nan)
+                self._end(trial, "diverged", math.nan)
             elif trial.updates >= self.max_updates:
                 trial.scores.append(self._score(trial, metrics))
-                trial.status = "finished"
-                self.sampler.tell(trial.id, trial.status, trial.scores[-1])
+                self._end(trial, "finished", trial.scores[-1])
             elif trial.updates in self.rungs:
                 trial.scores.append(self._score(trial, metrics))
                 self.sampler.report(trial.id, trial.updates, trial.scores[-1])
@@ -195,12 +193,10 @@ class Search:
             earlier = [t.scores[rung] for t in self.trials if t.id not in arrived and len(t.scores) > rung]
             go_on = asha.promoted(np.array(earlier), np.array([t.scores[rung] for t in trials]), self.spec.eta)
             for trial, promoted in zip(trials, go_on):
-                trial.status = "promoted" if promoted else "stopped"
-                if not promoted:
-                    self.sampler.tell(trial.id, trial.status, trial.scores[-1])
-        for trial in self.trials:
-            if trial.ended:
-                trial.recent = []  # its window is of no more use: the checkpoints' record stays small
+                if promoted:
+                    trial.status = "promoted"
+                else:
+                    self._end(trial, "stopped", trial.scores[-1])
         best = self.best()
         keep = best.slot if best is not None and best is not before else None
         if keep is not None:
@@ -212,6 +208,12 @@ class Search:
                 refills[slot] = self.new_trial(len(self.trials), slot, update)
                 self.trials.append(refills[slot])
         return keep, refills
+
+    def _end(self, trial: Trial, status: str, score: float) -> None:
+        """A trial's end, told to the sampler; its score window is of no more use (the checkpoints' record
+        stays small)."""
+        trial.status, trial.recent = status, []
+        self.sampler.tell(trial.id, status, score)
 
     def _score(self, trial: Trial, metrics: Mapping[str, np.ndarray]) -> float:
         """A trial's score now: the mean of its finite per-update returns over its last `min_updates` updates

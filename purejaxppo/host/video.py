@@ -17,6 +17,7 @@ import numpy as np
 
 from purejaxppo.errors import ConfigError, notify
 from purejaxppo.host.trained import read_trained, trained_env
+from purejaxppo.program import exploit
 from purejaxppo.program.evaluation import record_episodes
 
 SUFFIXES = (".gif", ".mp4")
@@ -179,11 +180,8 @@ class VideoRecorder:
 
     def record(self, update: int, states: list[Any], per_call: int, metrics: dict[str, np.ndarray]) -> None:
         """Play and copy the episode of the best run at `update`, and queue its drawing."""
-        returns = np.asarray(metrics["episode_return"], np.float64)
-        finite = np.isfinite(returns)
-        means = np.where(finite.any(axis=1), np.where(finite, returns, 0).sum(axis=1) / np.maximum(
-            finite.sum(axis=1), 1), -np.inf)
-        run = int(np.argmax(means))
+        scores = np.asarray(exploit.interval_scores(metrics["episode_return"]))
+        run = int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))  # a run without a finished episode ranks last
         part = jax.tree.map(lambda x: x[run % per_call], states[run // per_call])
         key = jax.random.fold_in(jax.random.key(self.seed), update)
         recorded = jax.device_get(self._record(part.params, part.obs_stats, key))
