@@ -111,7 +111,12 @@ shown, at = console.ProgressPrinter.__call__, int(sys.argv.pop(1))
 def progress(self, p):
     shown(self, p)
     if p.update == at:  # a stop request, then an interruption, at a chunk's end
+        ours = signal.getsignal(signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
+        # another thread may take the signal and leave Python's handler for later: sent now, the second would
+        # merge with the first (the kernel keeps one pending SIGINT), so it waits until the first is taken
+        while signal.getsignal(signal.SIGINT) is ours:
+            time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
 console.ProgressPrinter.__call__ = progress
 cli.entry()
