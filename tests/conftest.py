@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-# The suite compiles with XLA's classic CPU emitters: the same programs, compiled in about 30% less time
-# (measured on test_brax_train and test_pbt; half the suite's time is compiling), run up to 20% slower, which
-# tiny test configs do not notice. Set before JAX starts its backend; CLI subprocesses inherit it. A run
-# with XLA's default: XLA_FLAGS=--xla_cpu_use_fusion_emitters=true make test.
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip()
-
-import jax  # noqa: E402
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
