@@ -106,17 +106,15 @@ TWO_CTRL_C = """
 import atexit, os, signal, sys, time
 from purejaxppo import cli, console
 cli.EXIT_WITHIN_S = 1.0
+# Ctrl-C as in a terminal: a suite started in the background by a shell without job control ignores SIGINT,
+# and this process would inherit that, take the first signal as a stop and never see the second
+signal.signal(signal.SIGINT, signal.default_int_handler)
 atexit.register(time.sleep, 3600)  # a shutdown that waits on something that never ends
 shown, at = console.ProgressPrinter.__call__, int(sys.argv.pop(1))
 def progress(self, p):
     shown(self, p)
     if p.update == at:  # a stop request, then an interruption, at a chunk's end
-        ours = signal.getsignal(signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
-        # another thread may take the signal and leave Python's handler for later: sent now, the second would
-        # merge with the first (the kernel keeps one pending SIGINT), so it waits until the first is taken
-        while signal.getsignal(signal.SIGINT) is ours:
-            time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
 console.ProgressPrinter.__call__ = progress
 cli.entry()
