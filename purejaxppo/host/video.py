@@ -180,8 +180,8 @@ class VideoRecorder:
 
     def record(self, update: int, states: list[Any], per_call: int, metrics: dict[str, np.ndarray]) -> None:
         """Play and copy the episode of the best run at `update`, and queue its drawing."""
-        scores = np.asarray(exploit.interval_scores(metrics["episode_return"]))
-        run = int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))  # a run without a finished episode ranks last
+        runs, updates = np.shape(metrics["episode_return"])
+        run = exploit.best_members(metrics, runs, 1, window=updates)[0]  # the chunk's best, as PBT ranks members
         part = jax.tree.map(lambda x: x[run % per_call], states[run // per_call])
         key = jax.random.fold_in(jax.random.key(self.seed), update)
         recorded = jax.device_get(self._record(part.params, part.obs_stats, key))
