@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import logging
 import math
@@ -10,8 +11,10 @@ import os
 import sys
 import threading
 import time
+import traceback
+import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -131,6 +134,17 @@ def _tune_options(p: argparse.ArgumentParser, shared: bool) -> None:
                             "episodes at its end")
 
 
+def _host_options(p: argparse.ArgumentParser, shared: str) -> None:
+    dist = p.add_argument_group(
+        "multi-host", f"share {shared} out over the devices of several processes (hosts) with jax.distributed; start "
+        "the same command, with the same --run-dir on shared storage, in every process. --distributed alone lets JAX "
+        "detect the cluster (SLURM, Open MPI, ...)")
+    dist.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    dist.add_argument("--num-processes", type=_count(1), help="number of processes (implies --distributed)")
+    dist.add_argument("--process-id", type=_count(0), help="this process's index, 0 to N-1 (implies --distributed)")
+
+
 PBT_OPTIONS = ("population", "explore", "interval", "quantile", "perturb", "resample", "score")
 SWEEP_OPTIONS = ("grid", "max_runs_per_call", "seeds")
 TUNE_OPTIONS = ("space", "trials", "slots", "eta", "min_budget", "scheduler", "sampler", "interval", "score")
@@ -144,13 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(train, "run")
     train.add_argument("--cpu-devices", type=_count(1), metavar="N",
                        help="JAX CPU devices to split the run's envs over (default 1; no effect on a GPU)")
-    dist = train.add_argument_group(
-        "multi-host", "run one training over several processes (hosts) with jax.distributed; start the same command "
-        "in every process. --distributed alone lets JAX detect the cluster (SLURM, Open MPI, ...)")
-    dist.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
-    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
-    dist.add_argument("--num-processes", type=_count(1), help="number of processes (implies --distributed)")
-    dist.add_argument("--process-id", type=_count(0), help="this process's index, 0 to N-1 (implies --distributed)")
+    _host_options(train, "one run's envs")
 
     sweep = sub.add_parser("sweep", help="train seeds x a hyperparameter grid in one compiled call")
     _run_options(sweep, "sweep")
@@ -159,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpu-devices", type=_count(1), metavar="N",
                        help="JAX CPU devices to share the runs out over, one thread each (default: one per CPU core, "
                             "at most one per run; on --resume, the checkpoint's; no effect on a GPU)")
+    _host_options(sweep, "the runs")
 
     pbt = sub.add_parser("pbt", help="population-based training inside one compiled program")
     _run_options(pbt, "PBT run")
@@ -166,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     pbt.add_argument("--seeds", type=_count(1), default=1, help="independent populations in the one program")
     pbt.add_argument("--cpu-devices", type=_count(1), metavar="N",
                      help="JAX CPU devices to share the members out over (default 1; on --resume, the checkpoint's)")
+    _host_options(pbt, "the members")
 
     search = sub.add_parser("tune", help="search hyperparameters: trials drawn from ranges, the bad ones stopped "
                                          "early (ASHA), in one compiled program")
@@ -173,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     _tune_options(search, shared=True)
     search.add_argument("--cpu-devices", type=_count(1), metavar="N",
                         help="JAX CPU devices to share the slots out over (default 1; on --resume, the checkpoint's)")
+    _host_options(search, "the slots")
 
     check = sub.add_parser(
         "check", help="prepare a run, sweep, PBT run or search without compiling it, and print its plan",
@@ -292,18 +303,19 @@ def _prepared(args: argparse.Namespace, kind: str) -> Any:
     import jax
 
     from purejaxppo.host.prepare import default_run_dir
+    from purejaxppo.host.record import WHAT
 
     config = _load(args)
     point = _resume_point(args)
     if point is not None and args.run_dir:
         raise ConfigError(f"--run-dir: a resumed {kind} continues in its own run dir; drop --run-dir")
+    if jax.process_count() > 1 and not (args.resume or args.run_dir):
+        raise ConfigError(f"--run-dir: a multi-process {WHAT[kind]} needs one, the same folder for every process "
+                          f"(shared storage)")
     run_dir = Path(args.resume or args.run_dir or default_run_dir(config, kind=kind))
     if kind == "run":
         from purejaxppo.single import prepare_train
 
-        if jax.process_count() > 1 and not (args.resume or args.run_dir):
-            raise ConfigError("--run-dir: a multi-process run needs one, the same folder for every process (shared "
-                              "storage)")
         devices = jax.device_count()
         if args.cpu_devices is not None and config.num_envs % devices:
             raise ConfigError(f"--cpu-devices: num_envs = {config.num_envs} does not split evenly over {devices} "
@@ -573,8 +585,10 @@ def _cpu_devices(args: argparse.Namespace, kind: str) -> int | None:
     if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
     point = _resume_point(args)
-    if point is not None:
-        return point.record.devices
+    if point is not None:  # each of several processes (hosts) holds its share of the devices
+        from purejaxppo.host.processes import count
+
+        return max(1, point.record.devices // count())
     if kind in ("pbt", "tune"):
         return None
     runs = _population_size(args, kind)
@@ -653,36 +667,75 @@ EXIT_STATUS: dict[type[Exception], int] = {ConfigError: 2, NonFiniteError: EXIT_
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status. It may set JAX's CPU device count for the process
-    (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work."""
+    (`--cpu-devices`, a sweep's default) and call `jax.distributed.initialize`, both before other JAX work.
+    One of several processes under `jax.distributed` prints only its errors unless it is process 0, and
+    one that fails ends at once (`_one_of_several`)."""
     args = _parser().parse_args(argv)
     _quiet_library_noise()
     commands = {"train": _train, "sweep": _sweep, "pbt": _pbt, "tune": _tune, "check": _check, "eval": _eval, "export": _export,
                 "render": _render, "plot": _plot, "envs": _envs}
     try:
+        _initialize_distributed(args)  # first: a resume's devices are shared out over its processes
         _set_cpu_devices(args)
-        _initialize_distributed(args)
-        return commands[args.command](args)
-    except (ConfigError, NonFiniteError, SaveError, DeviceError) as err:
+    except ConfigError as err:
         print(f"purejaxppo: error: {err}", file=sys.stderr)
-        return next(status for kind, status in EXIT_STATUS.items() if isinstance(err, kind))
+        return 2
+    with _one_of_several() as ended:
+        ended.status, ended.error = _command(commands[args.command], args)
+    return ended.status
+
+
+@contextlib.contextmanager
+def _one_of_several() -> Iterator[Any]:
+    """Under `jax.distributed`: all but process 0 print nothing to stdout; a process that fails tells the
+    others why (they may be waiting for it to agree on the run) and ends at once, so that their collectives
+    fail rather than wait, and JAX's shutdown, which would wait for every process, is skipped."""
+    from purejaxppo.host import processes
+
+    ended = types.SimpleNamespace(status=0, error="")
+    if not processes.distributed():
+        yield ended
+        return
+    quiet = None if processes.is_primary() else open(os.devnull, "w")  # noqa: SIM115
+    try:
+        with contextlib.redirect_stdout(quiet or sys.stdout):
+            yield ended
+    except BaseException:  # a bug's traceback: the others must not wait for this process either
+        traceback.print_exc()
+        ended.status, ended.error = 1, "it failed (see its traceback)"
+    if ended.status != 0:
+        processes.refuse(ended.error or f"it ended with exit status {ended.status}")
+        processes.leaving()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ended.status)
+
+
+def _command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> tuple[int, str]:
+    """The command's exit status, and the one line it printed to stderr where it failed."""
+
+    def failed(status: int, line: str) -> tuple[int, str]:
+        print(f"purejaxppo: {line}", file=sys.stderr)
+        return status, line.removeprefix("error: ")
+
+    try:
+        return command(args), ""
+    except (ConfigError, NonFiniteError, SaveError, DeviceError) as err:
+        return failed(next(status for kind, status in EXIT_STATUS.items() if isinstance(err, kind)), f"error: {err}")
     except OSError as err:  # a path the user gave that cannot be read or written
         where = f"{err.filename}: " if err.filename else ""
-        print(f"purejaxppo: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 2
+        return failed(2, f"error: {where}{err.strerror or err}")
     except Interrupted as err:  # a second Ctrl-C once the run had begun to write its run dir
-        print(f"purejaxppo: interrupted; {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return failed(EXIT_INTERRUPTED, f"interrupted; {err}")
     except KeyboardInterrupt:
         # once a run writes its run dir, Ctrl-C is a stop request (a checkpoint, then exit 0); this one came
         # before that
-        print("purejaxppo: interrupted before training started; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return failed(EXIT_INTERRUPTED, "interrupted before training started; nothing was written")
     except Exception as err:
         if not is_device_error(err):
             raise
         advice = "episodes: evaluate fewer" if args.command == "eval" else "num_envs: use fewer envs or steps"
-        print(f"purejaxppo: error: {device_error(err, advice)}", file=sys.stderr)
-        return EXIT_DEVICE
+        return failed(EXIT_DEVICE, f"error: {device_error(err, advice)}")
 
 
 # An interrupted command's process ends within this many seconds, whatever interpreter shutdown waits on

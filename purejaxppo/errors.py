@@ -3,11 +3,13 @@ status), and notes for the user. Imports nothing of the package, so every module
 the CLI can raise and catch them without starting JAX.
 
 Exit statuses: 2 for input that cannot work (ConfigError and its kinds), 3 NonFiniteError, 4 SaveError,
-5 DeviceError, 130 an interruption."""
+5 DeviceError, 6 another process lost, 130 an interruption."""
 
 import difflib
 import sys
 from collections.abc import Iterable
+
+EXIT_PROCESS_LOST = 6  # another process of a multi-host run died or lost touch (host.processes ends this one)
 
 _SAID: set[str] = set()
 

@@ -4,8 +4,8 @@ The members' training states are stacked on a leading run axis and advance toget
 updates per call of one compiled chunk program. The program is laid out on a device mesh with a "runs"
 and an "envs" axis: several runs are split over the devices along the run axis (padded to a multiple of
 the device count, in calls of equal size when they do not fit in one), and a single run's envs are split
-along the env axis, over the devices of every process. Before anything compiles, `check_fits` refuses a
-program that plainly cannot fit the memory it may take.
+along the env axis; either way over the devices of every process under `jax.distributed`. Before
+anything compiles, `check_fits` refuses a program that plainly cannot fit the memory it may take.
 """
 
 from __future__ import annotations
@@ -64,15 +64,12 @@ class Layout:
 
 
 def layout(config: PPOConfig, num_runs: int, max_runs_per_call: int | None = None) -> Layout:
-    """Several runs: split over this process's devices along the run axis. One run: its envs split over
-    every device of every process (under `jax.distributed`), when num_envs divides evenly."""
+    """Several runs: split along the run axis over every device of every process (under `jax.distributed`,
+    process 0 holds the first runs). One run: its envs split over them, when num_envs divides evenly."""
     if max_runs_per_call is not None and max_runs_per_call < 1:
         raise ConfigError(f"max_runs_per_call: must be >= 1, got {max_runs_per_call}")
     if num_runs > 1:
-        if jax.process_count() > 1:
-            raise ConfigError("sweep: runs on the devices of one process; under jax.distributed, start one sweep per "
-                              "host with its own seeds (config seed) instead")
-        devices = jax.local_devices()
+        devices = jax.devices()  # under jax.distributed, every process's: each holds a slice of the runs
         per_call = num_runs if max_runs_per_call is None else min(max_runs_per_call, num_runs)
         per_call = math.ceil(per_call / len(devices)) * len(devices)  # equal shards on every device
         mesh = Mesh(np.array(devices).reshape(-1, 1), ("runs", "envs")) if len(devices) > 1 else None
@@ -158,11 +155,29 @@ class Program:
         return {"the training state": state, "the rollout": rollout, "the evaluation envs": evaluation,
                 "the chunk's metrics": metrics}
 
-    def restore_target(self) -> TrainState:
-        """What to restore a checkpoint onto: sharded as the calls run when there is one call."""
+    def restore_target(self, stacked_runs: int | None = None) -> TrainState:
+        """What to restore a checkpoint of `stacked_runs` (by default this layout's) onto: sharded as the calls
+        run when there is one call; one written with another number of stacked runs (on another number of
+        devices or processes) whole on every device, for `resumed` to share out again."""
+        mesh = self.layout.mesh
+        if stacked_runs is not None and stacked_runs != self.layout.stacked_runs:
+            saved = abstract_states(self.ppo, stacked_runs)
+            return saved if mesh is None else _placed(saved, jax.tree.map(
+                lambda _: NamedSharding(mesh, PartitionSpec()), saved))
         if self.layout.num_calls > 1:
             return self.abstract
         return _placed(self.abstract, self.layout.state_shardings(self.abstract))
+
+    def resumed(self, restored: TrainState, stacked_runs: int) -> list[TrainState]:
+        """A restored whole state of `stacked_runs` as this layout's calls. Written with another number of
+        stacked runs, the population's runs are taken as they were and the filler runs, again, are copies
+        of the last: each run goes on from its own state, in a batch of another size."""
+        lay = self.layout
+        if stacked_runs == lay.stacked_runs:
+            return self.split(restored)
+        take = np.minimum(np.arange(lay.stacked_runs), len(self.population) - 1)
+        shardings = lay.state_shardings(self.abstract) if lay.num_calls == 1 else None
+        return self.split(jax.jit(lambda s: jax.tree.map(lambda x: x[take], s), out_shardings=shardings)(restored))
 
 
 def _placed(abstract: TrainState, shardings: Any) -> TrainState:

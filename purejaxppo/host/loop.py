@@ -24,7 +24,7 @@ from purejaxppo.host import metrics as metrics_lib
 from purejaxppo.host.layout import Layout, Program
 from purejaxppo.host.loggers import Loggers
 from purejaxppo.host.population import Population
-from purejaxppo.host.processes import any_process, is_primary, sync
+from purejaxppo.host.processes import any_process, gathered, is_primary, sync
 from purejaxppo.host.record import RunRecord
 from purejaxppo.host.signals import StopSignal, written
 from purejaxppo.host.video import VideoRecorder
@@ -185,17 +185,18 @@ def train_population(
             active = min(config.chunk_size, horizon - update)
             chunks = [program.chunk(s, update, active) for s in states]
             # copies, not views: a view would keep the chunk's whole device buffer alive for the run
-            parts = [{k: np.array(v[:, :active]) for k, v in jax.device_get(c.metrics).items()} for c in chunks]
+            reported = gathered([(c.metrics, c.params_finite) for c in chunks])
+            parts = [{k: np.array(v[:, :active]) for k, v in m.items()} for m, _ in reported]
             metrics = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+            finite = np.concatenate([np.asarray(f) for _, f in reported])[:n]
             next_states = [c.states for c in chunks]
             if between is not None:
-                finite = np.concatenate([np.asarray(jax.device_get(c.params_finite)) for c in chunks])[:n]
                 next_states, metrics = between(program, next_states, update + active, active, metrics, finite)
             if out.store is not None:  # a bad chunk's rows too, for the post-mortem
                 with _writing(out.store.path, run_dir, out.ckpt):
                     out.store.write(update, metrics)
             if guard:
-                _guard(metrics, chunks, update, active, n, config, lambda: save(update, states), run_dir)
+                _guard(metrics, finite, update, active, config, lambda: save(update, states), run_dir)
             states = next_states
             collected.append(metrics)
             if out.loggers is not None:
@@ -235,12 +236,12 @@ def train_population(
                      first_update=first, update=update, stopped=stopped, superseded=out.superseded)
 
 
-def _guard(metrics: dict[str, np.ndarray], chunks: list[Any], update: int, active: int, n: int, config: PPOConfig,
+def _guard(metrics: dict[str, np.ndarray], params_finite: np.ndarray, update: int, active: int, config: PPOConfig,
            save_last_good: Callable[[], None], run_dir: Path | None) -> None:
     """The NaN guard: a non-finite guarded metric or parameter in any run stops the call, once the last
     good state (the chunk's start) is saved."""
     bad = metrics_lib.first_non_finite(metrics)
-    params_ok = all(bool(np.asarray(jax.device_get(c.params_finite))[:n].all()) for c in chunks)
+    params_ok = bool(params_finite.all())
     if bad is None and params_ok:
         return
     where = (f"update {update + bad[0]} (env steps {(update + bad[0] + 1) * config.batch_size:,}): {bad[1]} is not "

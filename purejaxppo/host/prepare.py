@@ -22,13 +22,21 @@ import jax
 from purejaxppo import config as config_lib
 from purejaxppo.config import PPOConfig
 from purejaxppo.envs.custom import OBJECT_PREFIX
-from purejaxppo.errors import CheckpointError, ConfigError, Interrupted, device_error, is_device_error
+from purejaxppo.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    NonFiniteError,
+    SaveError,
+    device_error,
+    is_device_error,
+)
 from purejaxppo.host import checkpoint, rundir
 from purejaxppo.host.layout import Program, check_fits, fewer_runs, plan
 from purejaxppo.host.limits import Headroom, size
 from purejaxppo.host.loop import Progress, RunResult, train_population
 from purejaxppo.host.population import Population
-from purejaxppo.host.processes import is_primary, use_compilation_cache
+from purejaxppo.host.processes import agree, check_shared, is_primary, lost, use_compilation_cache, watching
 from purejaxppo.host.record import KINDS, WHAT, RunRecord, Signature
 from purejaxppo.host.search import TuneConfig
 from purejaxppo.host.signals import StopSignal, written
@@ -157,7 +165,10 @@ class Prepared:
                if self.stranded else ""),
         ]
         if self.resume is not None:
-            lines.append(f"  resume    from checkpoint {self.resume.step} ({self.resume.record.env_steps:,} env steps)")
+            saved = self.resume.record
+            moved = (f"; written on {saved.devices} device(s), its runs now share {lay.devices}"
+                     if saved.devices != lay.devices else "")
+            lines.append(f"  resume    from checkpoint {self.resume.step} ({saved.env_steps:,} env steps){moved}")
         return "\n".join(lines)
 
     @property
@@ -182,7 +193,9 @@ class Prepared:
         if self.ran:
             raise ConfigError("this prepared run has run already; prepare it again (with resume_point to go on)")
         self.ran = True
-        with rundir.claimed(self.run_dir, create=self.resume is None, primary=is_primary()):
+        with rundir.claimed(self.run_dir, create=self.resume is None, primary=is_primary()), \
+                watching(lambda: written(self.run_dir, kind)):
+            check_shared(self.run_dir)
             self._check_unchanged()
             stop = StopSignal(interrupt=True)
             with stop.installed():
@@ -203,6 +216,8 @@ class Prepared:
                     except KeyboardInterrupt:
                         raise Interrupted(written(self.run_dir, kind)) from None
                     except Exception as err:
+                        if not isinstance(err, (ConfigError, NonFiniteError, SaveError)):
+                            lost()  # a collective failed with a lost process: the watcher ends this one
                         if is_device_error(err):
                             raise device_error(err, f"{out_of_memory}; {written(self.run_dir, kind)}") from None
                         raise
@@ -234,9 +249,10 @@ class Prepared:
         if self.resume is None:
             first, states = 0, jax.block_until_ready(self.program.initial_states())
         else:
-            restored = checkpoint.restore(self.run_dir, self.program.restore_target(), self.resume.step,
+            saved = self.resume.record.stacked_runs
+            restored = checkpoint.restore(self.run_dir, self.program.restore_target(saved), self.resume.step,
                                           self.resume.record, self.stored)
-            first, states = self.resume.step, self.program.split(restored)
+            first, states = self.resume.step, self.program.resumed(restored, saved)
         self.timings["init" if self.resume is None else "restore"] = time.perf_counter() - clock
         return first, states, time.perf_counter() - start
 
@@ -287,15 +303,14 @@ def prepare(
                        max_runs_per_call, num_seeds, grid, pbt, tune)
     stored, stranded = None, []
     if resume is not None:
-        if resume.record.stacked_runs != lay.stacked_runs:
-            raise CheckpointError(f"{run_dir}: the checkpoint holds {resume.record.stacked_runs} stacked runs, but "
-                                  f"{lay.devices} device(s) give {lay.stacked_runs} here; resume on as many devices as "
-                                  f"it ran on (--cpu-devices N)")
-        stored = checkpoint.check_arrays(run_dir, resume.step, program.abstract)
+        stored = checkpoint.check_arrays(run_dir, resume.step, program.restore_target(resume.record.stacked_runs))
     if run_dir is not None and is_primary():
         rundir.check_writable(run_dir)
     if resume is None and run_dir is not None and run_dir.is_dir():
         stranded = checkpoint.check_fresh(run_dir)
+    planned = record.to_json()
+    planned["config"].pop("compilation_cache")  # each host may keep its compiled programs in its own folder
+    agree({**planned, "resume": resume.step if resume is not None else None}, WHAT[kind])
     return Prepared(program, record, run_dir, resume, stored, stranded, memory, headroom,
                     {"build": time.perf_counter() - clock})
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from purejaxppo.host import asha
 from purejaxppo.host.population import Member
+from purejaxppo.host.processes import decided, is_primary
 from purejaxppo.host.samplers import make_sampler
 from purejaxppo.program import exploit
 from purejaxppo.program.pbt_step import DIVERGED_IF_NOT_FINITE
@@ -227,10 +228,18 @@ class Search:
 
     def start(self, program: Any, states: list[Any]) -> list[Any]:
         """Before the first chunk of this call: open the sampler; for a new study, ask its first trials and
-        start them in every slot; hold the keeper's state, to put it back after each chunk."""
-        self.sampler.open(self.run_dir)
-        if not self.trials:
-            self.trials = [self.new_trial(s, s, 0) for s in range(self.spec.slots)]
+        start them in every slot; hold the keeper's state, to put it back after each chunk. Under
+        `jax.distributed` process 0 alone asks and judges (its study is in the run dir); the others follow."""
+        fresh = not self.trials
+
+        def first() -> dict[str, Any]:
+            self.sampler.open(self.run_dir)
+            if fresh:
+                self.trials = [self.new_trial(s, s, 0) for s in range(self.spec.slots)]
+            return self.to_json()
+
+        self._follow(decided(first))
+        if fresh:
             states = self._refill(program, states, {t.slot: t for t in self.trials})
         self._kept_state = jax.tree.map(lambda x: x[self.keeper], states[0])
         return states
@@ -243,7 +252,14 @@ class Search:
         slots, keeper = self.spec.slots, self.keeper
         trained = self.running()
         trial = np.array([trained[s].id if s in trained else np.nan for s in range(slots)], np.float64)
-        keep, refills = self.judge(update, active, {k: v[:slots] for k, v in metrics.items()}, params_finite[:slots])
+
+        def judged() -> dict[str, Any]:
+            keep, refills = self.judge(update, active, {k: v[:slots] for k, v in metrics.items()}, params_finite[:slots])
+            return {**self.to_json(), "keep": keep, "refills": sorted(refills)}
+
+        decision = self._follow(decided(judged))
+        keep = decision["keep"]
+        refills = {s: next(t for t in reversed(self.trials) if t.slot == s) for s in decision["refills"]}
         idle = np.isnan(trial)
         metrics = {k: _blanked(v, idle) for k, v in metrics.items()}
         metrics["trial"] = np.broadcast_to(
@@ -263,6 +279,13 @@ class Search:
         whole = _select(np.array([t is not None for t in chosen]), fresh, states[0])
         shardings = program.layout.state_shardings(whole)
         return [jax.device_put(whole, shardings) if shardings is not None else whole]
+
+    def _follow(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Take process 0's trials (`to_json`'s) as this process's own; returns `data`."""
+        if not is_primary():
+            followed = Search.from_json(self.spec, self.seed, self.max_updates, data)
+            self.trials, self.kept = followed.trials, followed.kept
+        return data
 
     def recorded(self, record: Any) -> Any:
         """`record` with the search's state, for a checkpoint."""
