@@ -60,7 +60,7 @@ TINY_FLAGS = [*TINY_SHAPE, "--set", f"compilation_cache={CACHE}"]
 
 # The files that take longest on a cold cache (2 CPU cores, 2026-12-05), started first, so that the parallel
 # workers of `make test` (one file at a time each) finish together rather than wait for one long file at the end.
-SLOWEST_FIRST = ("test_runner.py", "test_rundir.py", "test_pbt.py", "test_docs.py", "test_export.py",
+SLOWEST_FIRST = ("test_runner.py", "test_rundir.py", "test_multihost.py", "test_pbt.py", "test_docs.py", "test_export.py",
                  "test_brax_train.py", "test_playground.py", "test_env_conformance.py", "test_custom_env.py",
                  "test_recurrent.py", "test_learning.py", "test_sweep.py", "test_cli.py", "test_minibatch_step.py")
 
@@ -68,6 +68,15 @@ SLOWEST_FIRST = ("test_runner.py", "test_rundir.py", "test_pbt.py", "test_docs.p
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: each file keeps its order
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now: for a jax.distributed coordinator."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def leaves_equal(a, b) -> bool:

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CACHE, ROOT, TINY, cli, python
 
 from purejaxppo import config as config_lib
 from purejaxppo.errors import EXIT_PROCESS_LOST
 from purejaxppo.host import checkpoint, metrics
 from purejaxppo.host.processes import LOST_AFTER_S
 from purejaxppo.sweep import sweep
+
+from conftest import CACHE, ROOT, TINY, cli, free_port, python
 
 # 2000 updates of 8 runs, in chunks of 50: long enough to be stopped or killed in the middle
 SHAPE = ["num_envs=4", "num_steps=16", "num_minibatches=2", "update_epochs=2", "hidden_sizes=[16]", "log_every=50",
@@ -28,19 +29,12 @@ PBT = ["pbt", "--population", "8", "--explore", "lr,ent_coef=0:0.05", "--interva
                      "total_timesteps=2048", f"compilation_cache={CACHE}"] for a in ("--set", s)]]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Hosts:
     """Two processes of one purejaxppo command, one CPU device each, their output in files."""
 
     def __init__(self, logs: Path, *commands: list[str]) -> None:
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"127.0.0.1:{free_port()}"
         self.logs = [(logs / f"out{i}.txt", logs / f"err{i}.txt") for i in range(len(commands))]
         self.procs = []
         for i, (command, (out, err)) in enumerate(zip(commands, self.logs)):

@@ -28,7 +28,7 @@ from purejaxppo.program import chunk as chunk_lib
 from purejaxppo.program.ppo import abstract_states, make_ppo, make_train
 from purejaxppo.sweep import sweep
 
-from conftest import CACHE, ROOT, TINY, TINY_FLAGS, here, leaves_equal, python, restored
+from conftest import CACHE, ROOT, TINY, TINY_FLAGS, free_port, here, leaves_equal, python, restored
 
 
 def test_chunks_match_the_single_scan_and_the_run_dir_holds_the_run(straight):
@@ -329,17 +329,10 @@ def test_a_run_sharded_over_four_devices_matches_one_device(tmp_path, memory):
     np.testing.assert_array_equal(jax.tree.leaves(params)[0], out["sharded_leaf"])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_a_run_over_two_processes_matches_one_device(tmp_path):
     # jax.distributed on this machine: two processes of two CPU devices each, one run over all four
-    run_dir, port = tmp_path / "dist", _free_port()
+    run_dir, port = tmp_path / "dist", free_port()
     overrides = ["num_envs=8", "num_steps=16", "total_timesteps=768", "num_minibatches=4", "update_epochs=2",
                  "hidden_sizes=[16]", "normalize_obs=true", "log_every=3", "checkpoint_every=3",
                  f"compilation_cache={CACHE}"]
