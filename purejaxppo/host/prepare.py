@@ -137,6 +137,7 @@ class Prepared:
         config, signature, lay = self.config, self.record.signature, self.program.layout
         params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.program.abstract.params))
         params //= lay.stacked_runs
+        filler = lay.stacked_runs - len(self.population)
         recurrent = f", {config.memory.upper()} core of {config.memory_size}" if config.memory != "none" else ""
         torso = "CNN + MLP" if config.torso == "cnn" else "MLP"
         image = f" (an image {signature.image_shape})" if signature.image_shape else ""
@@ -153,7 +154,9 @@ class Prepared:
             f"  policy    {self.ppo.policy.kind}, {torso} {list(config.hidden_sizes)}{recurrent}, "
             f"{params:,} parameters",
             f"  runs      {len(self.population)} run(s) on {lay.devices} {jax.devices()[0].platform} device(s)"
-            + (f", in {lay.num_calls} calls of {lay.per_call}" if lay.num_calls > 1 else ""),
+            + (f" of {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + (f", in {lay.num_calls} calls of {lay.per_call}" if lay.num_calls > 1 else "")
+            + (f", with {filler} filler run(s) (trained, then dropped) to split evenly" if filler else ""),
             f"  batch     {config.num_envs} envs x {config.num_steps} steps = {config.batch_size:,} env steps an "
             f"update; {config.num_minibatches} minibatches of {minibatch:,}, {config.update_epochs} epochs",
             f"  updates   {horizon - self.first_update} to go of {horizon}{' at most' if self.record.tune else ''}, "

@@ -9,6 +9,7 @@ refused its input (and exits) is reported by the others instead of leaving them 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import itertools
@@ -39,6 +40,7 @@ LOST_AFTER_S = 10.0  # a process silent this long is lost (JAX's own heartbeat g
 PREFIX = "purejaxppo"
 _ROUNDS = {name: itertools.count() for name in ("plan", "shared", "decided")}  # keys unique per call, alike everywhere
 _lost: list[int] = []  # the process the watcher found lost
+_stopping = threading.Event()  # set at exit: the watch ends
 _written: Callable[[], str] | None = None  # what the run dir holds, while a run is watched
 
 
@@ -103,7 +105,16 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise ConfigError(f"--distributed: jax.distributed.initialize failed: {message}") from None
     if count() > 1:  # neither this nor the heartbeat starts JAX's backends: the CPU device count is set after
         _store().key_value_set(_beat_key(_index()), "0", allow_overwrite=True)
-        threading.Thread(target=_watch, daemon=True, name="purejaxppo-heartbeat").start()
+        watch = threading.Thread(target=_watch, daemon=True, name="purejaxppo-heartbeat")
+        watch.start()
+        atexit.register(_stop_watching, watch)  # runs before JAX's own shutdown, registered earlier
+
+
+def _stop_watching(watch: threading.Thread) -> None:
+    """End the watch before the interpreter does: a daemon thread it ends inside a call to the store (C++)
+    aborts the process ("exception not rethrown")."""
+    _stopping.set()
+    watch.join(timeout=5.0)
 
 
 def count() -> int:
@@ -276,7 +287,8 @@ def _watch() -> None:
     seen: dict[int, tuple[str, float]] = {}
     reached = time.monotonic()
     for beat in itertools.count(1):
-        time.sleep(BEAT_S)
+        if _stopping.wait(BEAT_S):
+            return
         now = time.monotonic()
         try:
             store.key_value_set(_beat_key(me), str(beat), allow_overwrite=True)
