@@ -15,9 +15,11 @@ beside it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -175,6 +177,19 @@ def machine() -> str:
     return f"{device.device_kind} x{len(jax.devices())}"
 
 
+def use_cpu_cores(runs: int) -> None:
+    """One CPU device per core, no more than the runs, as `purejaxppo sweep` takes them, unless the environment
+    sets the count; on a GPU this leaves the GPU's devices alone."""
+    import jax
+
+    from purejaxppo.cli import cpu_cores
+
+    if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    with contextlib.suppress(RuntimeError):  # JAX has already started (a caller's): its devices stay
+        jax.config.update("jax_num_cpu_devices", max(1, min(cpu_cores(), runs)))
+
+
 def run_row(row: Row, seeds: int, episodes: int, run_dir: Path) -> RowResult:
     """Train the row's sweep, evaluate every seed's final policy, and summarise it."""
     import jax
@@ -212,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
         parser.error(f"--rows: unknown row {unknown[0]!r}; rows: {', '.join(by_name)}")
+    use_cpu_cores(args.seeds)
     out = Path(args.out)
     store = out.with_suffix(".json")
     kept = json.loads(store.read_text()) if store.exists() else {}

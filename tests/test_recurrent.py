@@ -131,11 +131,17 @@ def test_the_rollout_resets_the_carry_where_episodes_start(replayed):
     assert done[:-1].any()
     assert not all(np.allclose(x, 0) for x in jax.tree.leaves(state.carry))  # started mid-episode
     initial = policy.initial_carry((ppo.config.num_envs,))
-    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731 (op by op, not fused)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731 (one step, not the scan)
+
+    @jax.jit
+    def step(obs, carry, action):  # one step alone, compiled once rather than dispatched op by op
+        dist, value, carry = policy.apply(params, stats, obs, carry)
+        return dist.log_prob(action), value, carry
+
     carry = state.carry
     for t in range(done.shape[0]):  # step by step, with a reset written out here
-        dist, value, carry = policy.apply(params, stats, traj.obs[t], carry)
-        close(dist.log_prob(traj.action[t]), traj.log_prob[t])
+        log_prob, value, carry = step(traj.obs[t], carry, traj.action[t])
+        close(log_prob, traj.log_prob[t])
         close(value, traj.value[t])
         jax.tree.map(close, carry, jax.tree.map(lambda x: x[t], traj.carry))  # the carry that saw step t
         carry = jax.tree.map(lambda c, i: np.where(done[t][:, None], i, c), carry, initial)
@@ -149,11 +155,17 @@ def test_truncation_bootstraps_with_the_carry_of_the_ended_episode(replayed):
     bootstrap = jax.jit(ppo.bootstrap_values)(state, traj)
     done = np.asarray(traj.terminated | traj.truncated)
     initial = policy.initial_carry((ppo.config.num_envs,))
+
+    @jax.jit
+    def step(obs, final_obs, carry):  # one step alone, compiled once rather than dispatched op by op
+        _, _, carry = policy.apply(params, stats, obs, carry)
+        return carry, policy.value(params, stats, final_obs, carry), policy.value(params, stats, final_obs, initial)
+
     carry, expected, from_reset = state.carry, [], []
     for t in range(done.shape[0]):  # the episode's own carry, then the final observation
-        _, _, carry = policy.apply(params, stats, traj.obs[t], carry)
-        expected.append(policy.value(params, stats, traj.final_obs[t], carry))
-        from_reset.append(policy.value(params, stats, traj.final_obs[t], initial))
+        carry, value, value_from_reset = step(traj.obs[t], traj.final_obs[t], carry)
+        expected.append(value)
+        from_reset.append(value_from_reset)
         carry = jax.tree.map(lambda c, i: np.where(done[t][:, None], i, c), carry, initial)
     expected, from_reset = np.stack(expected), np.stack(from_reset)
     np.testing.assert_allclose(bootstrap, expected, rtol=1e-5, atol=1e-6)

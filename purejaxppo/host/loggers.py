@@ -18,7 +18,7 @@ from purejaxppo.config import PPOConfig
 
 
 class Loggers:
-    def __init__(self, sinks: list[Any], steps_per_update: int = 1):
+    def __init__(self, sinks: list[Any], steps_per_update: int):
         self._sinks = sinks
         self._steps_per_update = steps_per_update
 

@@ -100,6 +100,7 @@ class Prepared:
     run_dir: Path | None
     resume: ResumePoint | None
     stored: Any = None  # the resume checkpoint's array metadata, read once by the checks and the restore
+    target: Any = None  # what the resume checkpoint restores onto (`Program.restore_target`), checked against it
     stranded: list[str] = dataclasses.field(default_factory=list)  # an earlier run's files without a checkpoint
     memory: dict[str, int] = dataclasses.field(default_factory=dict)  # the estimate, by part
     headroom: Headroom | None = None
@@ -252,10 +253,8 @@ class Prepared:
         if self.resume is None:
             first, states = 0, jax.block_until_ready(self.program.initial_states())
         else:
-            saved = self.resume.record.stacked_runs
-            restored = checkpoint.restore(self.run_dir, self.program.restore_target(saved), self.resume.step,
-                                          self.resume.record, self.stored)
-            first, states = self.resume.step, self.program.resumed(restored, saved)
+            restored = checkpoint.restore(self.run_dir, self.target, self.resume.step, self.resume.record, self.stored)
+            first, states = self.resume.step, self.program.resumed(restored, self.resume.record.stacked_runs)
         self.timings["init" if self.resume is None else "restore"] = time.perf_counter() - clock
         return first, states, time.perf_counter() - start
 
@@ -304,9 +303,10 @@ def prepare(
     lay = program.layout
     record = RunRecord(kind, config, population.members, lay.stacked_runs, lay.devices, 0, Signature.of(ppo.env),
                        max_runs_per_call, num_seeds, grid, pbt, tune)
-    stored, stranded = None, []
+    stored, target, stranded = None, None, []
     if resume is not None:
-        stored = checkpoint.check_arrays(run_dir, resume.step, program.restore_target(resume.record.stacked_runs))
+        target = program.restore_target(resume.record.stacked_runs)
+        stored = checkpoint.check_arrays(run_dir, resume.step, target)
     if run_dir is not None and is_primary():
         rundir.check_writable(run_dir)
     if resume is None and run_dir is not None and run_dir.is_dir():
@@ -314,7 +314,7 @@ def prepare(
     planned = record.to_json()
     planned["config"].pop("compilation_cache")  # each host may keep its compiled programs in its own folder
     agree({**planned, "resume": resume.step if resume is not None else None}, WHAT[kind])
-    return Prepared(program, record, run_dir, resume, stored, stranded, memory, headroom,
+    return Prepared(program, record, run_dir, resume, stored, target, stranded, memory, headroom,
                     {"build": time.perf_counter() - clock})
 
 

@@ -192,13 +192,9 @@ def leaving() -> None:
     others to have refused too (or be lost), and a moment more for them to end."""
     if not distributed() or _index() != 0:
         return
-    store, deadline = _store(), time.monotonic() + LOST_AFTER_S
-    pending = set(range(1, count()))
+    deadline, pending = time.monotonic() + LOST_AFTER_S, set(range(1, count()))
     while pending and time.monotonic() < deadline:
-        for j in list(pending):
-            with contextlib.suppress(Exception):  # not there (yet)
-                store.key_value_try_get(f"{PREFIX}/refused/{j}")
-                pending.discard(j)
+        pending -= {j for j in pending if _found(f"{PREFIX}/refused/{j}") is not None}
         pending -= set(_lost)
         time.sleep(0.05)
     time.sleep(0.5)
@@ -319,19 +315,23 @@ def _gone(process: int, n: int) -> None:
     os._exit(EXIT_PROCESS_LOST)
 
 
+def _found(key: str) -> str | None:
+    """The value at `key` in the coordinator's store, or None while nothing is there."""
+    try:
+        return _store().key_value_try_get(key)
+    except Exception:  # the client raises when the key is not (yet) there
+        return None
+
+
 def _wait_for(key: str, process: int, doing: str) -> str:
     """The value at `key`, which `process` sets, once it is there; a refusal of that process's instead
     raises ConfigError with its line, and so does a wait past WAIT_S."""
-    store, deadline = _store(), time.monotonic() + WAIT_S
+    deadline = time.monotonic() + WAIT_S
     while True:
-        for found, refusal in ((key, False), (f"{PREFIX}/refused/{process}", True)):
-            try:
-                value = store.key_value_try_get(found)
-            except Exception:  # not there yet
-                continue
-            if refusal:
-                raise ConfigError(f"process {process} refused the run: {value}")
+        if (value := _found(key)) is not None:
             return value
+        if (refusal := _found(f"{PREFIX}/refused/{process}")) is not None:
+            raise ConfigError(f"process {process} refused the run: {refusal}")
         if _lost:
             raise ConfigError(f"process {_lost[0]} was lost (no sign of it for {LOST_AFTER_S:.0f} s) before the run "
                               f"began")
