@@ -202,6 +202,8 @@ def run_row(row: Row, seeds: int, episodes: int, run_dir: Path) -> RowResult:
     config = config_lib.load(ROOT / "configs" / row.config, [f"total_timesteps={row.env_steps}", "seed=0"])
     clock = time.perf_counter()
     result = sweep(config, seeds, run_dir=run_dir)
+    if result.stopped:  # a partial run is not the row's budget: nothing is evaluated or written
+        raise SystemExit(f"{row.name}: stopped before {row.env_steps:,} env steps; its checkpoint is in {run_dir}")
     ppo = make_ppo(config)
     keys = jax.random.split(jax.random.key(10_000), seeds)
     returns, _ = jax.jit(jax.vmap(lambda p, s, k: evaluate(ppo.policy, ppo.env, p, s, k, episodes)))(
