@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -182,9 +181,9 @@ def use_cpu_cores(runs: int) -> None:
     sets the count; on a GPU this leaves the GPU's devices alone."""
     import jax
 
-    from purejaxppo.cli import cpu_cores
+    from purejaxppo.cli import cpu_cores, cpu_devices_set_by_environment
 
-    if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if cpu_devices_set_by_environment():
         return
     with contextlib.suppress(RuntimeError):  # JAX has already started (a caller's): its devices stay
         jax.config.update("jax_num_cpu_devices", max(1, min(cpu_cores(), runs)))

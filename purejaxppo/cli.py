@@ -560,6 +560,13 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_devices_set_by_environment() -> bool:
+    """Whether the user's environment sets how many CPU devices JAX has (JAX_NUM_CPU_DEVICES, or XLA_FLAGS'
+    xla_force_host_platform_device_count): then that count stands."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in flags
+
+
 def _population_size(args: argparse.Namespace, kind: str) -> int:
     """The runs of a sweep or PBT command: from its checkpoint on resume, else from its options."""
     point = _resume_point(args)
@@ -582,7 +589,7 @@ def _cpu_devices(args: argparse.Namespace, kind: str) -> int | None:
     asked = getattr(args, "cpu_devices", None)
     if asked is not None or kind == "run":
         return asked
-    if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if cpu_devices_set_by_environment():
         return None
     point = _resume_point(args)
     if point is not None:  # each of several processes (hosts) holds its share of the devices
