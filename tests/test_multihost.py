@@ -20,9 +20,11 @@ from purejaxppo.sweep import sweep
 
 from conftest import CACHE, ROOT, TINY, cli, free_port, python
 
-# 2000 updates of 8 runs, in chunks of 50: long enough to be stopped or killed in the middle
+# 1000 updates of 8 runs, in chunks of 50: long enough to be stopped or killed in the middle (each chunk's end
+# waits for every process, so a process cannot run on past one that stopped or was lost)
+UPDATES = 1000
 SHAPE = ["num_envs=4", "num_steps=16", "num_minibatches=2", "update_epochs=2", "hidden_sizes=[16]", "log_every=50",
-         "total_timesteps=128000", "checkpoint_every=500", f"compilation_cache={CACHE}"]
+         f"total_timesteps={64 * UPDATES}", "checkpoint_every=500", f"compilation_cache={CACHE}"]
 SWEEP = ["sweep", "--seeds", "8", *[a for s in SHAPE for a in ("--set", s)]]
 PBT = ["pbt", "--population", "8", "--explore", "lr,ent_coef=0:0.05", "--interval", "8",
        *[a for s in ["num_envs=4", "num_steps=16", "num_minibatches=2", "update_epochs=2", "hidden_sizes=[16]",
@@ -95,7 +97,7 @@ def test_a_sweep_over_two_processes_stops_together_and_resumes_as_in_one(one_hos
     assert stopped == [0, 0], first
     # both stopped at the same chunk's end, with one checkpoint, and the resume command printed once
     at = int(first[0][0].split("stopped at update ")[1].split(",")[0])
-    assert 200 <= at < 2000 and at % 50 == 0 and steps[-1] == at and all(s % 500 == 0 for s in steps[:-1]), steps
+    assert 200 <= at < UPDATES and at % 50 == 0 and steps[-1] == at and all(s % 500 == 0 for s in steps[:-1]), steps
     assert first[0][0].count("sweep --resume") == 1
     assert "stopped at update" not in first[1][0] and "update 50/" not in first[1][0]  # only process 0 prints
     assert statuses == [0, 0], second
@@ -103,7 +105,7 @@ def test_a_sweep_over_two_processes_stops_together_and_resumes_as_in_one(one_hos
     # bit for bit the sweep of one process of two devices, which never stopped
     for name in ("metrics.csv", "runs.csv", "aggregate.csv"):
         assert (run_dir / name).read_text() == (one_host / name).read_text(), name
-    assert checkpoint.available_steps(run_dir)[-1] == 2000
+    assert checkpoint.available_steps(run_dir)[-1] == UPDATES
 
 
 def test_the_runs_equal_the_one_device_sweep_over_the_first_updates(one_host):
