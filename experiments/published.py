@@ -67,10 +67,6 @@ TRIED = {
         "-156.2 [-187.2, -155.1] for the shipped values (lr 1e-3, gamma 0.95), and -175 to -199 at gamma 0.9. "
         "No point came near -130; the shipped config is unchanged. Not tried: the network, the batch "
         "(16 envs x 128 steps, 10 epochs), state-dependent exploration."),
-    "breakout-mlp": (
-        "at gymnax-blines' published settings (lr 5e-4), IQM 23.5 [16.7, 27.9] on seeds 0-4. On tuning seeds "
-        "100-102 at 10M env steps, lr 2e-3 ended at a training IQM of 62.4 [24.5, 84.6] against 20.5 [17.5, "
-        "27.8] at 5e-4, better on each seed (results/breakout_lr_10m/); the config now uses 2e-3."),
 }
 
 
