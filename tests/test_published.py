@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import published  # noqa: E402
 
 MINATAR_CONFIGS = sorted((ROOT / "configs" / "minatar").glob("*.yaml"))
+TABLE_CONFIGS = [*MINATAR_CONFIGS, ROOT / "configs" / "pendulum_1m.yaml"]  # written for the table's rows
 
 
 def test_every_row_names_a_shipped_config():
@@ -28,8 +29,8 @@ def test_every_row_names_a_shipped_config():
                                                  if r.config.startswith("minatar/")}
 
 
-@pytest.mark.parametrize("path", MINATAR_CONFIGS, ids=lambda p: p.stem)
-def test_a_minatar_config_trains_two_updates(path):
+@pytest.mark.parametrize("path", TABLE_CONFIGS, ids=lambda p: p.stem)
+def test_a_table_config_trains_two_updates(path):
     # the config's env, network and PPO settings; fewer envs and steps, so that two updates are quick
     config = config_lib.load(path, ["num_envs=8", "num_steps=16", "num_minibatches=2", "total_timesteps=256",
                                     f"compilation_cache={CACHE}"])
