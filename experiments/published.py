@@ -1,6 +1,7 @@
 """Train every row of the published PPO table and write experiments/results/published.md (and .png).
 
     python experiments/published.py [--rows cartpole-blines,acrobot-cleanrl,...] [--seeds 5] [--episodes 100]
+                                    [--resume]
 
 Each row is one sweep of `--seeds` seeds (seeds 0..N-1: the reported seeds; configs were chosen on
 other seeds) of a shipped config at the published budget, its final policies each evaluated over
@@ -10,6 +11,10 @@ env steps at which the seeds' mean return (smoothed over 5 updates) first reache
 figure, the wall time and the machine. Rows of one config and budget (another source's figure) share
 their runs. Rows run with `--rows` are merged into the report's earlier rows (kept in published.json
 beside it).
+
+A row takes hours on a CPU, so it checkpoints ten times over its budget; one that was stopped (Ctrl-C,
+SIGTERM) or killed goes on from its newest run dir's latest checkpoint with `--resume`, to the same
+result as a row never stopped (the sweep's resume is exact), and its wall time adds up the invocations'.
 """
 
 from __future__ import annotations
@@ -26,8 +31,12 @@ import warnings
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from purejaxppo.config import PPOConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -71,6 +80,10 @@ TRIED = {
 }
 
 
+CHECKPOINTS_PER_ROW = 10  # a row killed between two checkpoints loses at most a tenth of its updates
+WALL = "published-wall.json"  # in a row's run dir: the seconds its invocations have taken so far
+
+
 @dataclasses.dataclass
 class RowResult:
     row: Row
@@ -82,6 +95,7 @@ class RowResult:
     machine: str
     curve_steps: list[float] = dataclasses.field(default_factory=list)
     curve: list[float] = dataclasses.field(default_factory=list)  # the seeds' mean return, smoothed
+    parts: int = 1  # the invocations it took (a row stopped and resumed: 2 or more)
 
     def summary(self) -> dict[str, float]:
         from purejaxppo.host.stats import summarize
@@ -131,7 +145,8 @@ def report(results: Sequence[RowResult], when: str) -> str:
             f"| {r.row.name} | `configs/{r.row.config}` | {r.row.env_steps:,} | {r.row.figure:g} | {r.row.source} | "
             f"{s['iqm']:.1f} [{s['iqm_low']:.1f}, {s['iqm_high']:.1f}] | "
             f"{', '.join(f'{f:.1f}' for f in r.finals)} (seeds {r.seeds[0]}-{r.seeds[-1]}, {r.episodes} episodes "
-            f"each) | {reached} | {verdict} | {r.wall_s:.0f} s | {r.machine} |")
+            f"each) | {reached} | {verdict} | {r.wall_s:.0f} s{f' in {r.parts} parts' if r.parts > 1 else ''} | "
+            f"{r.machine} |")
     lines.append("<!-- --8<-- [end:table] -->")
     below = [r for r in results if r.summary()["iqm"] < r.row.figure]
     if below:
@@ -187,30 +202,74 @@ def use_cpu_cores(runs: int) -> None:
         jax.config.update("jax_num_cpu_devices", max(1, min(cpu_cores(), runs)))
 
 
-def run_row(row: Row, seeds: int, episodes: int, run_dir: Path) -> RowResult:
-    """Train the row's sweep, evaluate every seed's final policy, and summarise it."""
+def row_config(row: Row) -> PPOConfig:
+    """The row's shipped config at the published budget, seed 0, checkpointing `CHECKPOINTS_PER_ROW` times."""
+    from purejaxppo import config as config_lib
+
+    config = config_lib.load(ROOT / "configs" / row.config, [f"total_timesteps={row.env_steps}", "seed=0"])
+    return dataclasses.replace(config, checkpoint_every=max(1, config.num_updates // CHECKPOINTS_PER_ROW))
+
+
+def newest_run_dir(runs: Path, row: Row) -> Path | None:
+    """The row's newest run dir under `runs` (their names end in the time they were started); None if none."""
+    found = sorted(runs.glob(f"{row.name}-*"), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def resumable(run_dir: Path | None, row: Row, config: PPOConfig, seeds: int) -> Path:
+    """`run_dir` if it holds a checkpoint of this row's config and seeds; otherwise exits with one line saying
+    why."""
+    from purejaxppo.host import checkpoint
+
+    if run_dir is None:
+        raise SystemExit(f"{row.name}: --resume: no run dir of this row under the runs folder; run it without --resume")
+    if not checkpoint.completed_steps(run_dir):
+        raise SystemExit(f"{row.name}: --resume: {run_dir} has no checkpoint (the row ended before its first); "
+                         f"run it without --resume")
+    _, record = checkpoint.read_record(run_dir)
+    if record.kind != "sweep" or record.config != config:
+        raise SystemExit(f"{row.name}: --resume: {run_dir} holds a run of another config than configs/{row.config} "
+                         f"at {row.env_steps:,} env steps today; run it without --resume")
+    if record.num_seeds != seeds:
+        raise SystemExit(f"{row.name}: --resume: {run_dir} holds {record.num_seeds} seeds, not --seeds {seeds}")
+    return run_dir
+
+
+def run_row(row: Row, seeds: int, episodes: int, run_dir: Path, resume: bool = False,
+            until_update: int | None = None) -> RowResult:
+    """Train the row's sweep (or go on with it from `run_dir`'s checkpoint), evaluate every seed's final policy,
+    and summarise it. `until_update` stops it early, as a Ctrl-C would (for tests)."""
     import jax
 
-    from purejaxppo import config as config_lib
     from purejaxppo.program.evaluation import evaluate
     from purejaxppo.program.ppo import make_ppo
     from purejaxppo.sweep import sweep
 
-    config = config_lib.load(ROOT / "configs" / row.config, [f"total_timesteps={row.env_steps}", "seed=0"])
+    config = row_config(row)
+    wall_file = run_dir / WALL
+    earlier = json.loads(wall_file.read_text()) if resume and wall_file.exists() else {"seconds": 0.0, "parts": 0}
     clock = time.perf_counter()
-    result = sweep(config, seeds, run_dir=run_dir)
+
+    def progress(p) -> None:  # the wall time so far, kept for a resume; and a line to watch
+        wall_file.write_text(json.dumps({"seconds": earlier["seconds"] + time.perf_counter() - clock,
+                                         "parts": earlier["parts"] + 1}))
+        print(f"{row.name}: update {p.update}/{p.num_updates}, {p.env_steps:,} env steps per run, return "
+              f"{p.episode_return:.1f}", flush=True)
+
+    result = sweep(config, seeds, run_dir=run_dir, resume=resume, until_update=until_update, on_progress=progress)
     if result.stopped:  # a partial run is not the row's budget: nothing is evaluated or written
-        raise SystemExit(f"{row.name}: stopped before {row.env_steps:,} env steps; its checkpoint is in {run_dir}")
+        raise SystemExit(f"{row.name}: stopped before {row.env_steps:,} env steps, its checkpoint in {run_dir}; go on "
+                         f"with: python experiments/published.py --rows {row.name} --resume")
     ppo = make_ppo(config)
     keys = jax.random.split(jax.random.key(10_000), seeds)
     returns, _ = jax.jit(jax.vmap(lambda p, s, k: evaluate(ppo.policy, ppo.env, p, s, k, episodes)))(
         result.state.params, result.state.obs_stats, keys)
-    wall = time.perf_counter() - clock
+    wall = earlier["seconds"] + time.perf_counter() - clock
     steps = result.metrics["env_steps"][0].astype(float)
     curve = mean_curve(result.metrics["episode_return"])
     return RowResult(row, list(range(seeds)), [float(x) for x in np.asarray(returns).mean(axis=1)], episodes,
                      first_reaching(steps, curve, row.figure), wall, machine(), steps.tolist(),
-                     [float(x) for x in curve])
+                     [float(x) for x in curve], parts=earlier["parts"] + 1)
 
 
 def stored(store: Path) -> dict[str, dict]:
@@ -225,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--runs", default=str(ROOT / "runs" / "published"), help="where the sweeps' run dirs go")
     parser.add_argument("--out", default=str(RESULTS / "published.md"))
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with each row from its newest run dir's latest checkpoint")
     args = parser.parse_args(argv)
     by_name = {r.name: r for r in ROWS}
     wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
@@ -239,8 +300,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         row = by_name[name]
         same = trained.get((row.config, row.env_steps))
         if same is None:
-            run_dir = Path(args.runs) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            same = trained[(row.config, row.env_steps)] = run_row(row, args.seeds, args.episodes, run_dir)
+            if args.resume:
+                run_dir = resumable(newest_run_dir(Path(args.runs), row), row, row_config(row), args.seeds)
+            else:
+                run_dir = Path(args.runs) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            same = run_row(row, args.seeds, args.episodes, run_dir, resume=args.resume)
+            trained[(row.config, row.env_steps)] = same
         steps, curve = np.array(same.curve_steps), np.array(same.curve)
         result = dataclasses.replace(same, row=row, reached=first_reaching(steps, curve, row.figure))
         kept = stored(store)
