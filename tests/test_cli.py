@@ -21,11 +21,11 @@ from conftest import ROOT, TINY, TINY_FLAGS, cli, here, one_error_line
 
 def test_train_writes_the_run_dir_and_a_summary(tmp_path):
     run_dir = tmp_path / "cli"
-    proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=512", "--set", "log_every=2")
+    proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "total_timesteps=512", "--set", "log_every=3")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith(f"training CartPole-v1 for 512 env steps (8 updates); writing {run_dir}")
-    assert "update 2/8" in out and "update 8/8" in out  # progress while training, not only at the end
+    assert "update 3/8" in out and "update 8/8" in out  # progress while training, not only at the end
     for field in ("final return", "env steps    512", "compile time", "run time", "env steps/s"):
         assert field in out, field
     assert metrics.read(run_dir / "metrics.csv")["env_steps"].shape == (1, 8)
@@ -114,7 +114,7 @@ def test_main_returns_2_on_a_config_error(capsys):
 def test_a_non_finite_run_exits_3_with_the_report(tmp_path):
     run_dir = tmp_path / "nan"
     proc = cli("train", "--run-dir", str(run_dir), *TINY_FLAGS, "--set", "reward_scale=3e38",
-               "--set", "total_timesteps=512")
+               "--set", "total_timesteps=512", "--set", "log_every=3")
     assert proc.returncode == cli_lib.EXIT_NON_FINITE, proc.stderr
     assert "training stopped at update 0" in proc.stderr and "is not finite" in proc.stderr
     assert "Traceback" not in proc.stderr

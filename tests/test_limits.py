@@ -165,7 +165,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_xlas_out_of_memory_is_one_line_naming_the_key(tmp_path):
-    proc = subprocess.run(limited("-c", XLA_OUT_OF_MEMORY, "train", *TINY_FLAGS, "--run-dir", str(tmp_path / "r"),
+    proc = subprocess.run(limited("-c", XLA_OUT_OF_MEMORY, "train", *TINY_FLAGS, "--set", "total_timesteps=512",
+                                  "--set", "log_every=3", "--run-dir", str(tmp_path / "r"),
                                   limit_as=3 * GIB), capture_output=True, text=True, cwd=ROOT, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == cli_lib.EXIT_DEVICE and len(lines) == 1, proc.stderr[-3000:]

@@ -14,6 +14,7 @@ import pytest
 from purejaxppo.config import PPOConfig
 from purejaxppo.errors import ConfigError
 from purejaxppo.program import losses
+from purejaxppo.program.hparams import HParams
 from purejaxppo.program.optim import entropy_coef
 from purejaxppo.program.ppo import make_train
 
@@ -28,6 +29,15 @@ STEPS = BASE.update_epochs * BASE.num_minibatches
 
 def run(config: PPOConfig):
     return jax.device_get(jax.jit(make_train(config))(jax.random.key(1)))
+
+
+# KL early stopping on; its target and the lr are traced, so the KL tests' configs are inputs of this one program
+KL_STOPPING = jax.jit(make_train(BASE.replace(target_kl=0.01)))
+
+
+def run_kl_stopping(**values: float):
+    hparams = HParams.from_config(BASE.replace(**{"target_kl": 0.01, **values}))
+    return jax.device_get(KL_STOPPING(jax.random.key(1), hparams))
 
 
 @pytest.fixture(scope="module", params=["none", "gru"])
@@ -69,9 +79,9 @@ def test_entropy_schedule_is_linear_over_updates(many):
 def test_kl_early_stopping_skips_the_rest_of_the_update():
     # a target so small that any change of the policy passes it: only the first step of each update,
     # taken at ratio 1 (KL 0), goes ahead
-    _, tiny = run(BASE.replace(target_kl=1e-12))
+    _, tiny = run_kl_stopping(target_kl=1e-12)
     np.testing.assert_array_equal(tiny["minibatch_steps"], 1)
-    _, huge = run(BASE.replace(target_kl=1e6))
+    _, huge = run_kl_stopping(target_kl=1e6)
     np.testing.assert_array_equal(huge["minibatch_steps"], STEPS)
     # the schedule counts taken steps only: after 6 updates of one step the linear lr is at 6 of its steps
     total = BASE.num_updates * STEPS
@@ -79,7 +89,7 @@ def test_kl_early_stopping_skips_the_rest_of_the_update():
 
 
 def test_kl_early_stopping_triggers_mid_update():
-    _, m = run(BASE.replace(target_kl=0.002, lr=0.05))
+    _, m = run_kl_stopping(target_kl=0.002, lr=0.05)
     assert (m["minibatch_steps"] >= 1).all() and (m["minibatch_steps"] < STEPS).any()
 
 
