@@ -190,10 +190,12 @@ def test_resume_mid_run_is_bit_identical_lineage_included(straight, tmp_path):
 
 
 def test_a_longer_resume_from_between_two_pbt_steps_is_refused(tmp_path):
-    config = CONFIG.replace(lr_schedule="constant")  # a run of constant schedules may be made longer
-    spec = dataclasses.replace(SPEC, interval=5, seeds=1)  # 12 updates: the last checkpoint is at 12
+    # the eval-return test's run and program (constant schedules: a run that may be made longer): 7 updates, PBT
+    # steps every 3, so its last checkpoint, at 7, lies between two of them
+    config = CONFIG.replace(lr_schedule="constant", eval_episodes=2, total_timesteps=4 * 16 * 7)
+    spec = dataclasses.replace(SPEC, seeds=1, score="eval_return")
     pbt(config, spec, tmp_path / "run")
-    with pytest.raises(ConfigError, match="between two PBT steps .* resume from a checkpoint at a multiple of 5"):
+    with pytest.raises(ConfigError, match="between two PBT steps .* resume from a checkpoint at a multiple of 3"):
         pbt(config.replace(total_timesteps=config.total_timesteps * 2), spec, tmp_path / "run", resume=True)
 
 

@@ -416,7 +416,8 @@ def test_tensorboard_gets_every_update_at_its_env_steps(tmp_path):
 
 
 def test_a_sweep_writes_one_tensorboard_stream_per_run(tmp_path):
-    result = sweep(TINY.replace(tensorboard=True), 2, {"lr": [1e-3, 3e-3]}, tmp_path / "tb")
+    # in calls of 2 runs, TINY's sweep program of the other tests here
+    result = sweep(TINY.replace(tensorboard=True), 2, {"lr": [1e-3, 3e-3]}, tmp_path / "tb", max_runs_per_call=2)
     for k in range(4):
         (events,) = (tmp_path / "tb" / "tensorboard" / f"run-{k}").glob("events.out.tfevents.*")
         steps, losses = zip(*_tensorboard_scalars(events)["train/policy_loss"])

@@ -171,7 +171,8 @@ def test_four_devices_give_the_same_results(tmp_path):
     )
     python(script)
     multi = np.load(tmp_path / "multi.npz")
-    single = sweep(SMALL, seeds=4, grid=GRID)  # 8 runs on this process's one device
+    single = sweep(SMALL, seeds=4, grid=GRID, max_runs_per_call=2)  # 8 runs on this process's one device, in the
+    # fixture's program of 2 runs
     assert len(jax.local_devices()) == 1
     np.testing.assert_allclose(multi["ret"], single.metrics["episode_return"], rtol=2e-4, atol=1e-5)
     np.testing.assert_allclose(multi["loss"], single.metrics["policy_loss"], rtol=2e-4, atol=1e-5)
@@ -194,5 +195,5 @@ def test_a_sweep_builds_its_env_once(monkeypatch):
     built = []
     real = envs.make_env
     monkeypatch.setattr(envs, "make_env", lambda *a, **k: built.append(a) or real(*a, **k))
-    sweep(SMALL, seeds=2, grid=GRID)
+    sweep(SMALL, seeds=2, grid=GRID, max_runs_per_call=2)  # in two calls of the fixture's program
     assert len(built) == 1
