@@ -227,7 +227,8 @@ def resumable(run_dir: Path | None, row: Row, config: PPOConfig, seeds: int) -> 
         raise SystemExit(f"{row.name}: --resume: {run_dir} has no checkpoint (the row ended before its first); "
                          f"run it without --resume")
     _, record = checkpoint.read_record(run_dir)
-    if record.kind != "sweep" or record.config != config:
+    # how often it checkpoints is not the row's config (rows written before CHECKPOINTS_PER_ROW checkpointed once)
+    if record.kind != "sweep" or dataclasses.replace(record.config, checkpoint_every=config.checkpoint_every) != config:
         raise SystemExit(f"{row.name}: --resume: {run_dir} holds a run of another config than configs/{row.config} "
                          f"at {row.env_steps:,} env steps today; run it without --resume")
     if record.num_seeds != seeds:

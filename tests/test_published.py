@@ -105,3 +105,5 @@ def test_a_stopped_row_goes_on_to_the_row_never_stopped(tmp_path):
             published.resumable(*args, published.row_config(args[1]), 2)
     with pytest.raises(SystemExit, match="holds 2 seeds, not --seeds 3"):
         published.resumable(run_dir, row, published.row_config(row), 3)
+    # how often a row checkpoints is not its config: a run dir of another checkpoint_every goes on
+    assert published.resumable(run_dir, row, published.row_config(row).replace(checkpoint_every=5), 2) == run_dir
