@@ -219,7 +219,9 @@ def newest_run_dir(runs: Path, row: Row) -> Path | None:
 def resumable(run_dir: Path | None, row: Row, config: PPOConfig, seeds: int) -> Path:
     """`run_dir` if it holds a checkpoint of this row's config and seeds; otherwise exits with one line saying
     why."""
+    from purejaxppo.errors import CheckpointError
     from purejaxppo.host import checkpoint
+    from purejaxppo.host.prepare import check_compatible
 
     if run_dir is None:
         raise SystemExit(f"{row.name}: --resume: no run dir of this row under the runs folder; run it without --resume")
@@ -227,10 +229,13 @@ def resumable(run_dir: Path | None, row: Row, config: PPOConfig, seeds: int) -> 
         raise SystemExit(f"{row.name}: --resume: {run_dir} has no checkpoint (the row ended before its first); "
                          f"run it without --resume")
     _, record = checkpoint.read_record(run_dir)
-    # how often it checkpoints is not the row's config (rows written before CHECKPOINTS_PER_ROW checkpointed once)
-    if record.kind != "sweep" or dataclasses.replace(record.config, checkpoint_every=config.checkpoint_every) != config:
+    if record.kind != "sweep" or record.config.total_timesteps != config.total_timesteps:
         raise SystemExit(f"{row.name}: --resume: {run_dir} holds a run of another config than configs/{row.config} "
                          f"at {row.env_steps:,} env steps today; run it without --resume")
+    try:  # the program's fields, as any resume checks them; run control (how often it checkpoints) may differ
+        check_compatible(record.config, config, str(run_dir))
+    except CheckpointError as err:
+        raise SystemExit(f"{row.name}: --resume: {err}; run it without --resume") from None
     if record.num_seeds != seeds:
         raise SystemExit(f"{row.name}: --resume: {run_dir} holds {record.num_seeds} seeds, not --seeds {seeds}")
     return run_dir

@@ -100,7 +100,8 @@ def test_a_stopped_row_goes_on_to_the_row_never_stopped(tmp_path):
     # what it refuses to go on with, in one line each (no compile: the checkpoint's record only)
     for args, says in [((None, row), "no run dir of this row"),
                        ((runs / f"{row.name}-20261205-120000", row), "has no checkpoint"),
-                       ((run_dir, dataclasses.replace(row, env_steps=32 * 32 * 20)), "another config")]:
+                       ((run_dir, dataclasses.replace(row, env_steps=32 * 32 * 20)), "another config"),
+                       ((run_dir, dataclasses.replace(row, config="acrobot.yaml")), "written for another config")]:
         with pytest.raises(SystemExit, match=says):
             published.resumable(*args, published.row_config(args[1]), 2)
     with pytest.raises(SystemExit, match="holds 2 seeds, not --seeds 3"):

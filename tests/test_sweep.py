@@ -171,8 +171,8 @@ def test_four_devices_give_the_same_results(tmp_path):
     )
     python(script)
     multi = np.load(tmp_path / "multi.npz")
-    single = sweep(SMALL, seeds=4, grid=GRID, max_runs_per_call=2)  # 8 runs on this process's one device, in the
-    # fixture's program of 2 runs
+    # 8 runs on this process's one device, in calls of the fixture's program of 2 runs
+    single = sweep(SMALL, seeds=4, grid=GRID, max_runs_per_call=2)
     assert len(jax.local_devices()) == 1
     np.testing.assert_allclose(multi["ret"], single.metrics["episode_return"], rtol=2e-4, atol=1e-5)
     np.testing.assert_allclose(multi["loss"], single.metrics["policy_loss"], rtol=2e-4, atol=1e-5)
