@@ -4,6 +4,7 @@ continuous distributions. Every switch on at once still trains with finite value
 enters the loss and the rewards is checked on a fixed batch in test_train.py; the formulas on plain
 arrays in test_losses.py and test_distributions.py."""
 
+import functools
 import math
 
 import jax
@@ -31,13 +32,18 @@ def run(config: PPOConfig):
     return jax.device_get(jax.jit(make_train(config))(jax.random.key(1)))
 
 
-# KL early stopping on; its target and the lr are traced, so the KL tests' configs are inputs of this one program
-KL_STOPPING = jax.jit(make_train(BASE.replace(target_kl=0.01)))
+KL_STOPPING = BASE.replace(target_kl=0.01)
+
+
+@functools.cache
+def kl_stopping_train():
+    """KL early stopping on; its target and the lr are traced, so the KL tests' configs are inputs of this one
+    program (built when first called, not when the file is collected)."""
+    return jax.jit(make_train(KL_STOPPING))
 
 
 def run_kl_stopping(**values: float):
-    hparams = HParams.from_config(BASE.replace(**{"target_kl": 0.01, **values}))
-    return jax.device_get(KL_STOPPING(jax.random.key(1), hparams))
+    return jax.device_get(kl_stopping_train()(jax.random.key(1), HParams.from_config(KL_STOPPING.replace(**values))))
 
 
 @pytest.fixture(scope="module", params=["none", "gru"])
